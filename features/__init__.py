@@ -1,0 +1,1 @@
+"""Data contract, simulator and point-in-time feature pipeline for kocrank."""

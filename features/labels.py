@@ -1,0 +1,167 @@
+"""Eligibility at a cutoff and the default label, exactly as the data contract defines them.
+
+Both are pure functions of validated tables (`BrandData`) and an explicit `as_of`.
+Eligibility looks only at rows strictly before `as_of`; the label looks only at
+`[as_of, as_of + horizon)` (post interactions are the 7-day counts of those posts,
+which is why a label is only complete once `as_of + horizon + 7 days` has passed).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from features.contract import BrandData, parse_as_of
+
+logger = logging.getLogger(__name__)
+
+INTERACTIONS_KNOWN_AFTER = pd.Timedelta(days=7)
+EXCLUSION_RULES = ("excl_no_consent", "excl_blacklisted", "excl_active_koc", "excl_cooldown")
+
+
+class LabelConfig(BaseModel):
+    """Default-label and eligibility settings (contract defaults)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    horizon_days: int = Field(90, gt=0, description="label window length H in days")
+    min_posts: int = Field(3, ge=1, description="posts needed within the window")
+    min_interactions: int = Field(100, ge=0, description="total likes+comments+saves (7-day counts) of those posts")
+    cooldown_days: int = Field(60, ge=0, description="days after an invitation or a decline before re-inviting")
+
+    @property
+    def horizon(self) -> pd.Timedelta:
+        return pd.Timedelta(days=self.horizon_days)
+
+
+def _members_before(data: BrandData, as_of: pd.Timestamp) -> pd.DataFrame:
+    members = data.members
+    return members.loc[members["joined_at"] < as_of, ["member_id", "marketing_consent"]]
+
+
+def eligibility(data: BrandData, as_of: pd.Timestamp | str, cfg: LabelConfig | None = None) -> pd.DataFrame:
+    """Who may be invited at `as_of`, with one flag per exclusion rule.
+
+    Returns `member_id, as_of, eligible, excl_no_consent, excl_blacklisted,
+    excl_active_koc, excl_cooldown` for every member who joined before `as_of`,
+    sorted by member_id. A member can break several rules; each flag is reported.
+    """
+    cfg = cfg or LabelConfig()
+    as_of = parse_as_of(as_of, data.timezone)
+    members = _members_before(data, as_of)
+    program = data.program
+    past = program.loc[program["event_at"] < as_of]
+
+    blacklisted = past.loc[past["status"] == "blacklisted", "member_id"].unique()
+
+    # active KOC: the latest enrol/eliminate event before as_of is an enrolment
+    # (on a timestamp tie the elimination wins: it is the later step of the lifecycle)
+    life = past.loc[past["status"].isin(["enrolled", "eliminated"]), ["member_id", "event_at", "status"]]
+    life = life.assign(step=(life["status"] == "eliminated").astype("int8"))
+    last = life.sort_values(["member_id", "event_at", "step"]).drop_duplicates("member_id", keep="last")
+    active = last.loc[last["status"] == "enrolled", "member_id"].unique()
+
+    window_start = as_of - pd.Timedelta(days=cfg.cooldown_days)
+    recent = past.loc[past["status"].isin(["invited", "declined"]) & (past["event_at"] >= window_start)]
+    cooling = recent["member_id"].unique()
+
+    out = pd.DataFrame({"member_id": members["member_id"].to_numpy(), "as_of": as_of})
+    out["as_of"] = out["as_of"].astype("datetime64[us]")
+    out["excl_no_consent"] = ~members["marketing_consent"].to_numpy(dtype=bool)
+    out["excl_blacklisted"] = out["member_id"].isin(blacklisted)
+    out["excl_active_koc"] = out["member_id"].isin(active)
+    out["excl_cooldown"] = out["member_id"].isin(cooling)
+    out["eligible"] = ~out[list(EXCLUSION_RULES)].any(axis=1)
+    cols = ["member_id", "as_of", "eligible", *EXCLUSION_RULES]
+    return out[cols].sort_values("member_id", ignore_index=True)
+
+
+def exclusion_counts(elig: pd.DataFrame) -> dict[str, int]:
+    """How many members each rule excluded (rules overlap), plus totals."""
+    counts = {rule.removeprefix("excl_"): int(elig[rule].sum()) for rule in EXCLUSION_RULES}
+    counts["members"] = int(len(elig))
+    counts["eligible"] = int(elig["eligible"].sum())
+    return counts
+
+
+def default_labels(data: BrandData, as_of: pd.Timestamp | str, cfg: LabelConfig | None = None) -> pd.DataFrame:
+    """The contract's default label for every member who joined before `as_of`.
+
+    label = 1 when within `[as_of, as_of + H)` the member has an `enrolled` status
+    AND published at least `min_posts` posts whose summed 7-day likes + comments +
+    saves reach `min_interactions` (unknown counts add nothing).
+    """
+    cfg = cfg or LabelConfig()
+    as_of = parse_as_of(as_of, data.timezone)
+    end = as_of + cfg.horizon
+    members = _members_before(data, as_of)["member_id"]
+
+    program = data.program
+    in_window = (program["event_at"] >= as_of) & (program["event_at"] < end)
+    enrolled = program.loc[in_window & (program["status"] == "enrolled"), "member_id"].unique()
+
+    posts = data.posts
+    window_posts = posts.loc[(posts["posted_at"] >= as_of) & (posts["posted_at"] < end)]
+    interactions = (
+        window_posts[["likes_7d", "comments_7d", "saves_7d"]].fillna(0).astype("int64").sum(axis=1)
+    )
+    per_member = (
+        window_posts.assign(interactions=interactions)
+        .groupby("member_id", observed=True)
+        .agg(posts=("interactions", "size"), interactions=("interactions", "sum"))
+    )
+    productive = per_member.index[
+        (per_member["posts"] >= cfg.min_posts) & (per_member["interactions"] >= cfg.min_interactions)
+    ]
+
+    out = pd.DataFrame({"member_id": members.to_numpy(), "as_of": as_of})
+    out["as_of"] = out["as_of"].astype("datetime64[us]")
+    out["label"] = (out["member_id"].isin(enrolled) & out["member_id"].isin(productive)).astype("int64")
+    return out.sort_values("member_id", ignore_index=True)
+
+
+def label_window_complete(data: BrandData, as_of: pd.Timestamp | str, cfg: LabelConfig | None = None) -> bool:
+    """True once `as_of + H + 7 days` has passed in the data (all counts are known)."""
+    cfg = cfg or LabelConfig()
+    as_of = parse_as_of(as_of, data.timezone)
+    return bool(as_of + cfg.horizon + INTERACTIONS_KNOWN_AFTER <= data.data_end)
+
+
+def labels_for(
+    data: BrandData, as_ofs: Iterable[pd.Timestamp | str], cfg: LabelConfig | None = None
+) -> pd.DataFrame:
+    """Labels of eligible members at each cutoff: `member_id, as_of, label`.
+
+    Where the brand supplied a `labels` table it overrides the default label: its
+    rows for eligible members are used, and rows for members who were not eligible
+    (or not yet members) at that cutoff are dropped and reported.
+    """
+    cfg = cfg or LabelConfig()
+    user = None if "labels" in data.absent else data.labels
+    frames = []
+    for raw in as_ofs:
+        as_of = parse_as_of(raw, data.timezone)
+        elig = eligibility(data, as_of, cfg)
+        eligible = elig.loc[elig["eligible"], ["member_id", "as_of"]]
+        if user is None:
+            labelled = eligible.merge(default_labels(data, as_of, cfg), on=["member_id", "as_of"], how="left")
+        else:
+            given = user.loc[user["as_of"] == as_of, ["member_id", "as_of", "label"]]
+            labelled = eligible.merge(given, on=["member_id", "as_of"], how="inner")
+            dropped = len(given) - len(labelled)
+            if dropped:
+                logger.warning(
+                    "labels at %s: %d row(s) dropped because the member was not eligible then "
+                    "(not yet joined, no consent, blacklisted, active KOC or in cool-down)",
+                    as_of.date(),
+                    dropped,
+                )
+        frames.append(labelled)
+    if not frames:
+        return pd.DataFrame({"member_id": pd.Series(dtype="str"), "as_of": pd.Series(dtype="datetime64[us]"), "label": pd.Series(dtype="int64")})
+    out = pd.concat(frames, ignore_index=True)
+    out["label"] = out["label"].astype("int64")
+    return out.sort_values(["as_of", "member_id"], ignore_index=True)
