@@ -504,7 +504,7 @@ def from_frames(
 
     events = prepared.get("events")
     if events is not None and len(events):
-        unknown_types = ~events["event_type"].isin(EVENT_TYPES)
+        unknown_types = ~events["event_type"].isin((*EVENT_TYPES, OTHER_EVENT))
         if unknown_types.any():
             values = sorted(events.loc[unknown_types, "event_type"].unique())[:5]
             note = f"events.event_type: {int(unknown_types.sum())} row(s) with types outside the contract counted as 'other' (e.g. {values})"
