@@ -10,7 +10,7 @@ DEMO_MEMBERS ?= 20000
 DEMO_SEED ?= 7
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test bench lint clean
+.PHONY: help install demo test bench lint docs clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -42,3 +42,6 @@ lint: $(STAMP) ## ruff check
 
 clean: ## remove generated data, stores and the venv
 	rm -rf $(VENV) $(DEMO_DIR) mlflow.db mlartifacts mlruns .pytest_cache bench/out
+
+docs: $(STAMP) ## regenerate the README's feature table from the registry
+	$(BIN)/python -m kocrank.docs
