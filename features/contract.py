@@ -340,11 +340,17 @@ def _coerce(series: pd.Series, col: Col, timezone: str) -> tuple[pd.Series, pd.S
     raise AssertionError(col.kind)
 
 
+def _show(value: object) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    return "null" if pd.isna(value) else str(value)
+
+
 def _examples(df: pd.DataFrame, mask_or_index, limit: int = 3) -> tuple[str, ...]:
     rows = df.loc[mask_or_index].head(limit) if not isinstance(mask_or_index, pd.Index) else df.loc[mask_or_index[:limit]]
     out = []
     for idx, row in rows.iterrows():
-        shown = ", ".join(f"{k}={v!r}" for k, v in row.items() if k in df.columns[:6])
+        shown = ", ".join(f"{k}={_show(v)}" for k, v in row.items() if k in df.columns[:6])
         out.append(f"row {idx}: {shown}")
     return tuple(out)
 
@@ -438,7 +444,7 @@ def _prepare(spec: TableSpec, raw: pd.DataFrame, timezone: str) -> tuple[pd.Data
 
 def _finalise(spec: TableSpec, df: pd.DataFrame) -> pd.DataFrame:
     """Apply the contract's defaults and documented row policies to a valid table."""
-    df = df.copy()
+    df = df.reset_index(drop=True)
     for col in spec.columns:
         if col.kind == "bool":
             df[col.name] = df[col.name].fillna(col.default if col.default is not None else False).astype("bool")
@@ -453,7 +459,7 @@ def _drop_exact_duplicates(name: str, df: pd.DataFrame, notes: list[str]) -> pd.
         note = f"{name}: dropped {int(dup.sum())} exact duplicate row(s)"
         logger.warning(note)
         notes.append(note)
-        df = df.loc[~dup].reset_index(drop=True)
+        df = df.loc[~dup]  # keep the source row numbers for error examples
     return df
 
 
