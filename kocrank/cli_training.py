@@ -1,0 +1,160 @@
+"""`koc train`, `koc promote` and `koc models`: training runs, champion promotion and the registry."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+HEADLINE = (("roc_auc", "roc_auc"), ("pr_auc", "pr_auc"), ("brier", "brier"))
+PRECISION, YIELD_RATIO = "precision_at_", "yield_ratio_at_"
+
+
+def _format(value: float) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def metrics_rich_table(metrics: pd.DataFrame, title: str, primary_k: str = "100") -> Table:
+    """Model and baselines as rows, headline metrics as columns (the full table is a run artifact)."""
+    columns: list[tuple[str, str]] = [(name, header) for name, header in HEADLINE if name in metrics.columns]
+    columns += [(c, "p@" + c.removeprefix(PRECISION)) for c in metrics.columns if c.startswith(PRECISION)]
+    if YIELD_RATIO + primary_k in metrics.columns:
+        columns.append((YIELD_RATIO + primary_k, "yr@" + primary_k))
+    table = Table(
+        title=title,
+        caption="p@K precision at K; yr@K yield of the top K / oracle yield (simulated truth only)",
+    )
+    table.add_column("scorer", style="bold", no_wrap=True)
+    for _, header in columns:
+        table.add_column(header, justify="right", no_wrap=True)
+    for scorer, row in metrics.iterrows():
+        table.add_row(str(scorer), *(_format(float(row[name])) for name, _ in columns))
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    """Add `train`, `promote` and `models` to the `koc` app."""
+
+    @app.command("train")
+    def train_command(
+        data: Annotated[Path, typer.Option("--data", help="Data directory of <table>.parquet|csv files.")],
+        config: Annotated[Path | None, typer.Option("--config", help="TOML config file.")] = None,
+        tracking_uri: Annotated[
+            str | None,
+            typer.Option("--tracking-uri", help="MLflow store; default $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db."),
+        ] = None,
+        experiment: Annotated[str | None, typer.Option("--experiment", help="MLflow experiment name.")] = None,
+    ) -> None:
+        """Train on time-split snapshots, compare with baselines, log an MLflow run and register the model."""
+        from features.contract import ContractError
+        from kocrank.config import load_config
+        from training.train import STAGES, run_training
+
+        console = Console()
+        cfg = load_config(config)
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as progress:
+            task = progress.add_task("training", total=len(STAGES))
+            seen: list[str] = []
+
+            def advance(stage: str) -> None:
+                if seen:
+                    progress.advance(task)
+                seen.append(stage)
+                progress.update(task, description=stage)
+
+            try:
+                result = run_training(
+                    data,
+                    cfg.training,
+                    cfg.labels,
+                    timezone=cfg.timezone,
+                    tracking_uri=tracking_uri,
+                    experiment=experiment,
+                    config_record=cfg.model_dump(mode="json"),
+                    progress=advance,
+                )
+            except ContractError as err:
+                console.print(f"[bold red]invalid data[/]: {err}")
+                raise typer.Exit(code=1) from None
+            except ValueError as err:
+                console.print(f"[bold red]cannot train[/]: {err}")
+                raise typer.Exit(code=1) from None
+            progress.advance(task)
+
+        split = result.split
+        console.print(
+            f"cutoffs — train: {', '.join(split['train'])}; validation: {split['validation']}; test: {split['test']}"
+        )
+        if split["excluded_incomplete_window"] or split["excluded_embargo"]:
+            console.print(
+                f"left out — incomplete label window: {', '.join(split['excluded_incomplete_window']) or '-'}; "
+                f"embargo: {', '.join(split['excluded_embargo']) or '-'}"
+            )
+        from training.evaluate import k_label
+
+        title = f"test cutoff {split['test']} (full table: reports/metrics.csv)"
+        console.print(metrics_rich_table(result.metrics, title, k_label(cfg.training.primary_k)))
+        console.print(f"MLflow run [bold]{result.run_id}[/] in {result.tracking_uri}")
+        decision = result.decision
+        verdict = "[bold green]champion[/]" if decision.promoted else "[yellow]challenger only[/]"
+        console.print(f"registered {result.model_name} v{result.model_version}: {verdict} — {decision.reason}")
+
+    @app.command("promote")
+    def promote_command(
+        version: Annotated[str, typer.Option("--version", help="Registered model version to make champion.")],
+        reason: Annotated[str, typer.Option("--reason", help="Why (kept in the promotion log).")] = "",
+        config: Annotated[Path | None, typer.Option("--config", help="TOML config file.")] = None,
+        tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow store.")] = None,
+    ) -> None:
+        """Make a registered version the champion by hand (recorded like an automatic promotion)."""
+        from kocrank.config import load_config
+        from training.tracking import promote
+
+        console = Console()
+        model_name = load_config(config).training.registered_model_name
+        try:
+            decision = promote(version, reason=reason, tracking_uri=tracking_uri, model_name=model_name)
+        except ValueError as err:
+            console.print(f"[bold red]cannot promote[/]: {err}")
+            raise typer.Exit(code=1) from None
+        console.print(
+            f"{model_name} v{decision.version} is champion (previous: {decision.previous_champion or 'none'}) — {decision.reason}"
+        )
+
+    @app.command("models")
+    def models_command(
+        config: Annotated[Path | None, typer.Option("--config", help="TOML config file.")] = None,
+        tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow store.")] = None,
+    ) -> None:
+        """List the registered model's versions, aliases and promotion figures."""
+        from kocrank.config import load_config
+        from training.tracking import list_versions
+
+        console = Console()
+        model_name = load_config(config).training.registered_model_name
+        rows = list_versions(tracking_uri, model_name)
+        if not rows:
+            console.print(f"no versions of {model_name} yet; run `koc train` first")
+            return
+        table = Table(title=model_name)
+        for column in ("version", "aliases", "created", "test_cutoff", "metric", "value", "decision"):
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(
+                *(str(row[c]) for c in ("version", "aliases", "created", "test_cutoff", "metric", "value", "decision"))
+            )
+        console.print(table)

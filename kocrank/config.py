@@ -1,0 +1,50 @@
+"""The one typed config tree, loaded from TOML with defaults for everything.
+
+```toml
+timezone = "Asia/Shanghai"
+[labels]      # features.labels.LabelConfig
+horizon_days = 90
+[training]    # training.config.TrainConfig
+seed = 7
+[ranking]     # serving.config.RankConfig
+exploration_share = 0.1
+```
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from features.contract import DEFAULT_TIMEZONE
+from features.labels import LabelConfig
+from serving.config import RankConfig
+from training.config import TrainConfig
+
+
+class Config(BaseModel):
+    """Everything a run needs besides paths; every field has a default."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    timezone: str = Field(DEFAULT_TIMEZONE, description="business time zone for naive timestamps and dates")
+    labels: LabelConfig = LabelConfig()
+    training: TrainConfig = TrainConfig()
+    ranking: RankConfig = RankConfig()
+
+    def digest(self) -> str:
+        """A short hash of the full config, recorded with runs and ranked lists."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Defaults, overridden by the TOML file at `path` when given."""
+    if path is None:
+        return Config()
+    with open(path, "rb") as fh:
+        return Config.model_validate(tomllib.load(fh))

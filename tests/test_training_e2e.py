@@ -1,0 +1,211 @@
+"""Training end to end on a small simulated world, each test module with its own MLflow store.
+
+Covers: the model beats the baselines on held-out time, same data + seed => same metrics,
+champion re-scoring on the challenger's test cutoff, failed runs (FAILED, aliases
+untouched), the pyfunc loaded by alias, a members + orders + labels directory, and the CLI.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import typer
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from features.contract import BrandData, from_frames
+from features.io import write_tables
+from features.labels import LabelConfig, labels_for
+from features.simulate import SimConfig, simulate
+from training import tracking
+from training import train as train_module
+from training.config import TrainConfig
+from training.evaluate import evaluate_scores
+from training.pyfunc import to_pyfunc_input
+from training.train import TrainResult, run_training
+
+MODEL = "koc-potential"
+CONFIG = TrainConfig(
+    k_list=(50, 100, "1%", "5%"),
+    lgbm={"num_boost_round": 400, "early_stopping_rounds": 30},
+)
+EARLIER = CONFIG.model_copy(update={"last_cutoff": pd.Timestamp("2025-07-01").date()})
+BASELINES = ("rfm", "value", "logistic", "random")
+
+
+@pytest.fixture(scope="module")
+def world() -> BrandData:
+    return from_frames(simulate(SimConfig(members=4000, seed=3)).tables)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+
+
+@pytest.fixture(scope="module")
+def runs(world: BrandData, store: str) -> dict[str, TrainResult]:
+    """Run A tests on an earlier cutoff; B and C are identical runs on the latest one."""
+    return {
+        "a": run_training(world, EARLIER, tracking_uri=store),
+        "b": run_training(world, CONFIG, tracking_uri=store),
+        "c": run_training(world, CONFIG, tracking_uri=store),
+    }
+
+
+def test_model_beats_baselines_on_held_out_time(runs: dict[str, TrainResult]) -> None:
+    metrics = runs["b"].metrics
+    for baseline in BASELINES:
+        assert metrics.loc["model", "pr_auc"] > metrics.loc[baseline, "pr_auc"], baseline
+    for baseline in ("rfm", "value", "random"):
+        for k in ("50", "100", "1pct", "5pct"):
+            assert metrics.loc["model", f"precision_at_{k}"] > metrics.loc[baseline, f"precision_at_{k}"], (baseline, k)
+    assert metrics.loc["model", "yield_ratio_at_1pct"] > metrics.loc["random", "yield_ratio_at_1pct"]
+    split = runs["b"].split
+    assert split["test"] not in split["train"] and split["validation"] not in split["train"]
+
+
+def test_same_data_and_seed_give_identical_metrics(runs: dict[str, TrainResult]) -> None:
+    pd.testing.assert_frame_equal(runs["b"].metrics, runs["c"].metrics)
+    client = MlflowClient(tracking_uri=runs["b"].tracking_uri)
+    logged_b = client.get_run(runs["b"].run_id).data.metrics
+    logged_c = client.get_run(runs["c"].run_id).data.metrics
+    assert logged_b == logged_c and "model.pr_auc" in logged_b and "rfm.precision_at_100" in logged_b
+
+
+def test_champion_is_rescored_on_the_challengers_test_cutoff(runs: dict[str, TrainResult], store: str) -> None:
+    a, b, c = runs["a"], runs["b"], runs["c"]
+    assert a.split["test"] == "2025-07-01" and b.split["test"] != a.split["test"]
+    assert a.decision.promoted and a.decision.reason == "no champion yet"
+    # B's decision compares with v(A) scored on B's test rows, not A's own figure
+    assert b.decision.previous_champion == a.model_version and b.decision.test_cutoff == b.split["test"]
+    with tracking.tracking_context(store):
+        champion_a = mlflow.pyfunc.load_model(f"models:/{MODEL}/{a.model_version}")
+        test_b = b.dataset.part("test")
+        scored = champion_a.predict(to_pyfunc_input(test_b))["probability"].to_numpy()
+    expected = evaluate_scores("a", scored, test_b["label"].to_numpy(), test_b["member_id"], [100], is_probability=True)
+    assert b.decision.champion_value == pytest.approx(expected.metrics["precision_at_100"])
+    assert b.decision.promoted == (b.decision.challenger_value >= b.decision.champion_value)
+    # C equals B: if B is champion, C ties it and is promoted (>=)
+    if b.decision.promoted:
+        assert c.decision.champion_value == pytest.approx(c.decision.challenger_value) and c.decision.promoted
+    history = tracking.promotion_history(store, MODEL)
+    assert [h["version"] for h in history] == [a.model_version, b.model_version, c.model_version]
+
+
+def test_registered_champion_serves_probabilities(runs: dict[str, TrainResult], store: str, world: BrandData) -> None:
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    champion = client.get_model_version_by_alias(MODEL, "champion")
+    assert str(client.get_model_version_by_alias(MODEL, "challenger").version) == runs["c"].model_version
+    with tracking.tracking_context(store):
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    rows = runs["c"].dataset.part("test").head(200)
+    out = pyfunc.predict(to_pyfunc_input(rows))
+    assert list(out.columns) == ["probability"] and out["probability"].between(0, 1).all()
+    koc_model = pyfunc.unwrap_python_model().model
+    np.testing.assert_allclose(out["probability"].to_numpy(), koc_model.predict_proba(rows))
+    assert str(champion.version) in {r.model_version for r in runs.values()}
+    artifacts = {f.path for f in client.list_artifacts(runs["c"].run_id, "reports")}
+    for name in (
+        "metrics.csv",
+        "gains_lift.png",
+        "calibration.png",
+        "feature_importance_gain.csv",
+        "mean_abs_shap.png",
+    ):
+        assert f"reports/{name}" in artifacts
+    with tracking.tracking_context(store):
+        found = mlflow.search_runs(
+            experiment_names=[CONFIG.experiment_name], filter_string="attributes.status = 'FINISHED'"
+        )
+    assert runs["c"].run_id in set(found["run_id"])
+    assert {"metrics.model.pr_auc", "metrics.rfm.precision_at_100", "metrics.logistic.brier"} <= set(found.columns)
+
+
+def test_failed_runs_end_failed_and_never_move_aliases(
+    world: BrandData, store: str, runs: dict[str, TrainResult], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    before = tracking.current_aliases(client, MODEL)
+    versions_before = len(client.search_model_versions(f"name = '{MODEL}'"))
+
+    def failing_evaluation(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("injected failure during evaluation")
+
+    monkeypatch.setattr(train_module, "evaluate_all", failing_evaluation)
+    with pytest.raises(RuntimeError, match="during evaluation"):
+        run_training(world, CONFIG, tracking_uri=store)
+    monkeypatch.undo()
+
+    def failing_log(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("injected failure after registration")
+
+    monkeypatch.setattr(tracking, "append_promotion_log", failing_log)
+    with pytest.raises(RuntimeError, match="after registration"):
+        run_training(world, CONFIG, tracking_uri=store)
+    monkeypatch.undo()
+
+    assert tracking.current_aliases(client, MODEL) == before
+    failed = client.search_runs([runs["a"].experiment_id], order_by=["attributes.start_time DESC"], max_results=2)
+    assert [r.info.status for r in failed] == ["FAILED", "FAILED"]
+    versions = client.search_model_versions(f"name = '{MODEL}'")
+    assert len(versions) == versions_before + 1  # only the second failure got as far as registering
+    newest = max(versions, key=lambda v: int(v.version))
+    assert "after registration" in newest.tags["koc.run_failed"]
+
+
+def test_members_orders_labels_directory_trains(world: BrandData, tmp_path: Path) -> None:
+    cutoffs = pd.date_range("2024-08-01", "2025-08-01", freq="MS")
+    labels = labels_for(world, cutoffs, LabelConfig())
+    write_tables(
+        {"members": world.members, "orders": world.orders, "labels": labels[["member_id", "as_of", "label"]]},
+        tmp_path / "data",
+        fmt="csv",
+    )
+    result = run_training(tmp_path / "data", CONFIG, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    assert result.split["label_source"] == "labels_table"
+    assert result.split["test"] == "2025-08-01"
+    assert set(result.dataset.frame["as_of"]) <= set(cutoffs)
+    assert result.metrics.loc["model", "n_positive"] > 0 and "yield_at_100" not in result.metrics.columns
+
+
+def test_cli_train_models_and_promote(world: BrandData, tmp_path: Path) -> None:
+    from kocrank import cli_training
+
+    app = typer.Typer()
+    cli_training.register(app)
+    data_dir = tmp_path / "data"
+    write_tables({name: frame for name, frame in world.tables.items() if name not in world.absent}, data_dir)
+    config = tmp_path / "koc.toml"
+    config.write_text(
+        '[training]\nk_list = [50, 100, "1%"]\n\n[training.lgbm]\nnum_boost_round = 200\nearly_stopping_rounds = 20\n'
+    )
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["train", "--data", str(data_dir), "--config", str(config), "--tracking-uri", uri], env={"COLUMNS": "160"}
+    )
+    assert result.exit_code == 0, result.output
+    for expected in (
+        "model",
+        "rfm",
+        "value",
+        "logistic",
+        "random",
+        "p@50",
+        "p@1pct",
+        "yr@100",
+        "validation: 2025-05-01",
+    ):
+        assert expected in result.output
+    assert "registered koc-potential v1" in result.output
+    listed = runner.invoke(app, ["models", "--tracking-uri", uri])
+    assert listed.exit_code == 0 and "champion" in listed.output
+    promoted = runner.invoke(app, ["promote", "--version", "1", "--reason", "re-affirm", "--tracking-uri", uri])
+    assert promoted.exit_code == 0 and "previous: 1" in promoted.output
+    missing = runner.invoke(app, ["promote", "--version", "7", "--tracking-uri", uri])
+    assert missing.exit_code == 1 and "no version 7" in missing.output

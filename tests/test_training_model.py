@@ -1,0 +1,115 @@
+"""KocModel on small synthetic frames: determinism, calibration, column checks, contributions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from training.model import KocModel, NotFittedError
+
+PARAMS = {
+    "num_leaves": 7,
+    "min_data_in_leaf": 20,
+    "learning_rate": 0.1,
+    "num_boost_round": 80,
+    "early_stopping_rounds": 10,
+}
+
+
+def _frame(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    spend = rng.gamma(2.0, 50.0, n)
+    posts = rng.poisson(1.0, n).astype("float64")
+    posts[rng.random(n) < 0.1] = np.nan
+    channel = pd.Categorical(
+        rng.choice(["store", "ads", "referral"], n), categories=["store", "ads", "referral", "other"]
+    )
+    logit = -4 + 0.01 * spend + 0.8 * np.nan_to_num(posts) + (np.asarray(channel) == "referral") * 1.0
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype("int64")
+    return pd.DataFrame({"spend_365d": spend, "posts_90d": posts, "channel": channel}), y
+
+
+@pytest.fixture(scope="module")
+def fitted() -> tuple[KocModel, pd.DataFrame]:
+    X, y = _frame(3000, 1)
+    X_val, y_val = _frame(1000, 2)
+    return KocModel(PARAMS, seed=5, label_config={"horizon_days": 90}).fit(X, y, X_val, y_val), X_val
+
+
+def test_fitted_state_is_recorded(fitted: tuple[KocModel, pd.DataFrame]) -> None:
+    model, _ = fitted
+    from features.registry import FEATURE_SET_VERSION
+
+    assert model.feature_names_ == ["spend_365d", "posts_90d", "channel"]
+    assert model.categorical_features_ == ["channel"]
+    assert model.categories_["channel"] == ["store", "ads", "referral", "other"]
+    assert model.feature_set_version_ == FEATURE_SET_VERSION
+    assert model.label_config_ == {"horizon_days": 90}
+    assert model.trained_at_ and 1 <= model.best_iteration_ <= 80
+
+
+def test_probabilities_are_calibrated_and_keep_the_booster_ranking(fitted: tuple[KocModel, pd.DataFrame]) -> None:
+    model, X_val = fitted
+    proba = model.predict_proba(X_val)
+    raw = model.raw_score(X_val)
+    assert ((proba > 0) & (proba < 1)).all()
+    # Platt scaling is strictly increasing in the raw score
+    order = np.argsort(raw, kind="stable")
+    assert (np.diff(proba[order]) >= 0).all()
+    X_test, y_test = _frame(4000, 3)
+    assert abs(model.predict_proba(X_test).mean() - y_test.mean()) < 0.03
+
+
+def test_same_seed_gives_identical_model() -> None:
+    X, y = _frame(2000, 1)
+    X_val, y_val = _frame(800, 2)
+    first = KocModel(PARAMS, seed=11).fit(X, y, X_val, y_val).predict_proba(X_val)
+    second = KocModel(PARAMS, seed=11).fit(X, y, X_val, y_val).predict_proba(X_val)
+    np.testing.assert_array_equal(first, second)
+
+
+def test_column_checks_say_what_to_do(fitted: tuple[KocModel, pd.DataFrame]) -> None:
+    model, X_val = fitted
+    with pytest.raises(ValueError, match="missing feature columns \\['posts_90d'\\].*build_features"):
+        model.predict_proba(X_val.drop(columns="posts_90d"))
+    with pytest.raises(NotFittedError, match="call fit"):
+        KocModel().predict_proba(X_val)
+    # extra columns are ignored, column order does not matter, string categoricals are converted
+    shuffled = X_val[["channel", "spend_365d", "posts_90d"]].assign(member_id="x")
+    shuffled["channel"] = shuffled["channel"].astype("object")
+    np.testing.assert_allclose(model.predict_proba(shuffled), model.predict_proba(X_val))
+
+
+def test_fit_rejects_unusable_inputs() -> None:
+    X, y = _frame(500, 1)
+    with pytest.raises(ValueError, match="single class"):
+        KocModel(PARAMS).fit(X, y, X, np.zeros(len(X), dtype="int64"))
+    with pytest.raises(TypeError, match="numeric or pandas category"):
+        KocModel(PARAMS).fit(X.assign(channel=X["channel"].astype("object")), y, X, y)
+
+
+def test_contributions_explain_the_raw_score(fitted: tuple[KocModel, pd.DataFrame]) -> None:
+    model, X_val = fitted
+    contributions = model.contributions(X_val.iloc[:50])
+    assert list(contributions.columns) == model.feature_names_
+    assert contributions.index.equals(X_val.index[:50])
+    # contributions + a constant bias term = raw score
+    residual = model.raw_score(X_val.iloc[:50]) - contributions.sum(axis=1).to_numpy()
+    assert np.ptp(residual) < 1e-9
+    importance = model.feature_importance("gain")
+    assert set(importance.index) == set(model.feature_names_) and importance.iloc[0] > 0
+
+
+def test_lambdarank_objective_learns_graded_relevance() -> None:
+    X, y = _frame(2000, 1)
+    X_val, y_val = _frame(1000, 2)
+    relevance, relevance_val = y * 2, y_val * 2  # graded 0/2 here; the dataset adds 1 for enrolled-only
+    model = KocModel(PARAMS, seed=3, objective="lambdarank").fit(
+        X, y, X_val, y_val, relevance=relevance, relevance_val=relevance_val, group=[500] * 4, group_val=[500] * 2
+    )
+    proba = model.predict_proba(X_val)
+    top = np.argsort(-proba, kind="stable")[:100]
+    assert y_val[top].mean() > 2 * y_val.mean()  # ranks positives first
+    with pytest.raises(ValueError, match="needs relevance"):
+        KocModel(PARAMS, objective="lambdarank").fit(X, y, X_val, y_val)

@@ -1,0 +1,1 @@
+"""Training: snapshot datasets, the LightGBM model, baselines, evaluation and MLflow tracking."""

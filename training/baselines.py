@@ -1,0 +1,143 @@
+"""Baselines the model must beat on the same test cutoff.
+
+(a) `rfm`: RFM quintile score (`features.scores.rfm_scores`);
+(b) `value`: weighted value score (`features.scores.value_scores`, weights from config);
+(c) `logistic`: logistic regression on the same features (impute + scale numerics,
+    one-hot categoricals), fitted on the training cutoffs;
+(d) `random`: a seeded uniform score.
+Only the logistic regression outputs probabilities.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+
+from features.scores import rfm_scores, value_scores
+
+logger = logging.getLogger(__name__)
+
+MISSING_LEVEL = "missing"
+
+
+@dataclass(frozen=True)
+class BaselineScores:
+    """Scores of one baseline for the rows of the test frame, in row order."""
+
+    name: str
+    scores: np.ndarray
+    is_probability: bool
+
+
+def _score_column(result: pd.DataFrame, column: str, n_rows: int) -> np.ndarray:
+    """One score column of a features.scores result as float64, checked against the row count."""
+    values = result[column].to_numpy(dtype="float64")
+    if len(values) != n_rows:
+        raise ValueError(f"{column} has {len(values)} values for {n_rows} rows")
+    return values
+
+
+def rfm_baseline(test: pd.DataFrame) -> BaselineScores:
+    """RFM quintile score R + F + M (3-15) of each test row; ties are common and broken by member_id."""
+    return BaselineScores("rfm", _score_column(rfm_scores(test), "rfm_score", len(test)), is_probability=False)
+
+
+def value_baseline(test: pd.DataFrame, weights: Mapping[str, float] | None) -> BaselineScores:
+    """Weighted value score (0-100) of each test row; `None` uses the scores module's default weights."""
+    result = value_scores(test) if weights is None else value_scores(test, weights)
+    return BaselineScores("value", _score_column(result, "value_score", len(test)), is_probability=False)
+
+
+def random_baseline(test: pd.DataFrame, seed: int) -> BaselineScores:
+    """Seeded uniform scores: what ranking without information achieves."""
+    rng = np.random.default_rng(seed)
+    return BaselineScores("random", rng.random(len(test)), is_probability=False)
+
+
+def _categoricals_as_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """Categorical columns as plain object strings with an explicit 'missing' level."""
+    return frame.astype("object").where(frame.notna(), MISSING_LEVEL)
+
+
+def logistic_pipeline(numeric: Sequence[str], categorical: Sequence[str], seed: int) -> Pipeline:
+    """Impute (median + missing indicators) and scale numerics, one-hot categoricals, then logistic."""
+    transformers = [
+        (
+            "numeric",
+            Pipeline(
+                [
+                    ("impute", SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True)),
+                    ("scale", StandardScaler()),
+                ]
+            ),
+            list(numeric),
+        )
+    ]
+    if categorical:
+        transformers.append(
+            (
+                "categorical",
+                Pipeline(
+                    [
+                        ("as_text", FunctionTransformer(_categoricals_as_text, feature_names_out="one-to-one")),
+                        ("one_hot", OneHotEncoder(handle_unknown="ignore")),
+                    ]
+                ),
+                list(categorical),
+            )
+        )
+    return Pipeline(
+        [
+            ("prepare", ColumnTransformer(transformers, remainder="drop")),
+            ("logistic", LogisticRegression(C=1.0, max_iter=2000, random_state=seed)),
+        ]
+    )
+
+
+def fit_logistic(
+    train: pd.DataFrame, feature_names: Sequence[str], seed: int, sample_weight: np.ndarray | None = None
+) -> Pipeline:
+    """Logistic regression on the training rows' features and labels."""
+    categorical = [c for c in feature_names if isinstance(train[c].dtype, pd.CategoricalDtype)]
+    numeric = [c for c in feature_names if c not in categorical]
+    pipeline = logistic_pipeline(numeric, categorical, seed)
+    X = train[list(feature_names)].copy()
+    X[numeric] = X[numeric].astype("float64")
+    pipeline.fit(X, train["label"].to_numpy(dtype="int64"), logistic__sample_weight=sample_weight)
+    return pipeline
+
+
+def logistic_baseline(pipeline: Pipeline, test: pd.DataFrame, feature_names: Sequence[str]) -> BaselineScores:
+    """Probabilities of the fitted logistic regression on the test rows."""
+    X = test[list(feature_names)].copy()
+    numeric = [c for c in feature_names if not isinstance(X[c].dtype, pd.CategoricalDtype)]
+    X[numeric] = X[numeric].astype("float64")
+    return BaselineScores("logistic", pipeline.predict_proba(X)[:, 1].astype("float64"), is_probability=True)
+
+
+def all_baselines(
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    feature_names: Sequence[str],
+    *,
+    seed: int,
+    value_weights: Mapping[str, float] | None = None,
+) -> list[BaselineScores]:
+    """Every baseline scored on `test`; the logistic one is fitted on `train` (weights honoured)."""
+    weights = train["weight"].to_numpy(dtype="float64") if "weight" in train.columns else None
+    logistic = fit_logistic(train, feature_names, seed, sample_weight=weights)
+    return [
+        rfm_baseline(test),
+        value_baseline(test, value_weights),
+        logistic_baseline(logistic, test, feature_names),
+        random_baseline(test, seed),
+    ]

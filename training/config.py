@@ -1,0 +1,113 @@
+"""Typed configuration of the training stage (cutoffs, split, LightGBM, evaluation, registry)."""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+KSpec = int | str
+"""A top-K size: an absolute count (`100`) or a share of eligible members (`"1%"`)."""
+
+_PERCENT_K = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+
+
+def validate_k_spec(spec: KSpec) -> KSpec:
+    """Return `spec` if it is a positive count or a percentage like `"1%"`, else raise ValueError."""
+    if isinstance(spec, bool):
+        raise ValueError(f"K must be a positive integer or a percentage such as '1%', got {spec!r}")
+    if isinstance(spec, int):
+        if spec <= 0:
+            raise ValueError(f"K must be positive, got {spec}")
+        return spec
+    match = _PERCENT_K.match(spec)
+    if match is None or not 0 < float(match.group(1)) <= 100:
+        raise ValueError(f"K must be a positive integer or a percentage in (0, 100] such as '1%', got {spec!r}")
+    return spec.strip()
+
+
+class LgbmParams(BaseModel):
+    """LightGBM hyperparameters; the seed, thread count and determinism flags come from TrainConfig."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    learning_rate: float = Field(0.05, gt=0)
+    num_leaves: int = Field(31, ge=2)
+    max_depth: int = -1
+    min_data_in_leaf: int = Field(100, ge=1)
+    feature_fraction: float = Field(0.8, gt=0, le=1)
+    bagging_fraction: float = Field(0.8, gt=0, le=1)
+    bagging_freq: int = Field(1, ge=0)
+    lambda_l2: float = Field(1.0, ge=0)
+    min_gain_to_split: float = Field(0.0, ge=0)
+    max_bin: int = Field(255, ge=2)
+    cat_smooth: float = Field(10.0, ge=0)
+    num_boost_round: int = Field(1000, ge=1)
+    early_stopping_rounds: int = Field(50, ge=1)
+
+
+class TrainConfig(BaseModel):
+    """Everything `koc train` needs beyond the label definition and the time zone."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # --- snapshot cutoffs -------------------------------------------------------------
+    first_cutoff: date | None = Field(
+        None, description="First cutoff (month start); default: min_history_months after the earliest data"
+    )
+    last_cutoff: date | None = Field(None, description="Latest cutoff to consider; default: latest complete one")
+    min_history_months: int = Field(6, ge=0, description="History required before the first default cutoff")
+    step_months: int = Field(1, ge=1, description="Months between consecutive cutoffs")
+    embargo: bool = Field(
+        True,
+        description=(
+            "Keep only train/validation cutoffs whose label window (horizon + 7 days) is complete before "
+            "the test cutoff, so no label used for fitting was unknown at test time"
+        ),
+    )
+    negative_sample_rate: float = Field(
+        1.0, gt=0, le=1, description="Share of label-0 training rows kept (weighted 1/rate); 1 keeps all"
+    )
+
+    # --- model --------------------------------------------------------------------------
+    seed: int = 7
+    num_threads: int = Field(
+        1, ge=1, description="LightGBM threads; 1 by default because OpenMP threads spin badly on busy shared cores"
+    )
+    objective: Literal["binary", "lambdarank"] = "binary"
+    calibration: Literal["platt", "isotonic"] = Field(
+        "platt", description="Calibrator fitted on the validation cutoff; Platt keeps the booster's ranking"
+    )
+    lgbm: LgbmParams = LgbmParams()
+
+    # --- evaluation ---------------------------------------------------------------------
+    k_list: tuple[KSpec, ...] = (100, 500, "1%", "5%")
+    primary_k: KSpec = Field(100, description="K whose test precision decides champion promotion")
+    value_weights: dict[str, float] | None = Field(
+        None, description="Weights for the value-score baseline; None uses features.scores defaults"
+    )
+    reliability_bins: int = Field(10, ge=2)
+
+    # --- tracking -----------------------------------------------------------------------
+    experiment_name: str = "kocrank"
+    registered_model_name: str = "koc-potential"
+
+    @field_validator("k_list")
+    @classmethod
+    def _check_k_list(cls, value: tuple[KSpec, ...]) -> tuple[KSpec, ...]:
+        if not value:
+            raise ValueError("k_list must name at least one K")
+        return tuple(validate_k_spec(spec) for spec in value)
+
+    @field_validator("primary_k")
+    @classmethod
+    def _check_primary_k(cls, value: KSpec) -> KSpec:
+        return validate_k_spec(value)
+
+    @model_validator(mode="after")
+    def _check_cutoff_order(self) -> TrainConfig:
+        if self.first_cutoff and self.last_cutoff and self.first_cutoff > self.last_cutoff:
+            raise ValueError(f"first_cutoff {self.first_cutoff} is after last_cutoff {self.last_cutoff}")
+        return self

@@ -1,0 +1,236 @@
+"""Snapshot datasets: features and labels of eligible members at monthly cutoffs, split by time.
+
+Cutoffs
+- With a user `labels` table the cutoffs are its distinct `as_of` values (the brand's
+  labels are taken as complete). Otherwise they are month starts from `first_cutoff`
+  (default: the first month start at least `min_history_months` after the earliest
+  order) every `step_months`, and cutoffs whose label window is not complete
+  (`features.labels.label_window_complete`) are left out.
+- `first_cutoff` / `last_cutoff` in the config narrow either list.
+
+Split (out of time)
+- test: the latest cutoff; validation: the latest earlier cutoff allowed; train: all
+  earlier ones. With `embargo` (default) a train or validation cutoff is allowed only
+  when its label window (horizon + 7 days) is complete before the test cutoff, so the
+  backtest only uses labels that were known at test time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from features.build import build_features
+from features.contract import BrandData
+from features.labels import INTERACTIONS_KNOWN_AFTER, LabelConfig, label_window_complete, labels_for
+from features.registry import feature_names
+from training.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class CutoffSplit:
+    """Which cutoffs went where, and which were left out and why."""
+
+    train: tuple[pd.Timestamp, ...]
+    validation: pd.Timestamp
+    test: pd.Timestamp
+    incomplete: tuple[pd.Timestamp, ...] = ()
+    embargoed: tuple[pd.Timestamp, ...] = ()
+    source: str = "default_label"
+
+    @property
+    def used(self) -> tuple[pd.Timestamp, ...]:
+        return (*self.train, self.validation, self.test)
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-friendly record of the split (ISO dates)."""
+
+        def iso(values: Sequence[pd.Timestamp]) -> list[str]:
+            return [v.date().isoformat() for v in values]
+
+        return {
+            "label_source": self.source,
+            "train": iso(self.train),
+            "validation": self.validation.date().isoformat(),
+            "test": self.test.date().isoformat(),
+            "excluded_incomplete_window": iso(self.incomplete),
+            "excluded_embargo": iso(self.embargoed),
+        }
+
+
+def _month_start_on_or_after(ts: pd.Timestamp) -> pd.Timestamp:
+    start = ts.normalize().replace(day=1)
+    return start if start >= ts else start + pd.DateOffset(months=1)
+
+
+def candidate_cutoffs(
+    data: BrandData, label_cfg: LabelConfig, train_cfg: TrainConfig
+) -> tuple[list[pd.Timestamp], list[pd.Timestamp], str]:
+    """(usable cutoffs, cutoffs left out for an incomplete label window, label source)."""
+    lower = pd.Timestamp(train_cfg.first_cutoff) if train_cfg.first_cutoff else None
+    upper = pd.Timestamp(train_cfg.last_cutoff) if train_cfg.last_cutoff else None
+
+    def in_range(ts: pd.Timestamp) -> bool:
+        return (lower is None or ts >= lower) and (upper is None or ts <= upper)
+
+    if "labels" not in data.absent:
+        given = sorted(pd.Timestamp(v).as_unit("us") for v in data.labels["as_of"].dropna().unique())
+        return [c for c in given if in_range(c)], [], "labels_table"
+
+    if len(data.orders) == 0:
+        raise ValueError("the orders table is empty: there is no history to build cutoffs from")
+    if lower is None:
+        earliest = pd.Timestamp(data.orders["ordered_at"].min())
+        lower = _month_start_on_or_after(earliest + pd.DateOffset(months=train_cfg.min_history_months))
+    complete: list[pd.Timestamp] = []
+    incomplete: list[pd.Timestamp] = []
+    cutoff = pd.Timestamp(lower).as_unit("us")
+    end = data.data_end
+    while cutoff <= end and (upper is None or cutoff <= upper):
+        (complete if label_window_complete(data, cutoff, label_cfg) else incomplete).append(cutoff)
+        cutoff = (cutoff + pd.DateOffset(months=train_cfg.step_months)).as_unit("us")
+    return complete, incomplete, "default_label"
+
+
+def split_cutoffs(
+    cutoffs: Sequence[pd.Timestamp],
+    label_cfg: LabelConfig,
+    train_cfg: TrainConfig,
+    *,
+    incomplete: Sequence[pd.Timestamp] = (),
+    source: str = "default_label",
+) -> CutoffSplit:
+    """Out-of-time split: latest cutoff tests, the latest allowed earlier one validates, the rest train."""
+    ordered = sorted(set(cutoffs))
+    if len(ordered) < 3:
+        raise ValueError(
+            f"need at least 3 cutoffs with complete labels (train, validation, test), found {len(ordered)}: "
+            f"{[c.date().isoformat() for c in ordered]}. Supply more history, lower min_history_months "
+            "or set an earlier first_cutoff"
+        )
+    test = ordered[-1]
+    earlier = ordered[:-1]
+    embargoed: list[pd.Timestamp] = []
+    if train_cfg.embargo:
+        known_by_test = [c for c in earlier if c + label_cfg.horizon + INTERACTIONS_KNOWN_AFTER <= test]
+        embargoed = [c for c in earlier if c not in known_by_test]
+        earlier = known_by_test
+    if len(earlier) < 2:
+        raise ValueError(
+            f"after the embargo (label windows must be complete before the test cutoff {test.date()}) only "
+            f"{len(earlier)} earlier cutoff(s) remain; need 2 (train + validation). Supply more history, lower "
+            "min_history_months, or set training.embargo = false"
+        )
+    return CutoffSplit(
+        train=tuple(earlier[:-1]),
+        validation=earlier[-1],
+        test=test,
+        incomplete=tuple(incomplete),
+        embargoed=tuple(embargoed),
+        source=source,
+    )
+
+
+@dataclass(frozen=True)
+class SnapshotDataset:
+    """One row per eligible (member, cutoff): `member_id, as_of, split, label, weight, relevance` + features."""
+
+    frame: pd.DataFrame
+    split: CutoffSplit
+    feature_names: list[str]
+    downsampling: dict[str, float] = field(default_factory=dict)
+
+    def part(self, name: str) -> pd.DataFrame:
+        """Rows of one split (`train`, `validation`, `test`), sorted by as_of then member_id."""
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}; use one of {SPLITS}")
+        return self.frame.loc[self.frame["split"] == name].reset_index(drop=True)
+
+    def counts(self) -> pd.DataFrame:
+        """Rows and positives per split and cutoff."""
+        return (
+            self.frame.groupby(["split", "as_of"], observed=True, sort=True)
+            .agg(rows=("label", "size"), positives=("label", "sum"))
+            .reset_index()
+        )
+
+
+def graded_relevance(data: BrandData, labels: pd.DataFrame, label_cfg: LabelConfig) -> pd.Series:
+    """2 = label 1; 1 = enrolled within the label window without being productive; 0 otherwise."""
+    relevance = labels["label"].astype("int64") * 2
+    program = data.program
+    enrolled = program.loc[program["status"] == "enrolled", ["member_id", "event_at"]]
+    if len(enrolled) == 0:
+        return relevance
+    pairs = labels[["member_id", "as_of"]].merge(enrolled, on="member_id", how="inner")
+    in_window = (pairs["event_at"] >= pairs["as_of"]) & (pairs["event_at"] < pairs["as_of"] + label_cfg.horizon)
+    hit = pairs.loc[in_window, ["member_id", "as_of"]].drop_duplicates().assign(enrolled_in_window=True)
+    flags = labels[["member_id", "as_of"]].merge(hit, on=["member_id", "as_of"], how="left")
+    enrolled_flag = flags["enrolled_in_window"].fillna(False).astype(bool).to_numpy()
+    return relevance.where(~((relevance == 0) & enrolled_flag), 1)
+
+
+def downsample_negatives(frame: pd.DataFrame, rate: float, seed: int) -> pd.DataFrame:
+    """Keep every positive and a seeded `rate` share of negatives; kept negatives get weight 1/rate."""
+    if rate >= 1.0:
+        return frame.assign(weight=1.0)
+    rng = np.random.default_rng(seed)
+    keep = (frame["label"].to_numpy() == 1) | (rng.random(len(frame)) < rate)
+    kept = frame.loc[keep].copy()
+    kept["weight"] = np.where(kept["label"].to_numpy() == 1, 1.0, 1.0 / rate)
+    return kept
+
+
+def build_snapshots(data: BrandData, label_cfg: LabelConfig, train_cfg: TrainConfig) -> SnapshotDataset:
+    """Features + labels of eligible members at every used cutoff, tagged with their split."""
+    cutoffs, incomplete, source = candidate_cutoffs(data, label_cfg, train_cfg)
+    split = split_cutoffs(cutoffs, label_cfg, train_cfg, incomplete=incomplete, source=source)
+    logger.info(
+        "cutoffs: %d train (%s .. %s), validation %s, test %s; %d left out (incomplete window), %d embargoed",
+        len(split.train),
+        split.train[0].date(),
+        split.train[-1].date(),
+        split.validation.date(),
+        split.test.date(),
+        len(split.incomplete),
+        len(split.embargoed),
+    )
+    used = list(split.used)
+    labels = labels_for(data, used, label_cfg)
+    feats = build_features(data, used)
+    names = feature_names()
+    merged = labels.merge(feats, on=["member_id", "as_of"], how="inner", validate="one_to_one")
+    if len(merged) != len(labels):
+        raise ValueError(
+            f"{len(labels) - len(merged)} labelled (member, cutoff) rows have no feature row; "
+            "features.build.build_features must return every member who joined before the cutoff"
+        )
+    which = {c: "train" for c in split.train} | {split.validation: "validation", split.test: "test"}
+    merged.insert(2, "split", pd.Categorical(merged["as_of"].map(which), categories=list(SPLITS)))
+    if train_cfg.objective == "lambdarank":
+        relevance = graded_relevance(data, merged, label_cfg) if source == "default_label" else merged["label"]
+    else:
+        relevance = merged["label"]
+    merged.insert(4, "relevance", relevance.astype("int64").to_numpy())
+
+    train_rows = merged.loc[merged["split"] == "train"]
+    kept_train = downsample_negatives(train_rows, train_cfg.negative_sample_rate, train_cfg.seed)
+    others = merged.loc[merged["split"] != "train"].assign(weight=1.0)
+    frame = pd.concat([kept_train, others], ignore_index=True)
+    frame = frame.sort_values(["as_of", "member_id"], kind="stable", ignore_index=True)
+    ordered_columns = ["member_id", "as_of", "split", "label", "relevance", "weight", *names]
+    frame = frame[ordered_columns]
+    downsampling = {
+        "negative_sample_rate": float(train_cfg.negative_sample_rate),
+        "train_rows_before": float(len(train_rows)),
+        "train_rows_after": float(len(kept_train)),
+    }
+    return SnapshotDataset(frame=frame, split=split, feature_names=names, downsampling=downsampling)
