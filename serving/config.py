@@ -1,0 +1,60 @@
+"""Typed configuration of the ranking stage (tiers, budget quotas, exploration, API limits)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DEFAULT_MODEL_URI = "models:/koc-potential@champion"
+
+# Segment columns a quota may refer to (members table columns that describe a segment).
+QUOTA_COLUMNS = ("city_tier", "channel", "gender")
+
+
+class RankConfig(BaseModel):
+    """Business rules of one ranked invitation list.
+
+    Tiers are score bands: A when `score >= tier_a_min_score`, B when
+    `score >= tier_b_min_score`, else C. `quotas` maps a segment column to the maximum
+    share of the K slots any single value of that column may take. `exploration_share`
+    of the K slots is drawn at random (seeded) from the next `exploration_band_size`
+    ranks after the exploited list (default: K), so future training data is not only
+    the model's own picks.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tier_a_min_score: float = Field(0.5, ge=0.0, le=1.0)
+    tier_b_min_score: float = Field(0.2, ge=0.0, le=1.0)
+    quotas: dict[str, float] = Field(default_factory=dict)
+    exploration_share: float = Field(0.1, ge=0.0, lt=1.0)
+    exploration_band_size: int | None = Field(None, ge=1)
+    n_reasons: int = Field(3, ge=1, le=10)
+    trial_category_lookback_days: int = Field(365, ge=1)
+    seed: int = 42
+    model_uri: str = DEFAULT_MODEL_URI
+    score_batch_limit: int = Field(1000, ge=1)
+    default_top: int = Field(100, ge=1)
+    alias_check_seconds: float = Field(60.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> RankConfig:
+        if self.tier_b_min_score > self.tier_a_min_score:
+            raise ValueError(
+                f"tier_b_min_score ({self.tier_b_min_score}) must not exceed tier_a_min_score ({self.tier_a_min_score})"
+            )
+        for column, share in self.quotas.items():
+            if column not in QUOTA_COLUMNS:
+                raise ValueError(f"quota on unknown segment column {column!r}; use one of {QUOTA_COLUMNS}")
+            if not 0.0 < share <= 1.0:
+                raise ValueError(f"quota share for {column!r} must be in (0, 1], got {share}")
+        return self
+
+    def config_hash(self, **extra: Any) -> str:
+        """Stable sha256 of this config plus any extra run inputs (e.g. K, label config)."""
+        payload = {"rank": self.model_dump(mode="json"), **extra}
+        text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -1,0 +1,164 @@
+"""Load the scoring model from the MLflow registry, a run, or a local path, with its provenance."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+_ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/]+)$")
+_VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
+_RUN_URI = re.compile(r"^runs:/(?P<run_id>[^/]+)(?:/.*)?$")
+
+
+class RankingModel(Protocol):
+    """What ranking needs from a fitted model (satisfied by `training.model.KocModel`)."""
+
+    feature_names_: list[str]
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray: ...
+
+    def contributions(self, X: pd.DataFrame) -> pd.DataFrame: ...
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Where the model came from; reported by the sidecar and `GET /model`."""
+
+    uri: str
+    name: str | None = None
+    version: str | None = None
+    alias: str | None = None
+    run_id: str | None = None
+    trained_at: str | None = None
+    feature_set_version: str | None = None
+    test_metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: RankingModel
+    info: ModelInfo
+
+
+def parse_model_uri(uri: str) -> dict[str, str]:
+    """Split a `models:/name@alias`, `models:/name/version` or `runs:/id/...` URI into its parts."""
+    for pattern in (_ALIAS_URI, _VERSION_URI, _RUN_URI):
+        match = pattern.match(uri)
+        if match:
+            return {key: value for key, value in match.groupdict().items() if value is not None}
+    return {}
+
+
+def _client(tracking_uri: str | None):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri) if tracking_uri else MlflowClient()
+
+
+def resolve_registered_version(uri: str, tracking_uri: str | None = None) -> tuple[str | None, str | None]:
+    """(version, run_id) that a `models:/` URI points to now; (None, None) for other URIs.
+
+    A cheap registry call, used to notice that an alias moved to a new version.
+    """
+    parts = parse_model_uri(uri)
+    if "alias" in parts:
+        mv = _client(tracking_uri).get_model_version_by_alias(parts["name"], parts["alias"])
+    elif "version" in parts:
+        mv = _client(tracking_uri).get_model_version(parts["name"], parts["version"])
+    else:
+        return None, None
+    return str(mv.version), mv.run_id
+
+
+def _test_metrics(run_id: str | None, tracking_uri: str | None) -> dict[str, float]:
+    if not run_id:
+        return {}
+    try:
+        metrics = _client(tracking_uri).get_run(run_id).data.metrics
+    except Exception as exc:  # the run may live in another store; provenance is best effort
+        logger.warning("could not read metrics of run %s: %s", run_id, exc)
+        return {}
+    # training logs the model's test-cutoff metrics as "model.<metric>" (baselines under their own names)
+    return {key.removeprefix("model."): float(value) for key, value in sorted(metrics.items()) if key.startswith("model.")}
+
+
+def _unwrap(pyfunc_model: Any) -> RankingModel:
+    python_model = pyfunc_model.unwrap_python_model()
+    model = getattr(python_model, "model", None)
+    if model is None:
+        raise TypeError(
+            f"the MLflow model is a {type(python_model).__name__}, not a kocrank KocPyfunc; "
+            "register models with `koc train`"
+        )
+    return model
+
+
+def _describe(model: RankingModel, info: ModelInfo) -> ModelInfo:
+    trained_at = getattr(model, "trained_at_", None)
+    return ModelInfo(
+        uri=info.uri,
+        name=info.name,
+        version=info.version,
+        alias=info.alias,
+        run_id=info.run_id,
+        trained_at=None if trained_at is None else str(trained_at),
+        feature_set_version=getattr(model, "feature_set_version_", None),
+        test_metrics=info.test_metrics,
+    )
+
+
+def load_model(uri: str, tracking_uri: str | None = None) -> LoadedModel:
+    """Load a KocModel from `models:/name@alias`, `models:/name/version`, `runs:/...`,
+    an MLflow model directory, or a joblib file (`.joblib`/`.pkl`)."""
+    path = Path(uri)
+    if path.suffix in (".joblib", ".pkl") and path.is_file():
+        import joblib
+
+        model = joblib.load(path)
+        return LoadedModel(model, _describe(model, ModelInfo(uri=uri, name=path.stem)))
+
+    if tracking_uri:
+        from training.tracking import tracking_context
+
+        with tracking_context(tracking_uri):
+            return _load_mlflow_model(uri, path, tracking_uri)
+    return _load_mlflow_model(uri, path, None)
+
+
+def _load_mlflow_model(uri: str, path: Path, tracking_uri: str | None) -> LoadedModel:
+    import mlflow
+
+    parts = parse_model_uri(uri)
+    version, run_id = resolve_registered_version(uri, tracking_uri)
+    run_id = run_id or parts.get("run_id")
+    if not parts and not path.exists():
+        raise FileNotFoundError(f"model {uri!r} is neither a models:/ or runs:/ URI nor an existing path")
+    if not parts:
+        uri_to_load = str(path.resolve())
+        try:
+            from mlflow.models import Model
+
+            run_id = Model.load(uri_to_load).run_id
+        except Exception:  # a bare model directory need not record a run
+            run_id = None
+    else:
+        uri_to_load = uri
+    logger.info("loading model %s", uri)
+    model = _unwrap(mlflow.pyfunc.load_model(uri_to_load))
+    info = ModelInfo(
+        uri=uri,
+        name=parts.get("name"),
+        version=version,
+        alias=parts.get("alias"),
+        run_id=run_id,
+        test_metrics=_test_metrics(run_id, tracking_uri),
+    )
+    return LoadedModel(model, _describe(model, info))

@@ -1,0 +1,274 @@
+"""The one ranking module the CLI and the API both call.
+
+`rank_members` takes validated data, a cutoff and a loaded model and returns the ranked
+invitation list plus every scored member: eligibility (from `features.labels`), features
+(from `features.build`, the same code training used), calibrated scores, tiers, reasons,
+value scores, RFM segment, suggested trial category, quotas and exploration. It reads no
+files and no clock: the caller passes `generated_at` and writes the outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.build import build_features
+from features.contract import BrandData, parse_as_of
+from features.labels import EXCLUSION_RULES, LabelConfig, eligibility, exclusion_counts
+from features.registry import categorical_features
+from features.scores import rfm_scores, value_scores
+from serving.config import RankConfig
+from serving.model_store import LoadedModel, RankingModel
+from serving.reasons import Population, sorted_population, top_reasons
+from serving.selection import assign_tiers, order_by_score, score_percentiles, segment_shares, select_candidates
+
+logger = logging.getLogger(__name__)
+
+VALUE_SCORE_COLUMNS = ("consumption_value", "interaction_value", "content_value", "social_value")
+SEGMENT_COLUMNS = ("city_tier", "channel")
+
+
+@dataclass(frozen=True)
+class RankResult:
+    """A ranked list and everything needed to explain or re-query it.
+
+    `scored`: every member who joined before as_of (eligibility, score, tier, value scores, ...;
+    no reasons). `features`: their model inputs indexed by member_id, the population that
+    `explain_members` judges high/low values against.
+    """
+
+    candidates: pd.DataFrame
+    scored: pd.DataFrame
+    meta: dict[str, Any] = field(default_factory=dict)
+    features: pd.DataFrame | None = None
+    population: Population | None = None
+
+    @property
+    def expected_productive(self) -> float:
+        return float(self.meta["expected_productive"])
+
+
+def explain_members(
+    model: RankingModel,
+    features: pd.DataFrame,
+    member_ids: Sequence[str],
+    n_reasons: int = 3,
+    population: Population | None = None,
+) -> pd.DataFrame:
+    """Reasons (`reason_1..n`, `reason_feature_1..n`) for some members, indexed by member_id.
+
+    Contributions are computed only for these rows (LightGBM's pred_contrib is the costly
+    part of ranking); high/low phrasing is judged against all of `features` (or the
+    precomputed `population` of it).
+    """
+    rows = features.loc[list(member_ids)]
+    reference = population if population is not None else features
+    return top_reasons(
+        model.contributions(rows), rows, n_reasons, categorical=categorical_features(), reference=reference
+    )
+
+
+def trial_categories(orders: pd.DataFrame, as_of: pd.Timestamp, lookback_days: int = 365) -> pd.DataFrame:
+    """Each member's strongest category: most non-refunded spend in `[as_of - lookback, as_of)`.
+
+    Only orders strictly before `as_of` count. Ties go to the category name first in
+    alphabetical order; orders without a category are ignored. Returns `member_id, trial_category`
+    for members with at least one such order.
+    """
+    start = as_of - pd.Timedelta(days=lookback_days)
+    window = orders.loc[
+        (orders["ordered_at"] >= start) & (orders["ordered_at"] < as_of) & ~orders["refunded"] & orders["category"].notna(),
+        ["member_id", "category", "amount"],
+    ]
+    spend = window.groupby(["member_id", "category"], as_index=False, observed=True)["amount"].sum()
+    best = spend.sort_values(["member_id", "amount", "category"], ascending=[True, False, True], kind="mergesort")
+    best = best.drop_duplicates("member_id", keep="first")
+    return best.rename(columns={"category": "trial_category"})[["member_id", "trial_category"]].reset_index(drop=True)
+
+
+def _member_segments(data: BrandData) -> pd.DataFrame:
+    return data.members[["member_id", *SEGMENT_COLUMNS]]
+
+
+def score_population(
+    data: BrandData,
+    as_of: pd.Timestamp,
+    loaded: LoadedModel,
+    cfg: RankConfig,
+    label_cfg: LabelConfig,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every member who joined before `as_of`: eligibility flags, score, value scores, segment.
+
+    Percentile and tier are computed among eligible members only (null for the others).
+    Returns (scored sorted by member_id, model inputs indexed by member_id).
+    """
+    elig = eligibility(data, as_of, label_cfg)
+    features = build_features(data, [as_of])
+    model = loaded.model
+    X = features[list(model.feature_names_)]
+    scores = pd.Series(model.predict_proba(X), index=features.index, name="score")
+    values = value_scores(features)[list(VALUE_SCORE_COLUMNS)]
+    rfm_segment = rfm_scores(features)["rfm_segment"].astype("str")
+    scored = pd.concat([features[["member_id"]], scores, values, rfm_segment], axis=1)
+    scored = (
+        elig.drop(columns="as_of")
+        .merge(scored, on="member_id", how="left", validate="one_to_one")
+        .merge(trial_categories(data.orders, as_of, cfg.trial_category_lookback_days), on="member_id", how="left")
+        .merge(_member_segments(data), on="member_id", how="left", validate="one_to_one")
+    )
+    eligible = scored["eligible"].to_numpy(dtype=bool)
+    scored["percentile"] = score_percentiles(scored.loc[eligible, "score"]).reindex(scored.index)
+    scored["tier"] = assign_tiers(scored["score"], cfg).where(eligible, None)
+    inputs = X.set_axis(features["member_id"].to_numpy(), axis=0)
+    return scored.sort_values("member_id", ignore_index=True), inputs
+
+
+def candidate_columns(n_reasons: int) -> list[str]:
+    """Column order of the ranked list."""
+    return [
+        "rank",
+        "member_id",
+        "score",
+        "percentile",
+        "tier",
+        *[f"reason_{i + 1}" for i in range(n_reasons)],
+        *VALUE_SCORE_COLUMNS,
+        "rfm_segment",
+        "trial_category",
+        *SEGMENT_COLUMNS,
+        "exploration",
+        "selection_probability",
+    ]
+
+
+def rank_members(
+    data: BrandData,
+    as_of: pd.Timestamp | str,
+    loaded: LoadedModel,
+    k: int,
+    cfg: RankConfig | None = None,
+    label_cfg: LabelConfig | None = None,
+    *,
+    generated_at: str | None = None,
+    config_digest: str | None = None,
+) -> RankResult:
+    """Rank eligible members at `as_of` and pick the K to invite (quotas + exploration).
+
+    `generated_at` (ISO text) is recorded in the metadata as given; `config_digest` defaults
+    to a hash of the rank and label configs and K.
+    """
+    cfg = cfg or RankConfig()
+    label_cfg = label_cfg or LabelConfig()
+    as_of = parse_as_of(as_of, data.timezone)
+    scored, inputs = score_population(data, as_of, loaded, cfg, label_cfg)
+    eligible = order_by_score(scored.loc[scored["eligible"]])
+    chosen = select_candidates(eligible, k, cfg)
+    numeric = [name for name in inputs.columns if name not in set(categorical_features())]
+    population = sorted_population(inputs, numeric)
+    reasons = explain_members(loaded.model, inputs, chosen["member_id"], cfg.n_reasons, population)
+    chosen = chosen.join(reasons.drop(columns=[c for c in reasons if c.startswith("reason_feature_")]), on="member_id")
+    candidates = chosen[candidate_columns(cfg.n_reasons)].reset_index(drop=True)
+    counts = exclusion_counts(scored[["eligible", *EXCLUSION_RULES]])
+    exclusions = {rule.removeprefix("excl_"): counts[rule.removeprefix("excl_")] for rule in EXCLUSION_RULES}
+    expected = float(candidates["score"].sum())
+    info = loaded.info
+    meta: dict[str, Any] = {
+        "model": {
+            "name": info.name,
+            "version": info.version,
+            "alias": info.alias,
+            "run_id": info.run_id,
+            "uri": info.uri,
+            "trained_at": info.trained_at,
+            "feature_set_version": info.feature_set_version,
+        },
+        "as_of": as_of.isoformat(),
+        "generated_at": generated_at,
+        "k": int(k),
+        "exclusions": exclusions,
+        "counts": {
+            "members": int(len(data.members)),
+            "joined_before_as_of": int(len(scored)),
+            "eligible": int(scored["eligible"].sum()),
+            "listed": int(len(candidates)),
+            "exploration": int(candidates["exploration"].sum()),
+            "by_tier": {tier: int((candidates["tier"] == tier).sum()) for tier in ("A", "B", "C")},
+        },
+        "expected_productive": round(expected, 6),
+        "segments": segment_shares(candidates, SEGMENT_COLUMNS),
+        "config_hash": config_digest
+        or cfg.config_hash(k=int(k), labels=label_cfg.model_dump(mode="json"), timezone=data.timezone),
+        "rank_config": cfg.model_dump(mode="json"),
+        "data_fingerprint": data.fingerprint(),
+    }
+    logger.info(
+        "as of %s: %d eligible of %d members; listed %d (%d exploration); expected productive KOCs %.1f",
+        as_of.date(), meta["counts"]["eligible"], meta["counts"]["joined_before_as_of"], len(candidates),
+        meta["counts"]["exploration"], expected,
+    )
+    return RankResult(candidates=candidates, scored=scored, meta=meta, features=inputs, population=population)
+
+
+def filter_candidates(
+    candidates: pd.DataFrame,
+    top: int | None = None,
+    tier: str | None = None,
+    city_tier: int | None = None,
+) -> pd.DataFrame:
+    """The list restricted to a tier and/or city tier, then its first `top` rows (rank order)."""
+    mask = pd.Series(True, index=candidates.index)
+    if tier is not None:
+        mask &= candidates["tier"] == tier
+    if city_tier is not None:
+        mask &= (candidates["city_tier"] == city_tier).fillna(False).astype(bool)
+    out = candidates.loc[mask]
+    return out.head(top) if top is not None else out
+
+
+def lookup_members(scored: pd.DataFrame, member_ids: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
+    """Rows of `scored` for the requested ids (request order, duplicates once) and the unknown ids.
+
+    Unknown means not a member who joined before the cutoff. `scored` is sorted by member_id,
+    so each id is a binary search (no per-request index build on large lists).
+    """
+    wanted = list(dict.fromkeys(member_ids))
+    ids = scored["member_id"]
+    if not ids.is_monotonic_increasing:
+        raise ValueError("scored must be sorted by member_id (as score_population returns it)")
+    positions = ids.searchsorted(wanted) if wanted else np.array([], dtype=int)
+    found = [pos < len(ids) and ids.iat[pos] == member_id for pos, member_id in zip(positions, wanted, strict=True)]
+    known_positions = [int(pos) for pos, hit in zip(positions, found, strict=True) if hit]
+    unknown = [member_id for member_id, hit in zip(wanted, found, strict=True) if not hit]
+    return scored.iloc[known_positions].reset_index(drop=True), unknown
+
+
+def print_top(result: RankResult, n: int = 10, console: Any | None = None) -> None:
+    """Print the first `n` rows of the list and its headline numbers as a rich table (for the CLI and `make demo`)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    meta = result.meta
+    table = Table(title=f"KOC invitation list as of {meta['as_of'][:10]} — top {min(n, len(result.candidates))} of {len(result.candidates)}")
+    for column in ("rank", "member_id", "score", "pct", "tier"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("top reason", ratio=1, overflow="fold")
+    table.add_column("trial category", no_wrap=True)
+    table.add_column("explore", no_wrap=True)
+    for row in result.candidates.head(n).itertuples(index=False):
+        table.add_row(
+            str(row.rank), str(row.member_id), f"{row.score:.3f}", f"{row.percentile:.1f}", str(row.tier),
+            str(row.reason_1), "" if pd.isna(row.trial_category) else str(row.trial_category),
+            f"p={row.selection_probability:.2f}" if row.exploration else "",
+        )
+    console.print(table)
+    excl = ", ".join(f"{rule}: {count}" for rule, count in meta["exclusions"].items())
+    console.print(
+        f"eligible {meta['counts']['eligible']} of {meta['counts']['joined_before_as_of']} members (excluded — {excl}); "
+        f"expected productive KOCs in the list: {meta['expected_productive']:.1f}"
+    )

@@ -1,0 +1,172 @@
+"""The FastAPI app in-process: auth, validation, batch limit, filters, reload and start-up refusal."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from test_rank_world import AS_OF, build_world, fake_loaded
+from typer.testing import CliRunner
+
+from serving.api import RankingService, ServeConfigError, ServeSettings, check_serve_settings, create_app
+from serving.config import RankConfig
+
+TOKEN = "s3cret-token-for-tests"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+class FakeRegistry:
+    """Loader + alias resolver whose champion version the test can move."""
+
+    def __init__(self) -> None:
+        self.version = "1"
+        self.loads = 0
+
+    def load(self, uri: str, tracking_uri: str | None) -> object:
+        self.loads += 1
+        return fake_loaded(version=self.version)
+
+    def resolve(self, uri: str, tracking_uri: str | None) -> tuple[str, str]:
+        return self.version, f"run{self.version}"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def world():
+    return build_world()
+
+
+def _client(world, registry=None, clock=None, **rank_overrides):
+    registry = registry or FakeRegistry()
+    rank = RankConfig(score_batch_limit=3, exploration_share=0.0, default_top=10, alias_check_seconds=30, **rank_overrides)
+    settings = ServeSettings(api_token=TOKEN, as_of=str(AS_OF.date()), rank=rank)
+    service = RankingService(settings, loader=registry.load, data=world, version_resolver=registry.resolve,
+                             clock=clock or FakeClock())
+    return TestClient(create_app(settings, service))
+
+
+@pytest.fixture(scope="module")
+def client(world):
+    with _client(world) as test_client:
+        yield test_client
+
+
+def test_health_is_open_everything_else_needs_the_token(client):
+    assert client.get("/health").json() == {"status": "ok", "model_loaded": True, "ranking_available": True}
+    for method, path, body in (("get", "/model", None), ("get", "/candidates", None),
+                               ("post", "/score", {"member_ids": ["c001"]}), ("post", "/reload", None)):
+        assert client.request(method, path, json=body).status_code == 401
+        wrong = client.request(method, path, json=body, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+    assert client.get("/model", headers={"Authorization": f"Basic {TOKEN}"}).status_code == 401
+    assert client.get("/model", headers=AUTH).status_code == 200
+
+
+def test_model_card(client):
+    card = client.get("/model", headers=AUTH).json()
+    assert card["name"] == "koc-potential" and card["version"] == "1" and card["alias"] == "champion"
+    assert card["run_id"] == "run1" and card["test_metrics"] == {"test_precision_at_100": 0.5}
+    assert card["trained_at"]
+
+
+def test_candidates_and_filters(client):
+    body = client.get("/candidates", headers=AUTH).json()
+    assert body["k"] == 10 and body["count"] == 10 and body["as_of"].startswith("2026-06-01")
+    ranks = [c["rank"] for c in body["candidates"]]
+    assert ranks == list(range(1, 11))
+    assert body["expected_productive"] == pytest.approx(sum(c["score"] for c in body["candidates"]))
+    assert all(len(c["reasons"]) >= 1 for c in body["candidates"])
+    top3 = client.get("/candidates", params={"top": 3}, headers=AUTH).json()
+    assert [c["member_id"] for c in top3["candidates"]] == [c["member_id"] for c in body["candidates"][:3]]
+    tier_b = client.get("/candidates", params={"tier": "B"}, headers=AUTH).json()["candidates"]
+    assert all(c["tier"] == "B" for c in tier_b)
+    wanted = body["candidates"][-1]["city_tier"]
+    city = client.get("/candidates", params={"city_tier": wanted}, headers=AUTH).json()["candidates"]
+    assert len(city) == sum(c["city_tier"] == wanted for c in body["candidates"])
+    assert city and all(c["city_tier"] == wanted for c in city)
+    assert client.get("/candidates", params={"tier": "Z"}, headers=AUTH).status_code == 422
+    assert client.get("/candidates", params={"top": 0}, headers=AUTH).status_code == 422
+
+
+def test_score_known_unknown_and_ineligible(client):
+    response = client.post("/score", json={"member_ids": ["c003", "ghost", "m_black"]}, headers=AUTH)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["unknown_ids"] == ["ghost"]
+    by_id = {r["member_id"]: r for r in body["results"]}
+    assert by_id["c003"]["eligible"] and by_id["c003"]["exclusions"] == [] and by_id["c003"]["tier"] in "ABC"
+    assert 0.0 < by_id["c003"]["score"] < 1.0 and by_id["c003"]["reasons"]
+    assert not by_id["m_black"]["eligible"] and "blacklisted" in by_id["m_black"]["exclusions"]
+    assert by_id["m_black"]["tier"] is None and by_id["m_black"]["percentile"] is None
+
+
+def test_score_validation_and_batch_limit(client):
+    for bad in ({"ids": ["c001"]}, {"member_ids": []}, {"member_ids": "c001"}, {"member_ids": [""]},
+                {"member_ids": ["c001"], "extra": 1}):
+        assert client.post("/score", json=bad, headers=AUTH).status_code == 422, bad
+    assert client.post("/score", content=b"not json", headers={**AUTH, "content-type": "application/json"}).status_code == 422
+    too_many = client.post("/score", json={"member_ids": ["c001", "c002", "c003", "c004"]}, headers=AUTH)
+    assert too_many.status_code == 413 and "at most 3" in too_many.json()["detail"]
+
+
+def test_openapi_docs_are_served(client):
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/health", "/model", "/candidates", "/score", "/reload"} <= set(paths)
+
+
+def test_reload_and_alias_check_pick_up_a_new_champion(world):
+    registry, clock = FakeRegistry(), FakeClock()
+    with _client(world, registry, clock) as client:
+        assert registry.loads == 1
+        assert client.post("/reload", params={"force": False}, headers=AUTH).json() == {
+            "reloaded": False, "previous_version": "1", "version": "1"}
+        registry.version = "2"
+        # within the check interval the old model keeps serving without a registry call
+        clock.now += 10
+        assert client.get("/model", headers=AUTH).json()["version"] == "1"
+        clock.now += 30
+        assert client.get("/model", headers=AUTH).json()["version"] == "2"
+        assert registry.loads == 2
+        assert client.get("/candidates", headers=AUTH).json()["model_version"] == "2"
+        registry.version = "3"
+        assert client.post("/reload", headers=AUTH).json() == {"reloaded": True, "previous_version": "2", "version": "3"}
+
+
+def test_refuses_unsafe_settings():
+    with pytest.raises(ServeConfigError, match="KOC_API_TOKEN"):
+        check_serve_settings(ServeSettings())
+    with pytest.raises(ServeConfigError, match="KOC_API_TOKEN"):
+        create_app(ServeSettings(api_token=""))
+    with pytest.raises(ServeConfigError, match="loopback"):
+        check_serve_settings(ServeSettings(host="0.0.0.0", insecure_local=True))
+    with pytest.raises(ServeConfigError, match="loopback"):
+        check_serve_settings(ServeSettings(host="10.1.2.3", insecure_local=True, api_token=TOKEN))
+    for host in ("127.0.0.1", "::1", "localhost"):
+        check_serve_settings(ServeSettings(host=host, insecure_local=True))
+    check_serve_settings(ServeSettings(host="0.0.0.0", api_token=TOKEN))
+
+
+def test_insecure_local_needs_no_token(world):
+    settings = ServeSettings(insecure_local=True, as_of="2026-06-01", rank=RankConfig(default_top=5))
+    registry = FakeRegistry()
+    service = RankingService(settings, loader=registry.load, data=world, version_resolver=registry.resolve)
+    with TestClient(create_app(settings, service)) as client:
+        assert client.get("/candidates").json()["count"] == 5
+
+
+def test_serve_command_refuses_to_start_without_token(monkeypatch):
+    from kocrank.cli_serving import _standalone
+
+    monkeypatch.delenv("KOC_API_TOKEN", raising=False)
+    runner = CliRunner()
+    result = runner.invoke(_standalone(), ["serve", "--port", "1"])
+    assert result.exit_code == 2 and "KOC_API_TOKEN" in result.output
+    result = runner.invoke(_standalone(), ["serve", "--host", "0.0.0.0", "--insecure-local", "--port", "1"])
+    assert result.exit_code == 2 and "loopback" in result.output

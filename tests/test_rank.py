@@ -1,0 +1,331 @@
+"""Ranking: exclusions, reasons, tiers, quotas, exploration, trial category, outputs, determinism."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from pydantic import ValidationError
+from test_rank_world import AS_OF, build_world, fake_loaded
+
+from features.registry import categorical_features, feature_names
+from serving.config import RankConfig
+from serving.output import sidecar_path, write_ranked_list
+from serving.rank import (
+    candidate_columns,
+    explain_members,
+    filter_candidates,
+    lookup_members,
+    rank_members,
+    trial_categories,
+)
+from serving.reasons import PHRASES, Phrase, missing_phrases, top_reasons
+from serving.selection import assign_tiers, order_by_score, quota_caps, score_percentiles, select_candidates
+
+
+@pytest.fixture(scope="module")
+def world():
+    return build_world()
+
+
+@pytest.fixture(scope="module")
+def ranked(world):
+    return rank_members(world, AS_OF, fake_loaded(), 10, RankConfig(exploration_share=0.0), generated_at="t0")
+
+
+# ----------------------------------------------------------------- eligibility
+
+
+def test_each_exclusion_rule_removes_its_member(ranked):
+    scored = ranked.scored.set_index("member_id")
+    assert scored.loc["m_noconsent", "excl_no_consent"]
+    assert scored.loc["m_black", "excl_blacklisted"]
+    assert scored.loc["m_active", "excl_active_koc"]
+    assert scored.loc["m_invited", "excl_cooldown"]
+    assert scored.loc["m_declined", "excl_cooldown"]
+    for member in ("m_noconsent", "m_black", "m_active", "m_invited", "m_declined"):
+        assert not scored.loc[member, "eligible"], member
+        assert pd.isna(scored.loc[member, "tier"]) and pd.isna(scored.loc[member, "percentile"])
+    # eliminated long ago: eligible again; invited 90 days ago: cool-down over
+    assert scored.loc["m_rejoin", "eligible"] and scored.loc["m_oldinvite", "eligible"]
+    # program rows at/after the cutoff change nothing; joining after the cutoff means not ranked
+    assert scored.loc["c001", "eligible"] and scored.loc["c002", "eligible"]
+    assert "m_future" not in scored.index
+
+
+def test_exclusion_counts_in_metadata(ranked, world):
+    meta = ranked.meta
+    # m_black enrolled and was never eliminated, so it is also counted as an active KOC
+    assert meta["exclusions"] == {"no_consent": 1, "blacklisted": 1, "active_koc": 2, "cooldown": 2}
+    assert meta["counts"]["members"] == len(world.members)
+    assert meta["counts"]["joined_before_as_of"] == len(world.members) - 1
+    assert meta["counts"]["eligible"] == len(world.members) - 1 - 5
+
+
+def test_whole_list_with_everyone_eligible_is_ordered(world):
+    result = rank_members(world, AS_OF, fake_loaded(), 500, RankConfig(exploration_share=0.0))
+    listed = result.candidates
+    assert len(listed) == result.meta["counts"]["eligible"]
+    assert not set(listed["member_id"]) & {"m_noconsent", "m_black", "m_active", "m_invited", "m_declined", "m_future"}
+    assert listed["rank"].tolist() == list(range(1, len(listed) + 1))
+    expected = listed.sort_values(["score", "member_id"], ascending=[False, True])["member_id"].tolist()
+    assert listed["member_id"].tolist() == expected
+    assert listed["percentile"].iloc[0] == 100.0
+    assert result.meta["expected_productive"] == pytest.approx(listed["score"].sum())
+    assert list(listed.columns) == candidate_columns(3)
+
+
+# --------------------------------------------------------------------- reasons
+
+
+def test_every_registry_feature_has_a_phrase_and_directions_differ():
+    assert missing_phrases(feature_names()) == []
+    for name, phrase in PHRASES.items():
+        if name in categorical_features():
+            assert "{value}" in phrase.template
+        else:
+            assert phrase.high and phrase.low and phrase.high != phrase.low, name
+            assert " / " in phrase.high and " / " in phrase.low, name
+
+
+def test_top_reasons_follow_the_largest_positive_contributions():
+    values = pd.DataFrame(
+        {"posts_90d": [9.0, 0.0, 1.0], "recency_days": [2.0, 300.0, np.nan], "spend_365d": [5.0, 1.0, 3.0],
+         "channel": pd.Categorical(["store", None, "ads"])},
+        index=[10, 11, 12],
+    )
+    contributions = pd.DataFrame(
+        {"posts_90d": [0.9, -0.2, 0.0], "recency_days": [0.5, 0.4, 0.3], "spend_365d": [0.1, -0.3, 0.0],
+         "channel": [0.2, 0.7, -0.1]},
+        index=[10, 11, 12],
+    )
+    out = top_reasons(contributions, values, 3, categorical=["channel"])
+    assert out.index.tolist() == [10, 11, 12]
+    assert out.loc[10, ["reason_feature_1", "reason_feature_2", "reason_feature_3"]].tolist() == [
+        "posts_90d", "recency_days", "channel"]
+    assert out.loc[10, "reason_1"] == PHRASES["posts_90d"].high
+    # recency 2 days is low within the population -> "recent purchase"
+    assert out.loc[10, "reason_2"] == PHRASES["recency_days"].low
+    assert "recent purchase" in out.loc[10, "reason_2"]
+    assert out.loc[10, "reason_3"] == "获客渠道：store / acquisition channel: store"
+    # row 11: only two positive contributions; 300 days is high -> "no purchase for a long time"
+    assert out.loc[11, "reason_feature_1"] == "channel" and "unknown" in out.loc[11, "reason_1"]
+    assert out.loc[11, "reason_2"] == PHRASES["recency_days"].high
+    assert out.loc[11, "reason_3"] == "" and out.loc[11, "reason_feature_3"] == ""
+    # row 12: a missing recency means no purchases yet, not a recent one
+    assert out.loc[12, "reason_1"] == PHRASES["recency_days"].missing
+    assert out.loc[12, "reason_2"] == ""
+
+
+def test_ranked_reasons_match_model_contributions(world, ranked):
+    loaded = fake_loaded()
+    from features.build import build_features
+
+    feats = build_features(world, [AS_OF]).set_index("member_id")
+    contrib = loaded.model.contributions(feats[loaded.model.feature_names_])
+    explained = explain_members(loaded.model, ranked.features, ranked.scored["member_id"])
+    # the list shows the same phrases as explaining its members one by one
+    listed = ranked.candidates.set_index("member_id")
+    assert listed[["reason_1", "reason_2", "reason_3"]].equals(explained.loc[listed.index, ["reason_1", "reason_2", "reason_3"]])
+    for row in explained.reset_index(names="member_id").itertuples():
+        member_contrib = contrib.loc[row.member_id]
+        positive = member_contrib[member_contrib > 0].sort_values(ascending=False, kind="stable")
+        expected = list(positive.index[:3]) + [""] * (3 - min(3, len(positive)))
+        assert [row.reason_feature_1, row.reason_feature_2, row.reason_feature_3] == expected, row.member_id
+
+
+def test_phrase_for_value_handles_missing_and_templates():
+    assert Phrase(template="渠道：{value} / channel: {value}").for_value(None, True).startswith("渠道：未知")
+    assert Phrase(high="h", low="l", missing="m").for_value(float("nan"), True) == "m"
+    assert Phrase(high="h", low="l").for_value(3.0, False) == "l"
+
+
+# ------------------------------------------------------------ tiers / selection
+
+
+def _pool(n: int, city_tiers=None, channels=None) -> pd.DataFrame:
+    frame = pd.DataFrame(
+        {
+            "member_id": [f"x{i:03d}" for i in range(n)],
+            "score": np.linspace(0.9, 0.1, n),
+            "city_tier": city_tiers if city_tiers is not None else [1] * n,
+            "channel": channels if channels is not None else ["store"] * n,
+        }
+    )
+    return order_by_score(frame)
+
+
+def test_tiers_and_percentiles():
+    cfg = RankConfig(tier_a_min_score=0.6, tier_b_min_score=0.3)
+    scores = pd.Series([0.6, 0.59, 0.3, 0.29, 0.0])
+    assert assign_tiers(scores, cfg).tolist() == ["A", "B", "B", "C", "C"]
+    assert score_percentiles(pd.Series([0.1, 0.5, 0.5, 0.9])).tolist() == [25.0, 75.0, 75.0, 100.0]
+
+
+def test_ties_are_broken_by_member_id():
+    frame = pd.DataFrame({"member_id": ["b", "a", "c"], "score": [0.5, 0.5, 0.7]})
+    assert order_by_score(frame)["member_id"].tolist() == ["c", "a", "b"]
+
+
+def test_quotas_greedy_fill_in_score_order():
+    # members alternate A, A, A, B, ...: at most 50% of K=4 from one city tier
+    tiers = [1, 1, 1, 2, 1, 2, 2, 3]
+    chosen = select_candidates(_pool(8, city_tiers=tiers), 4, RankConfig(quotas={"city_tier": 0.5}, exploration_share=0.0))
+    assert chosen["member_id"].tolist() == ["x000", "x001", "x003", "x005"]
+    assert chosen["city_tier"].value_counts().max() <= quota_caps(4, {"city_tier": 0.5})["city_tier"]
+    assert chosen["rank"].tolist() == [1, 2, 3, 4]
+
+
+def test_quotas_on_two_columns_are_all_honoured():
+    rng = np.random.default_rng(0)
+    pool = _pool(300, city_tiers=rng.integers(1, 4, 300).tolist(), channels=rng.choice(["a", "b", "c"], 300).tolist())
+    cfg = RankConfig(quotas={"city_tier": 0.4, "channel": 0.5}, exploration_share=0.2, seed=5)
+    chosen = select_candidates(pool, 50, cfg)
+    assert len(chosen) == 50
+    assert chosen["city_tier"].value_counts().max() <= 20
+    assert chosen["channel"].value_counts().max() <= 25
+
+
+def test_exploration_share_band_and_probability():
+    pool = _pool(100)
+    cfg = RankConfig(exploration_share=0.2, exploration_band_size=30, seed=11)
+    chosen = select_candidates(pool, 20, cfg)
+    explore = chosen.loc[chosen["exploration"]]
+    exploit = chosen.loc[~chosen["exploration"]]
+    assert len(chosen) == 20 and len(explore) == 4
+    assert exploit["member_id"].tolist() == pool["member_id"].head(16).tolist()
+    band = set(pool["member_id"].iloc[16:46])
+    assert set(explore["member_id"]) <= band
+    assert np.allclose(explore["selection_probability"], 4 / 30)
+    assert (exploit["selection_probability"] == 1.0).all()
+    # seeded: same seed same draw, other seed (almost surely) another draw
+    again = select_candidates(pool, 20, cfg)
+    assert again["member_id"].tolist() == chosen["member_id"].tolist()
+    other = select_candidates(pool, 20, cfg.model_copy(update={"seed": 12}))
+    assert set(other.loc[other["exploration"], "member_id"]) != set(explore["member_id"])
+
+
+def test_exploration_draw_is_uniform_over_the_band():
+    pool = _pool(40)
+    counts: dict[str, int] = {}
+    for seed in range(400):
+        chosen = select_candidates(pool, 10, RankConfig(exploration_share=0.2, seed=seed))
+        for member in chosen.loc[chosen["exploration"], "member_id"]:
+            counts[member] = counts.get(member, 0) + 1
+    # band = ranks 9..18 (10 members), 2 draws each time -> expected 80 picks per member
+    assert set(counts) == set(pool["member_id"].iloc[8:18])
+    assert min(counts.values()) > 50 and max(counts.values()) < 110
+
+
+def test_short_pool_and_bad_inputs():
+    chosen = select_candidates(_pool(3), 10, RankConfig(exploration_share=0.1))
+    assert len(chosen) == 3 and not chosen["exploration"].any()
+    with pytest.raises(ValueError, match="at least 1"):
+        select_candidates(_pool(3), 0, RankConfig())
+    with pytest.raises(ValueError, match="quota columns"):
+        select_candidates(_pool(3).drop(columns="channel"), 2, RankConfig(quotas={"channel": 0.5}))
+
+
+def test_rank_config_validation():
+    with pytest.raises(ValidationError, match="tier_b_min_score"):
+        RankConfig(tier_a_min_score=0.2, tier_b_min_score=0.5)
+    with pytest.raises(ValidationError, match="unknown segment column"):
+        RankConfig(quotas={"shoe_size": 0.5})
+    with pytest.raises(ValidationError, match="quota share"):
+        RankConfig(quotas={"channel": 1.5})
+    with pytest.raises(ValidationError):
+        RankConfig(exploration_share=1.0)
+    cfg = RankConfig()
+    assert cfg.config_hash(k=10) == RankConfig().config_hash(k=10) != cfg.config_hash(k=11)
+
+
+def test_world_ranking_with_quotas_and_exploration(world):
+    cfg = RankConfig(quotas={"channel": 0.3}, exploration_share=0.2, seed=1)
+    result = rank_members(world, AS_OF, fake_loaded(), 10, cfg)
+    listed = result.candidates
+    assert len(listed) == 10 and listed["exploration"].sum() == 2
+    assert listed["channel"].value_counts().max() <= 3
+    assert result.meta["counts"]["exploration"] == 2
+
+
+# ------------------------------------------------------------ trial category
+
+
+def test_trial_category_is_point_in_time():
+    orders = pd.DataFrame(
+        {
+            "member_id": ["a", "a", "a", "a", "b", "b", "c"],
+            "ordered_at": pd.to_datetime(["2026-05-01", "2026-05-02", "2026-06-01", "2025-05-01",
+                                          "2026-01-01", "2026-01-02", "2026-02-01"]),
+            "amount": [50.0, 60.0, 1000.0, 900.0, 100.0, 100.0, 500.0],
+            "category": ["lip", "eye", "fragrance", "hair", "zeta", "alpha", None],
+            "refunded": [False, False, False, False, False, False, False],
+        }
+    )
+    orders.loc[len(orders)] = ["a", pd.Timestamp("2026-04-01"), 700.0, "refund", True]
+    out = trial_categories(orders, pd.Timestamp("2026-06-01"), 365).set_index("member_id")["trial_category"]
+    # order at the cutoff, a refunded order and one older than 365 days are ignored; ties -> alphabetical
+    assert out.to_dict() == {"a": "eye", "b": "alpha"}
+
+
+def test_world_trial_category_ignores_order_at_cutoff(ranked):
+    scored = ranked.scored.set_index("member_id")
+    assert scored.loc["c000", "trial_category"] != "fragrance"
+
+
+# ---------------------------------------------------------- filters / lookup
+
+
+def test_filter_and_lookup(ranked):
+    listed = ranked.candidates
+    a_only = filter_candidates(listed, tier="A")
+    assert (a_only["tier"] == "A").all()
+    tier_two = filter_candidates(listed, city_tier=2, top=2)
+    assert len(tier_two) <= 2 and (tier_two["city_tier"] == 2).all()
+    rows, unknown = lookup_members(ranked.scored, ["c003", "nobody", "c003", "m_black"])
+    assert rows["member_id"].tolist() == ["c003", "m_black"] and unknown == ["nobody"]
+
+
+# ------------------------------------------------------- output / determinism
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_same_inputs_same_bytes(world, tmp_path, suffix):
+    cfg = RankConfig(quotas={"channel": 0.5}, exploration_share=0.2)
+    first = rank_members(world, AS_OF, fake_loaded(), 8, cfg, generated_at="2026-06-01T01:00:00+00:00")
+    second = rank_members(world, AS_OF, fake_loaded(), 8, cfg, generated_at="2026-06-01T02:00:00+00:00")
+    path_1, meta_1 = write_ranked_list(first.candidates, first.meta, tmp_path / f"one{suffix}")
+    path_2, meta_2 = write_ranked_list(second.candidates, second.meta, tmp_path / f"two{suffix}")
+    assert path_1.read_bytes() == path_2.read_bytes()
+    side_1, side_2 = json.loads(meta_1.read_text()), json.loads(meta_2.read_text())
+    assert side_1.pop("generated_at") != side_2.pop("generated_at")
+    assert side_1 == side_2
+    assert meta_1 == sidecar_path(path_1) and meta_1.name == f"one{suffix}.meta.json"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_csv_keeps_ids_and_sidecar_fields(ranked, tmp_path):
+    path, meta_path = write_ranked_list(ranked.candidates, ranked.meta, tmp_path / "list.csv")
+    back = pd.read_csv(path, dtype={"member_id": str})
+    assert back["member_id"].tolist() == ranked.candidates["member_id"].tolist()
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    for key in ("model", "as_of", "generated_at", "k", "exclusions", "counts", "expected_productive", "config_hash"):
+        assert key in meta
+    assert meta["model"]["version"] == "1" and meta["model"]["run_id"] == "run1"
+
+
+def test_xlsx_has_candidates_and_meta_sheets(ranked, tmp_path):
+    path, _ = write_ranked_list(ranked.candidates, ranked.meta, tmp_path / "list.xlsx")
+    sheets = pd.read_excel(path, sheet_name=None)
+    assert set(sheets) == {"candidates", "meta"}
+    assert len(sheets["candidates"]) == len(ranked.candidates)
+    meta = dict(zip(sheets["meta"]["key"], sheets["meta"]["value"].astype(str), strict=True))
+    assert meta["model.version"] == "1" and meta["exclusions.cooldown"] == "2"
+
+
+def test_unsupported_output_suffix(ranked, tmp_path):
+    with pytest.raises(ValueError, match="must end in"):
+        write_ranked_list(ranked.candidates, ranked.meta, tmp_path / "list.json")
+    assert list(tmp_path.iterdir()) == []
