@@ -8,15 +8,15 @@ from typing import Annotated
 
 import pandas as pd
 import typer
-from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
 from features.contract import ContractError, load_data, summary
 from kocrank import cli_features, cli_serving, cli_simulate, cli_training
 from kocrank.config import load_config
+from kocrank.console import make_console
 
-console = Console()
+console = make_console()
 app = typer.Typer(
     name="koc",
     help="Rank a brand's members for invitation into its KOC programme.",
@@ -33,11 +33,14 @@ def main(
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+        handlers=[RichHandler(console=make_console(stderr=True), show_path=False)],
         force=True,
     )
     for noisy in ("alembic", "urllib3", "matplotlib", "mlflow.store", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # kocrank logs its pyfunc as an instance of its own class shipped in code_paths;
+    # MLflow's generic advice about pickled Python objects is noise for ops
+    logging.getLogger("mlflow.pyfunc").addFilter(lambda record: "CloudPickle" not in record.getMessage())
 
 
 @app.command()

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from kocrank.console import make_console
 
 
 def _registry_table() -> Table:
@@ -47,7 +48,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Build one row of features per (member, as_of) using only data strictly before each cutoff."""
-        console = Console()
+        console = make_console()
         if list_features:
             console.print(_registry_table())
             return

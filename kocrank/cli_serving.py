@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+
+from kocrank.console import make_console
 
 logger = logging.getLogger(__name__)
-console = Console()
+console = make_console()
 
 
 def rank_command(

@@ -7,14 +7,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from features.io import write_tables
 from features.simulate import SimConfig, SimulatedWorld, simulate
+from kocrank.console import make_console
 
-console = Console()
+console = make_console()
 
 # below this many member-months the run takes a second or two: no progress bar
 _PROGRESS_FROM = 250_000

@@ -8,9 +8,10 @@ from typing import Annotated
 
 import pandas as pd
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from kocrank.console import make_console
 
 HEADLINE = (("roc_auc", "roc_auc"), ("pr_auc", "pr_auc"), ("brier", "brier"))
 PRECISION, YIELD_RATIO = "precision_at_", "yield_ratio_at_"
@@ -56,7 +57,7 @@ def register(app: typer.Typer) -> None:
         from kocrank.config import load_config
         from training.train import STAGES, run_training
 
-        console = Console()
+        console = make_console()
         cfg = load_config(config)
         with Progress(
             SpinnerColumn(),
@@ -124,7 +125,7 @@ def register(app: typer.Typer) -> None:
         from kocrank.config import load_config
         from training.tracking import promote
 
-        console = Console()
+        console = make_console()
         model_name = load_config(config).training.registered_model_name
         try:
             decision = promote(version, reason=reason, tracking_uri=tracking_uri, model_name=model_name)
@@ -144,7 +145,7 @@ def register(app: typer.Typer) -> None:
         from kocrank.config import load_config
         from training.tracking import list_versions
 
-        console = Console()
+        console = make_console()
         model_name = load_config(config).training.registered_model_name
         rows = list_versions(tracking_uri, model_name)
         if not rows:

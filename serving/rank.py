@@ -173,6 +173,8 @@ def rank_members(
     reasons = explain_members(loaded.model, inputs, chosen["member_id"], cfg.n_reasons, population)
     chosen = chosen.join(reasons.drop(columns=[c for c in reasons if c.startswith("reason_feature_")]), on="member_id")
     candidates = chosen[candidate_columns(cfg.n_reasons)].reset_index(drop=True)
+    # readable file: 0-100 value scores to one decimal (the score keeps full precision: it orders the list)
+    candidates = candidates.round(dict.fromkeys(VALUE_SCORE_COLUMNS, 1))
     counts = exclusion_counts(scored[["eligible", *EXCLUSION_RULES]])
     exclusions = {rule.removeprefix("excl_"): counts[rule.removeprefix("excl_")] for rule in EXCLUSION_RULES}
     expected = float(candidates["score"].sum())
@@ -255,16 +257,18 @@ def print_top(result: RankResult, n: int = 10, console: Any | None = None) -> No
     console = console or Console()
     meta = result.meta
     table = Table(title=f"KOC invitation list as of {meta['as_of'][:10]} — top {min(n, len(result.candidates))} of {len(result.candidates)}")
-    for column in ("rank", "member_id", "score", "pct", "tier"):
+    for column in ("rank", "member_id", "score", "tier", "trial category", "explore"):
         table.add_column(column, no_wrap=True)
-    table.add_column("top reason", ratio=1, overflow="fold")
-    table.add_column("trial category", no_wrap=True)
-    table.add_column("explore", no_wrap=True)
-    for row in result.candidates.head(n).itertuples(index=False):
+    table.add_column("strongest reasons", overflow="fold")
+    reason_columns = [c for c in result.candidates.columns if c.startswith("reason_")]
+    for row in result.candidates.head(n).to_dict("records"):
+        # English half of each bilingual phrase keeps the table narrow; the file has both
+        reasons = "; ".join(str(row[c]).split(" / ")[-1] for c in reason_columns if isinstance(row[c], str))
         table.add_row(
-            str(row.rank), str(row.member_id), f"{row.score:.3f}", f"{row.percentile:.1f}", str(row.tier),
-            str(row.reason_1), "" if pd.isna(row.trial_category) else str(row.trial_category),
-            f"p={row.selection_probability:.2f}" if row.exploration else "",
+            str(row["rank"]), str(row["member_id"]), f"{row['score']:.3f}", str(row["tier"]),
+            "" if pd.isna(row["trial_category"]) else str(row["trial_category"]),
+            f"p={row['selection_probability']:.2f}" if row["exploration"] else "",
+            reasons,
         )
     console.print(table)
     excl = ", ".join(f"{rule}: {count}" for rule, count in meta["exclusions"].items())

@@ -29,18 +29,23 @@ def validate_k_spec(spec: KSpec) -> KSpec:
 
 
 class LgbmParams(BaseModel):
-    """LightGBM hyperparameters; the seed, thread count and determinism flags come from TrainConfig."""
+    """LightGBM hyperparameters; the seed, thread count and determinism flags come from TrainConfig.
+
+    Defaults are regularised (small leaves, many rows per leaf, strong L2): positives are
+    rare (1-5%), and on simulated worlds of 20k and 50k members these settings matched or
+    beat the looser 31-leaf defaults on every test metric.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    learning_rate: float = Field(0.05, gt=0)
-    num_leaves: int = Field(31, ge=2)
+    learning_rate: float = Field(0.03, gt=0)
+    num_leaves: int = Field(15, ge=2)
     max_depth: int = -1
-    min_data_in_leaf: int = Field(100, ge=1)
-    feature_fraction: float = Field(0.8, gt=0, le=1)
+    min_data_in_leaf: int = Field(300, ge=1)
+    feature_fraction: float = Field(0.6, gt=0, le=1)
     bagging_fraction: float = Field(0.8, gt=0, le=1)
     bagging_freq: int = Field(1, ge=0)
-    lambda_l2: float = Field(1.0, ge=0)
+    lambda_l2: float = Field(10.0, ge=0)
     min_gain_to_split: float = Field(0.0, ge=0)
     max_bin: int = Field(255, ge=2)
     cat_smooth: float = Field(10.0, ge=0)
