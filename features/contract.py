@@ -400,18 +400,21 @@ def _pandera_violations(spec: TableSpec, df: pd.DataFrame, schema: pa.DataFrameS
     return []
 
 
+# the pandas dtype each column kind has after loading (docs/architecture.md)
+CANONICAL_DTYPES = {
+    "id": "str",
+    "str": "str",
+    "ts": "datetime64[us]",
+    "date": "datetime64[us]",
+    "int": "int64",
+    "nullable_int": "Int64",
+    "float": "float64",
+    "bool": "bool",
+}
+
+
 def _canonical_empty(spec: TableSpec) -> pd.DataFrame:
-    dtypes = {
-        "id": "str",
-        "str": "str",
-        "ts": "datetime64[us]",
-        "date": "datetime64[us]",
-        "int": "int64",
-        "nullable_int": "Int64",
-        "float": "float64",
-        "bool": "bool",
-    }
-    return pd.DataFrame({c.name: pd.Series(dtype=dtypes[c.kind]) for c in spec.columns})
+    return pd.DataFrame({c.name: pd.Series(dtype=CANONICAL_DTYPES[c.kind]) for c in spec.columns})
 
 
 def _prepare(spec: TableSpec, raw: pd.DataFrame, timezone: str) -> tuple[pd.DataFrame, list[Violation]]:

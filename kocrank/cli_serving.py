@@ -46,7 +46,9 @@ def rank_command(
         raise typer.Exit(code=2) from error
     loaded = load_model(model or cfg.ranking.model_uri, tracking_uri)
     generated_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    result = rank_members(brand, cutoff, loaded, top, cfg.ranking, cfg.labels, generated_at=generated_at)
+    result = rank_members(
+        brand, cutoff, loaded, top, cfg.ranking, cfg.labels, generated_at=generated_at, config_digest=cfg.digest()
+    )
     path, sidecar = write_ranked_list(result.candidates, result.meta, out)
     if show:
         print_top(result, show, console)

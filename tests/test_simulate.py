@@ -11,22 +11,11 @@ import typer
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
-from features.contract import EVENT_TYPES, PLATFORMS, TABLES, ContractError, from_frames, load_data
+from features.contract import CANONICAL_DTYPES, EVENT_TYPES, PLATFORMS, TABLES, ContractError, from_frames, load_data
 from features.io import write_tables
 from features.labels import LabelConfig, default_labels, eligibility, label_window_complete
 from features.simulate import CHANNELS, PROGRAM_STATUSES, SIM_TABLES, SimConfig, dirty_copy, simulate
 from kocrank import cli_simulate
-
-CANONICAL_DTYPES = {
-    "id": "str",
-    "str": "str",
-    "ts": "datetime64[us]",
-    "date": "datetime64[us]",
-    "int": "int64",
-    "nullable_int": "Int64",
-    "float": "float64",
-    "bool": "bool",
-}
 
 
 def _digest(tables: dict[str, pd.DataFrame]) -> str:
