@@ -10,7 +10,7 @@ ROW_NUMBER, CAST, EXTRACT and DATE_DIFF('microsecond', ...). Window bounds are c
 in Python and inlined as TIMESTAMP literals, so no interval arithmetic is needed.
 `sqlglot.transpile(feature_sql(t), read="duckdb", write="spark")` yields Spark SQL.
 
-Determinism: amounts are summed as DECIMAL(18, 6) (exact, so the result does not depend
+Determinism: amounts are summed as DECIMAL(38, 6) (exact, so the result does not depend
 on DuckDB's parallel summation order) and only converted to DOUBLE at the end.
 
 Out of core: DuckDB spills large aggregations and sorts to disk when `EngineConfig`
@@ -20,6 +20,7 @@ are the pandas frames already in memory (registered zero-copy).
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import time
@@ -27,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from features.contract import BrandData, parse_as_of
@@ -207,7 +209,7 @@ m AS (
     FROM members WHERE joined_at < {t}
 ),
 o AS (
-    SELECT member_id, ordered_at, CAST(amount AS DECIMAL(18, 6)) AS amount, category
+    SELECT member_id, ordered_at, CAST(amount AS DECIMAL(38, 6)) AS amount, category
     FROM orders WHERE ordered_at < {t} AND NOT refunded
 ),
 e AS (
@@ -351,7 +353,8 @@ def _connect(engine: EngineConfig) -> duckdb.DuckDBPyConnection:
 
 
 def _normalise_cutoffs(as_of: Sequence[pd.Timestamp | str] | pd.Timestamp | str, timezone: str) -> list[pd.Timestamp]:
-    values = [as_of] if isinstance(as_of, (str, pd.Timestamp)) else list(as_of)
+    single = (str, dt.date, np.datetime64)  # pd.Timestamp and datetime are dates too
+    values = [as_of] if isinstance(as_of, single) else list(as_of)
     if not values:
         raise ValueError("build_features needs at least one as_of cutoff")
     return sorted({parse_as_of(v, timezone) for v in values})

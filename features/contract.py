@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
@@ -263,8 +264,31 @@ class BrandData:
 # --------------------------------------------------------------------------- time
 
 
-# an offset only counts after a time of day: "2024-01-01" ends in "-01" but is naive
-_OFFSET = re.compile(r"\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?\s*(?:Z|[+-]\d{2}(?::?\d{2})?)$")
+# an offset only counts after a time of day: "2024-01-01" ends in "-01" but is naive;
+# "…T10:00Z", "…T10:00:00+08:00", "…T1000+0800" and "…T10+08" all carry one
+_OFFSET = re.compile(r"[T ]\d{2}(?::?\d{2}){0,2}(?:\.\d+)?\s*(?:[Zz]|[+-]\d{2}(?::?\d{2})?)$")
+
+
+def _parse_times(text: pd.Series, aware: bool, timezone: str) -> pd.Series:
+    """Parse ISO 8601 strings; unparseable values become NaT (never an exception)."""
+
+    def one(value: str) -> pd.Timestamp:
+        try:
+            ts = pd.Timestamp(value)
+        except (ValueError, OverflowError):
+            return pd.NaT
+        if (ts.tzinfo is not None) != aware:
+            return pd.NaT
+        return ts.tz_convert(timezone).tz_localize(None) if aware else ts
+
+    try:
+        if aware:
+            parsed = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=True)
+            return parsed.dt.tz_convert(timezone).dt.tz_localize(None).astype("datetime64[us]")
+        return pd.to_datetime(text, format="ISO8601", errors="coerce").astype("datetime64[us]")
+    except (ValueError, TypeError, OverflowError):
+        # mixed or unusual forms: value by value (slow path, only for odd inputs)
+        return pd.Series([one(v) for v in text], index=text.index, dtype="datetime64[us]")
 
 
 def parse_as_of(value: str | dt.date | dt.datetime | pd.Timestamp, timezone: str = DEFAULT_TIMEZONE) -> pd.Timestamp:
@@ -283,15 +307,14 @@ def _to_local_naive(series: pd.Series, timezone: str) -> tuple[pd.Series, pd.Ser
     if pd.api.types.is_datetime64_any_dtype(series.dtype):
         return series.astype("datetime64[us]"), pd.Series(False, index=series.index)
     text = series.astype("str").where(series.notna())
-    text = text.str.strip().replace("", None)
+    text = text.str.strip().replace("", None).str.replace(r"(?<=\d)z$", "Z", regex=True)
     has_offset = text.str.contains(_OFFSET, na=False)
     out = pd.Series(pd.NaT, index=series.index, dtype="datetime64[us]")
     naive = text.notna() & ~has_offset
     if naive.any():
-        out[naive] = pd.to_datetime(text[naive], format="ISO8601", errors="coerce").astype("datetime64[us]")
+        out[naive] = _parse_times(text[naive], aware=False, timezone=timezone)
     if has_offset.any():
-        aware = pd.to_datetime(text[has_offset], format="ISO8601", errors="coerce", utc=True)
-        out[has_offset] = aware.dt.tz_convert(timezone).dt.tz_localize(None).astype("datetime64[us]")
+        out[has_offset] = _parse_times(text[has_offset], aware=True, timezone=timezone)
     bad = text.notna() & out.isna()
     return out, bad
 
@@ -310,7 +333,7 @@ def _coerce(series: pd.Series, col: Col, timezone: str) -> tuple[pd.Series, pd.S
         if pd.api.types.is_float_dtype(series.dtype):
             # ids exported as floats (1.0) lose their text form; render integers plainly
             as_int = series.dropna()
-            if (as_int == as_int.round()).all():
+            if (as_int == as_int.round()).all() and (as_int.abs() < 2**53).all():
                 series = series.astype("Int64")
         out = series.astype("str").where(series.notna())
         return out.astype("str"), none, "must be text"
@@ -320,14 +343,14 @@ def _coerce(series: pd.Series, col: Col, timezone: str) -> tuple[pd.Series, pd.S
             out = out.dt.normalize()
         return out, bad, "must be an ISO 8601 timestamp" if col.kind == "ts" else "must be an ISO 8601 date"
     if col.kind in ("int", "nullable_int"):
-        num = pd.to_numeric(series, errors="coerce")
-        bad = (series.notna() & num.isna()) | (num.notna() & (num != num.round()))
+        num = pd.to_numeric(series, errors="coerce").astype("float64")
+        bad = (series.notna() & num.isna()) | (num.notna() & ((num != num.round()) | (num.abs() >= 2**53)))
         out = num.where(~bad).round().astype("Int64")
         return out, bad, "must be an integer"
     if col.kind == "float":
-        num = pd.to_numeric(series, errors="coerce")
-        bad = series.notna() & num.isna()
-        return num.astype("float64"), bad, "must be a number"
+        num = pd.to_numeric(series, errors="coerce").astype("float64")
+        bad = (series.notna() & num.isna()) | (num.notna() & ~np.isfinite(num.fillna(0.0)))
+        return num.where(~bad), bad, "must be a finite number"
     if col.kind == "bool":
         if pd.api.types.is_bool_dtype(series.dtype):
             return series.astype("boolean"), none, "must be true or false"
@@ -385,7 +408,9 @@ def _pandera_schema(spec: TableSpec, member_ids: pd.Index | None, current_year: 
     return pa.DataFrameSchema(columns, strict=False)
 
 
-def _pandera_violations(spec: TableSpec, df: pd.DataFrame, schema: pa.DataFrameSchema) -> list[Violation]:
+def _pandera_violations(
+    spec: TableSpec, df: pd.DataFrame, schema: pa.DataFrameSchema, unparsed: Mapping[str, pd.Series]
+) -> list[Violation]:
     try:
         schema.validate(df, lazy=True)
     except SchemaErrors as err:
@@ -394,6 +419,11 @@ def _pandera_violations(spec: TableSpec, df: pd.DataFrame, schema: pa.DataFrameS
         for (column, check), group in cases.groupby(["column", "check"], sort=False, dropna=False):
             rule = _RULE_TEXT.get(str(check), str(check))
             idx = pd.Index(group["index"].dropna().astype("int64").unique())
+            bad = unparsed.get(f"{spec.name}.{column}")
+            if rule == _RULE_TEXT["not_nullable"] and bad is not None:
+                idx = idx.difference(bad.index[bad])  # already reported as unparseable
+                if not len(idx):
+                    continue
             examples = _examples(df, idx) if len(idx) else tuple(str(v) for v in group["failure_case"].head(3))
             out.append(Violation(spec.name, str(column), rule, int(len(idx) or len(group)), examples))
         return out
@@ -417,17 +447,27 @@ def _canonical_empty(spec: TableSpec) -> pd.DataFrame:
     return pd.DataFrame({c.name: pd.Series(dtype=CANONICAL_DTYPES[c.kind]) for c in spec.columns})
 
 
-def _prepare(spec: TableSpec, raw: pd.DataFrame, timezone: str) -> tuple[pd.DataFrame, list[Violation]]:
-    """Coerce one table to canonical dtypes; collect missing-column and parse violations."""
+MISSING_COLUMN = "required column is missing"
+
+
+def _prepare(
+    spec: TableSpec, raw: pd.DataFrame, timezone: str
+) -> tuple[pd.DataFrame, list[Violation], dict[str, pd.Series]]:
+    """Coerce one table to canonical dtypes.
+
+    Returns the frame, the missing-column and parse violations, and per column the mask
+    of rows whose value could not be parsed (those become null in the frame).
+    """
     violations: list[Violation] = []
+    unparsed: dict[str, pd.Series] = {}
     extra = [c for c in raw.columns if c not in spec.column_names]
     if extra:
         logger.debug("%s: ignoring extra columns %s", spec.name, extra)
     missing = [c.name for c in spec.columns if not _may_be_left_out(c) and c.name not in raw.columns]
     for name in missing:
-        violations.append(Violation(spec.name, name, "required column is missing", len(raw)))
+        violations.append(Violation(spec.name, name, MISSING_COLUMN, len(raw)))
     if missing:
-        return raw, violations
+        return raw, violations, unparsed
 
     raw = raw.reset_index(drop=True)
     out = pd.DataFrame(index=raw.index)
@@ -441,8 +481,9 @@ def _prepare(spec: TableSpec, raw: pd.DataFrame, timezone: str) -> tuple[pd.Data
         values, bad, rule = _coerce(raw[col.name], col, timezone)
         if bad.any():
             violations.append(Violation(spec.name, col.name, rule, int(bad.sum()), _examples(raw, bad)))
+            unparsed[col.name] = bad
         out[col.name] = values
-    return out, violations
+    return out, violations, unparsed
 
 
 def _finalise(spec: TableSpec, df: pd.DataFrame) -> pd.DataFrame:
@@ -456,8 +497,9 @@ def _finalise(spec: TableSpec, df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _drop_exact_duplicates(name: str, df: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
-    dup = df.duplicated(keep="first")
+def _drop_exact_duplicates(name: str, df: pd.DataFrame, raw: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
+    """Drop rows that repeat an earlier source row exactly (every column, as written) and say so."""
+    dup = raw.reset_index(drop=True).duplicated(keep="first").to_numpy()
     if dup.any():
         note = f"{name}: dropped {int(dup.sum())} exact duplicate row(s)"
         logger.warning(note)
@@ -487,21 +529,24 @@ def from_frames(
         raise ContractError(violations)
 
     prepared: dict[str, pd.DataFrame] = {}
+    unparsed: dict[str, pd.Series] = {}  # rows whose value failed to parse, per "table.column"
     for name, spec in TABLES.items():
         if name not in frames:
             continue
-        df, problems = _prepare(spec, frames[name], timezone)
+        df, problems, bad = _prepare(spec, frames[name], timezone)
         violations += problems
-        if not problems:
-            df = _drop_exact_duplicates(name, df, notes)
-        prepared[name] = df
-    if violations:
-        raise ContractError(violations)
+        unparsed.update({f"{name}.{col}": mask for col, mask in bad.items()})
+        if any(p.rule == MISSING_COLUMN for p in problems):
+            continue  # nothing more can be checked on this table
+        prepared[name] = _drop_exact_duplicates(name, df, frames[name], notes)
 
-    member_ids = pd.Index(prepared["members"]["member_id"].dropna().unique())
+    # every table whose columns are all there is checked, so all problems are reported together
+    members = prepared.get("members")
+    member_ids = pd.Index(members["member_id"].dropna().unique()) if members is not None else None
     for name, df in prepared.items():
         spec = TABLES[name]
-        violations += _pandera_violations(spec, df, _pandera_schema(spec, member_ids, current_year))
+        found = _pandera_violations(spec, df, _pandera_schema(spec, member_ids, current_year), unparsed)
+        violations += found
     for name in ("labels", "truth"):
         if name in prepared:
             clash = prepared[name].duplicated(["member_id", "as_of"], keep=False)

@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 INTERACTIONS_KNOWN_AFTER = pd.Timedelta(days=7)
 EXCLUSION_RULES = ("excl_no_consent", "excl_blacklisted", "excl_active_koc", "excl_cooldown")
+COOLDOWN_STATUSES = ("invited", "declined", "eliminated")
 
 
 class LabelConfig(BaseModel):
@@ -57,15 +58,17 @@ def eligibility(data: BrandData, as_of: pd.Timestamp | str, cfg: LabelConfig | N
 
     blacklisted = past.loc[past["status"] == "blacklisted", "member_id"].unique()
 
-    # active KOC: the latest enrol/eliminate event before as_of is an enrolment
-    # (on a timestamp tie the elimination wins: it is the later step of the lifecycle)
-    life = past.loc[past["status"].isin(["enrolled", "eliminated"]), ["member_id", "event_at", "status"]]
+    # active KOC: the latest enrol/upgrade/eliminate event before as_of is not an elimination
+    # (an upgrade proves enrolment when a log starts after it; on a timestamp tie the
+    # elimination wins: it is the later step of the lifecycle)
+    life = past.loc[past["status"].isin(["enrolled", "upgraded", "eliminated"]), ["member_id", "event_at", "status"]]
     life = life.assign(step=(life["status"] == "eliminated").astype("int8"))
     last = life.sort_values(["member_id", "event_at", "step"]).drop_duplicates("member_id", keep="last")
-    active = last.loc[last["status"] == "enrolled", "member_id"].unique()
+    active = last.loc[last["status"] != "eliminated", "member_id"].unique()
 
+    # cool-down after an invitation, a decline, or an elimination ("may be re-invited after a cool-down")
     window_start = as_of - pd.Timedelta(days=cfg.cooldown_days)
-    recent = past.loc[past["status"].isin(["invited", "declined"]) & (past["event_at"] >= window_start)]
+    recent = past.loc[past["status"].isin(COOLDOWN_STATUSES) & (past["event_at"] >= window_start)]
     cooling = recent["member_id"].unique()
 
     out = pd.DataFrame({"member_id": members["member_id"].to_numpy(), "as_of": as_of})
@@ -123,11 +126,21 @@ def default_labels(data: BrandData, as_of: pd.Timestamp | str, cfg: LabelConfig 
     return out.sort_values("member_id", ignore_index=True)
 
 
+def label_data_end(data: BrandData) -> pd.Timestamp:
+    """How far the default label's own evidence reaches: the earlier of the last programme
+    event and the last post (an export whose posts stop early must not read as "no posts").
+    Without both tables it is the end of the data."""
+    ends = [data.program["event_at"].max(), data.posts["posted_at"].max()]
+    if "program" in data.absent or "posts" in data.absent or any(pd.isna(e) for e in ends):
+        return data.data_end
+    return min(ends)
+
+
 def label_window_complete(data: BrandData, as_of: pd.Timestamp | str, cfg: LabelConfig | None = None) -> bool:
-    """True once `as_of + H + 7 days` has passed in the data (all counts are known)."""
+    """True once `as_of + H + 7 days` has passed in the label's evidence (all counts are known)."""
     cfg = cfg or LabelConfig()
     as_of = parse_as_of(as_of, data.timezone)
-    return bool(as_of + cfg.horizon + INTERACTIONS_KNOWN_AFTER <= data.data_end)
+    return bool(as_of + cfg.horizon + INTERACTIONS_KNOWN_AFTER <= label_data_end(data))
 
 
 def labels_for(
@@ -158,6 +171,13 @@ def labels_for(
                     "(not yet joined, no consent, blacklisted, active KOC or in cool-down)",
                     as_of.date(),
                     dropped,
+                )
+            unlabelled = len(eligible) - len(labelled)
+            if unlabelled:
+                logger.warning(
+                    "labels at %s: %d eligible member(s) have no label row and are left out of this cutoff",
+                    as_of.date(),
+                    unlabelled,
                 )
         frames.append(labelled)
     if not frames:

@@ -247,7 +247,7 @@ def _new_members(
         "enrolled_at": np.full(n, _LONG_AGO, dtype=np.int64),
         "upgraded": np.zeros(n, dtype=bool),
         "blacklisted_at": np.full(n, _NEVER, dtype=np.int64),
-        "last_invited_or_declined": np.full(n, _LONG_AGO, dtype=np.int64),
+        "cooldown_from": np.full(n, _LONG_AGO, dtype=np.int64),
     }
 
 
@@ -457,7 +457,7 @@ class _World:
             & p["consent"]
             & ~(p["blacklisted_at"] < t)
             & ~p["koc_active"]
-            & ~(p["last_invited_or_declined"] >= t - cooldown)
+            & ~(p["cooldown_from"] >= t - cooldown)
         )
 
     def cutoff(self, m: int) -> None:
@@ -475,8 +475,11 @@ class _World:
         judged = p["koc_active"] & (p["enrolled_at"] < t - judge_after)
         poor = judged & ((posts < 2) | (interactions < 60))
         eliminated = poor & (rng.random(n) < 0.6)
-        self._status(np.flatnonzero(eliminated), t + rng.integers(HOUR, 30 * HOUR, int(eliminated.sum())), ELIMINATED)
+        eliminated_idx = np.flatnonzero(eliminated)
+        eliminated_at = t + rng.integers(HOUR, 30 * HOUR, len(eliminated_idx))
+        self._status(eliminated_idx, eliminated_at, ELIMINATED)
         p["koc_active"] &= ~eliminated
+        p["cooldown_from"][eliminated_idx] = eliminated_at  # an elimination starts a cool-down too
         upgraded = p["koc_active"] & ~p["upgraded"] & (posts >= 4) & (interactions >= 400)
         self._status(np.flatnonzero(upgraded), t + rng.integers(HOUR, 48 * HOUR, int(upgraded.sum())), UPGRADED)
         p["upgraded"] |= upgraded
@@ -499,7 +502,7 @@ class _World:
         self._status(idx, invited_at, INVITED)
         self._status(idx[accepts], answered_at[accepts], ENROLLED)
         self._status(idx[~accepts], answered_at[~accepts], DECLINED)
-        p["last_invited_or_declined"][idx] = np.where(accepts, invited_at, answered_at)
+        p["cooldown_from"][idx] = np.where(accepts, invited_at, answered_at)
         self._enrol(idx[accepts], answered_at[accepts])
         return invited, eliminated
 

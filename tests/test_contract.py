@@ -195,3 +195,56 @@ def test_marketing_consent_false_is_kept():
         {"members": _members(marketing_consent=["true", "false", None]), "orders": _orders()}, current_year=2026
     )
     assert data.members["marketing_consent"].tolist() == [True, False, True]
+
+
+def test_all_violations_are_reported_together():
+    frames = {
+        "members": _members(member_id=["1", "1", "2"], gender=["F", "X", None]),
+        "orders": _orders(member_id=["1", "NOBODY", "2"], amount=[-1.0, 5.0, 6.0], ordered_at=["2024-04-01", "yesterday", "2024-05-02"]),
+        "events": pd.DataFrame({"member_id": ["1"], "event_type": ["share"]}),  # no event_at column
+    }
+    violations, _ = _violations(frames)
+    found = {(v.table, v.column, v.rule) for v in violations}
+    assert found == {
+        ("members", "member_id", "must be unique"),
+        ("members", "gender", "must be one of F, M, U"),
+        ("orders", "ordered_at", "must be an ISO 8601 timestamp"),
+        ("orders", "member_id", "must exist in members.member_id"),
+        ("orders", "amount", "must be >= 0"),
+        ("events", "event_at", "required column is missing"),
+    }  # the unparseable ordered_at is not reported a second time as null
+
+
+def test_odd_inputs_become_violations_not_crashes():
+    orders = _orders(
+        ordered_at=["2024-04-01T1000+0800", "2024-04-01T10+08:00", "2024-04-01T25:99"],
+        amount=["inf", "12.5", "7"],
+    )
+    members = _members(birth_year=["1e30", "1990", None])
+    violations, _ = _violations({"members": members, "orders": orders})
+    found = {(v.table, v.column, v.rule, v.count) for v in violations}
+    assert found == {
+        ("members", "birth_year", "must be an integer", 1),
+        ("orders", "ordered_at", "must be an ISO 8601 timestamp", 1),
+        ("orders", "amount", "must be a finite number", 1),
+    }
+
+
+def test_compact_offsets_are_converted():
+    orders = _orders(ordered_at=["2024-04-01T0200Z", "2024-04-01T1000+0800", "2024-04-01T02:00:00z"])
+    data = from_frames({"members": _members(), "orders": orders}, current_year=2026)
+    assert data.orders["ordered_at"].tolist() == [pd.Timestamp("2024-04-01 10:00:00")] * 3
+
+
+def test_duplicates_are_judged_on_every_source_column():
+    events = pd.DataFrame(
+        {
+            "member_id": ["000123"] * 3,
+            "event_at": ["2024-05-01 10:00"] * 3,
+            "event_type": ["share"] * 3,
+            "event_id": ["e1", "e2", "e2"],  # the brand's own id: rows 1 and 2 are distinct events
+        }
+    )
+    data = from_frames({"members": _members(), "orders": _orders(), "events": events}, current_year=2026)
+    assert len(data.events) == 2
+    assert "events: dropped 1 exact duplicate row(s)" in data.warnings

@@ -170,3 +170,36 @@ def test_label_ignores_rows_outside_its_window(program, posts, extra):
     more_posts = posts + [(m, d, likes) for m, d, _, likes in extra]
     after = default_labels(build(more_prog, more_posts), T)
     pd.testing.assert_frame_equal(before, after)
+
+
+def test_upgrade_proves_enrolment_and_elimination_starts_a_cooldown():
+    program = [
+        ("a", "2025-03-01", "upgraded"),  # log starts after enrolment: still an active KOC
+        ("b", "2025-01-01", "enrolled"),
+        ("b", "2025-05-01", "eliminated"),  # eliminated 31 days ago: cooling down
+        ("c", "2024-10-01", "enrolled"),
+        ("c", "2025-03-01", "eliminated"),  # eliminated 92 days ago: may be re-invited
+        ("d", "2025-01-01", "eliminated"),
+        ("d", "2025-02-01", "enrolled"),  # re-enrolled after an elimination: active again
+    ]
+    elig = eligibility(_world(program), T)
+    assert _flags(elig, "a") == {"excl_active_koc"}
+    assert _flags(elig, "b") == {"excl_cooldown"}
+    assert _flags(elig, "c") == set()
+    assert _flags(elig, "d") == {"excl_active_koc"}
+
+
+def test_unlabelled_eligible_members_are_reported(caplog):
+    labels = pd.DataFrame({"member_id": ["a"], "as_of": ["2025-06-01"], "label": [1]})
+    with caplog.at_level("WARNING", logger="features.labels"):
+        out = labels_for(_world(labels=labels), [T])
+    assert out["member_id"].tolist() == ["a"]
+    assert "6 eligible member(s) have no label row" in caplog.text
+
+
+def test_label_window_needs_programme_and_posts_to_reach_its_end():
+    program = [("a", "2025-12-20", "invited")]
+    posts = _posts("a", ["2025-03-01"])  # posts stop in March, orders run to 2026-01-01
+    data = _world(program, posts)
+    assert not label_window_complete(data, pd.Timestamp("2025-06-01"))
+    assert label_window_complete(data, pd.Timestamp("2025-03-01") - pd.Timedelta(days=97))
