@@ -29,7 +29,7 @@ def rank_command(
     """Rank eligible members at --as-of and write the top K (with quotas and exploration) to --out."""
     from features.contract import ContractError, load_data, parse_as_of
     from kocrank.config import load_config
-    from serving.model_store import load_model
+    from serving.model_store import IncompatibleModelError, load_model
     from serving.output import check_output_path, write_ranked_list
     from serving.rank import print_top, rank_members
 
@@ -44,7 +44,11 @@ def rank_command(
     except ContractError as error:
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(code=2) from error
-    loaded = load_model(model or cfg.ranking.model_uri, tracking_uri)
+    try:
+        loaded = load_model(model or cfg.ranking.model_uri, tracking_uri, cfg.labels)
+    except IncompatibleModelError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(code=2) from error
     generated_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     result = rank_members(
         brand, cutoff, loaded, top, cfg.ranking, cfg.labels, generated_at=generated_at, config_digest=cfg.digest()

@@ -1,14 +1,17 @@
 """FastAPI service over the ranked list: health, model card, candidates, scoring, reload.
 
 `create_app(settings)` builds the app; the model is loaded once at start-up (lifespan) and
-swapped atomically by `POST /reload` or when the registry alias moves (checked cheaply at
-most every `alias_check_seconds`). Every route but `/health` needs `Authorization: Bearer
-<token>` unless the server runs with `--insecure-local` on a loopback address.
+swapped atomically by `POST /reload` or when the registry alias moves. The alias is checked
+at most every `alias_check_seconds`, in a background thread: requests keep being answered
+from the current ranking until the new one is complete. Every route but `/health` needs
+`Authorization: Bearer <token>` unless the server runs with `--insecure-local` on a loopback
+address.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 import logging
 import secrets
@@ -21,14 +24,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pandas as pd
-from fastapi import Depends, FastAPI, HTTPException, Query, status
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, create_model
 
 from features.contract import BrandData, load_data, parse_as_of
 from features.labels import EXCLUSION_RULES, LabelConfig
 from serving.config import DEFAULT_MODEL_URI, RankConfig
-from serving.model_store import LoadedModel, ModelInfo, load_model, resolve_registered_version
+from serving.model_store import IncompatibleModelError, LoadedModel, ModelInfo, load_model, resolve_registered_version
 from serving.rank import RankResult, explain_members, filter_candidates, lookup_members, rank_members
 
 logger = logging.getLogger(__name__)
@@ -94,28 +100,45 @@ class _State:
 
 
 ModelLoader = Callable[[str, str | None], LoadedModel]
+BackgroundRunner = Callable[[Callable[[], None]], None]
+
+
+def run_in_daemon_thread(task: Callable[[], None]) -> None:
+    """Default runner of alias checks: a daemon thread, so a check never delays a request."""
+    threading.Thread(target=task, name="koc-alias-check", daemon=True).start()
 
 
 class RankingService:
-    """Holds the loaded model and the latest ranking; thread-safe swaps on reload."""
+    """Holds the loaded model and the latest ranking; swaps both at once on reload.
+
+    Requests read one immutable `_State` snapshot and never wait for a reload: the periodic
+    alias check runs through `background` (a daemon thread by default; tests inject their own)
+    and the new state replaces the old only once its ranking is complete.
+    """
 
     def __init__(
         self,
         settings: ServeSettings,
         *,
-        loader: ModelLoader = load_model,
+        loader: ModelLoader | None = None,
         data: BrandData | None = None,
         version_resolver: Callable[[str, str | None], tuple[str | None, str | None]] = resolve_registered_version,
         clock: Callable[[], float] = time.monotonic,
+        background: BackgroundRunner = run_in_daemon_thread,
     ) -> None:
         self.settings = settings
-        self._loader = loader
+        self._loader = loader or functools.partial(load_model, label_cfg=settings.labels)
         self._data = data
         self._resolve_version = version_resolver
         self._clock = clock
-        self._lock = threading.Lock()
-        self._state: _State | None = None
+        self._background = background
+        self._reload_lock = threading.Lock()  # one load + rank at a time
+        self._check_lock = threading.Lock()  # guards the two fields below
+        self._check_running = False
         self._last_alias_check = 0.0
+        self._check_idle = threading.Event()
+        self._check_idle.set()
+        self._state: _State | None = None
 
     # -- lifecycle
     @property
@@ -126,7 +149,7 @@ class RankingService:
         """Load the data and the model once, and compute the ranking."""
         if self._data is None and self.settings.data_dir is not None:
             self._data = load_data(self.settings.data_dir, self.settings.timezone)
-        with self._lock:
+        with self._reload_lock:
             self._state = self._build_state(self._loader(self.settings.model_uri, self.settings.tracking_uri))
             self._last_alias_check = self._clock()
 
@@ -153,7 +176,7 @@ class RankingService:
         return self._state
 
     def ranked_state(self) -> tuple[LoadedModel, RankResult]:
-        """The model and the ranking it produced (one consistent snapshot), after the alias check."""
+        """The model and the ranking it produced (one consistent snapshot); may start an alias check."""
         self.maybe_check_alias()
         state = self.state()
         if state.result is None:
@@ -167,10 +190,13 @@ class RankingService:
 
     # -- reload
     def reload(self, force: bool = True) -> dict[str, Any]:
-        """Reload the model (always when `force`, else only if the alias points to a new version)."""
-        with self._lock:
+        """Reload the model (always when `force`, else only if the alias points to a new version).
+
+        Runs in the caller's thread; the current state keeps serving until the new model has
+        been loaded and has ranked, then both are swapped in at once.
+        """
+        with self._reload_lock:
             previous = self.state().loaded.info
-            self._last_alias_check = self._clock()
             if not force:
                 current, _ = self._resolve_version(self.settings.model_uri, self.settings.tracking_uri)
                 if current is None or current == previous.version:
@@ -181,15 +207,40 @@ class RankingService:
         return {"reloaded": True, "previous_version": previous.version, "version": loaded.info.version}
 
     def maybe_check_alias(self) -> None:
-        """Cheap registry check, at most every `alias_check_seconds`: reload when the alias moved."""
+        """At most every `alias_check_seconds`, start a background check that reloads when the
+        alias moved. Returns at once: the request is answered from the current state."""
         interval = self.settings.rank.alias_check_seconds
-        if interval <= 0 or self._state is None or self._clock() - self._last_alias_check < interval:
+        if interval <= 0 or self._state is None:
             return
+        with self._check_lock:
+            if self._check_running or self._clock() - self._last_alias_check < interval:
+                return
+            self._check_running = True
+            self._check_idle.clear()
+        try:
+            self._background(self._check_alias)
+        except Exception as exc:  # e.g. no thread could be started: try again after the interval
+            self._finish_check()
+            logger.warning("could not start the alias check for %s: %s", self.settings.model_uri, exc)
+
+    def _check_alias(self) -> None:
         try:
             self.reload(force=False)
-        except Exception as exc:  # keep serving the loaded model when the registry is unreachable
-            self._last_alias_check = self._clock()
+        except Exception as exc:  # keep serving the loaded model (registry down, incompatible model, ...)
             logger.warning("alias check for %s failed: %s", self.settings.model_uri, exc)
+        finally:
+            self._finish_check()
+
+    def _finish_check(self) -> None:
+        # the interval counts from the end of a check, so a slow re-rank is not followed by another at once
+        with self._check_lock:
+            self._check_running = False
+            self._last_alias_check = self._clock()
+        self._check_idle.set()
+
+    def wait_for_alias_check(self, timeout: float | None = None) -> bool:
+        """Block until no alias check is running (True) or `timeout` seconds pass (False)."""
+        return self._check_idle.wait(timeout)
 
 
 # --------------------------------------------------------------------------- schemas
@@ -240,10 +291,26 @@ class CandidatesResponse(BaseModel):
     candidates: list[Candidate]
 
 
+MemberId = Annotated[str, Field(min_length=1, max_length=128)]
+MEMBER_ID_MAX_JSON_BYTES = 128 * 12 + 8  # 128 characters, each at worst a 12-byte JSON escape, quotes, comma, spaces
+
+
 class ScoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    member_ids: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(min_length=1)
+    member_ids: list[MemberId] = Field(min_length=1)
+
+
+def score_request_model(limit: int) -> type[ScoreRequest]:
+    """`ScoreRequest` with `member_ids` capped at the configured batch `limit` (shown in the OpenAPI schema)."""
+    return create_model(
+        "ScoreRequest", __base__=ScoreRequest, member_ids=(list[MemberId], Field(min_length=1, max_length=limit))
+    )
+
+
+def score_body_limit(limit: int) -> int:
+    """Bytes a `/score` body of `limit` ids can reasonably take; larger bodies get 413 before they are parsed."""
+    return 4096 + limit * MEMBER_ID_MAX_JSON_BYTES
 
 
 class MemberScore(BaseModel):
@@ -376,13 +443,21 @@ def create_app(settings: ServeSettings, service: RankingService | None = None) -
             expected_productive=float(rows["score"].sum()), count=len(items), candidates=items,
         )
 
-    @app.post("/score", response_model=ScoreResponse, dependencies=authorized)
+    limit = settings.rank.score_batch_limit
+
+    @app.exception_handler(RequestValidationError)
+    async def too_many_ids_is_413(request: Request, exc: RequestValidationError) -> Response:
+        for error in exc.errors():
+            # only the /score body has a member_ids field
+            if error["type"] == "too_long" and tuple(error["loc"]) == ("body", "member_ids"):
+                got = error.get("ctx", {}).get("actual_length")
+                return JSONResponse(
+                    {"detail": f"at most {limit} member ids per request" + (f", got {got}" if got is not None else "")},
+                    status_code=status.HTTP_413_CONTENT_TOO_LARGE,
+                )
+        return await request_validation_exception_handler(request, exc)
+
     def score(request: ScoreRequest) -> ScoreResponse:
-        limit = settings.rank.score_batch_limit
-        if len(request.member_ids) > limit:
-            raise HTTPException(
-                status.HTTP_413_CONTENT_TOO_LARGE, f"at most {limit} member ids per request, got {len(request.member_ids)}"
-            )
         loaded, result = service.ranked_state()
         rows, unknown = lookup_members(result.scored, request.member_ids)
         if len(rows):
@@ -405,8 +480,18 @@ def create_app(settings: ServeSettings, service: RankingService | None = None) -
             as_of=result.meta["as_of"], model_version=result.meta["model"]["version"], results=results, unknown_ids=unknown
         )
 
+    # the body model depends on the configured limit, so it is built here; annotations in this
+    # module are strings that FastAPI resolves in module globals, hence the explicit assignment
+    score.__annotations__["request"] = score_request_model(limit)
+    app.post(
+        "/score", response_model=ScoreResponse, dependencies=authorized, max_body_size=score_body_limit(limit)
+    )(score)
+
     @app.post("/reload", response_model=ReloadResponse, dependencies=authorized)
     def reload(force: bool = True) -> ReloadResponse:
-        return ReloadResponse(**service.reload(force=force))
+        try:
+            return ReloadResponse(**service.reload(force=force))
+        except IncompatibleModelError as error:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from error
 
     return app

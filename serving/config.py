@@ -34,7 +34,7 @@ class RankConfig(BaseModel):
     exploration_band_size: int | None = Field(None, ge=1)
     n_reasons: int = Field(3, ge=1, le=10)
     trial_category_lookback_days: int = Field(365, ge=1)
-    seed: int = 42
+    seed: int = Field(42, ge=0)
     model_uri: str = DEFAULT_MODEL_URI
     score_batch_limit: int = Field(1000, ge=1)
     default_top: int = Field(100, ge=1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -11,11 +12,18 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
+from features.labels import LabelConfig
+from features.registry import FEATURE_SET_VERSION
+
 logger = logging.getLogger(__name__)
 
 _ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/]+)$")
 _VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
 _RUN_URI = re.compile(r"^runs:/(?P<run_id>[^/]+)(?:/.*)?$")
+
+
+class IncompatibleModelError(RuntimeError):
+    """The model was trained on another feature set than the one this code computes."""
 
 
 class RankingModel(Protocol):
@@ -101,6 +109,38 @@ def _unwrap(pyfunc_model: Any) -> RankingModel:
     return model
 
 
+def check_feature_set(model: RankingModel, uri: str) -> None:
+    """Refuse a model whose recorded feature set version is not the one `features/` computes now.
+
+    Scoring such a model with today's feature code is training/serving skew: the columns may
+    have the same names but different meanings.
+    """
+    trained_on = getattr(model, "feature_set_version_", None)
+    if trained_on != FEATURE_SET_VERSION:
+        recorded = f"feature set version {trained_on}" if trained_on else "no feature set version"
+        raise IncompatibleModelError(
+            f"model {uri} was trained on {recorded}, but this kocrank computes feature set version "
+            f"{FEATURE_SET_VERSION}; retrain with `koc train` (and promote the new model) or serve a model "
+            f"trained on feature set {FEATURE_SET_VERSION}"
+        )
+
+
+def label_config_warnings(model_label_config: Mapping[str, Any] | None, label_cfg: LabelConfig | None) -> list[str]:
+    """Notes when the model's label horizon differs from the configured one (the score then
+    estimates a different H than the list and README promise). Empty when they agree or the
+    model recorded no label config."""
+    if not model_label_config or label_cfg is None:
+        return []
+    trained = model_label_config.get("horizon_days")
+    if trained is None or int(trained) == label_cfg.horizon_days:
+        return []
+    return [
+        f"the model was trained with a {trained}-day label horizon but labels.horizon_days is "
+        f"{label_cfg.horizon_days}; its scores estimate the {trained}-day probability "
+        "(retrain with the configured horizon, or configure the model's)"
+    ]
+
+
 def _describe(model: RankingModel, info: ModelInfo) -> ModelInfo:
     trained_at = getattr(model, "trained_at_", None)
     return ModelInfo(
@@ -115,22 +155,30 @@ def _describe(model: RankingModel, info: ModelInfo) -> ModelInfo:
     )
 
 
-def load_model(uri: str, tracking_uri: str | None = None) -> LoadedModel:
+def load_model(uri: str, tracking_uri: str | None = None, label_cfg: LabelConfig | None = None) -> LoadedModel:
     """Load a KocModel from `models:/name@alias`, `models:/name/version`, `runs:/...`,
-    an MLflow model directory, or a joblib file (`.joblib`/`.pkl`)."""
+    an MLflow model directory, or a joblib file (`.joblib`/`.pkl`).
+
+    Raises `IncompatibleModelError` when the model's feature set version is not the current
+    one; logs a warning when its label horizon differs from `label_cfg`.
+    """
     path = Path(uri)
     if path.suffix in (".joblib", ".pkl") and path.is_file():
         import joblib
 
         model = joblib.load(path)
-        return LoadedModel(model, _describe(model, ModelInfo(uri=uri, name=path.stem)))
-
-    if tracking_uri:
+        loaded = LoadedModel(model, _describe(model, ModelInfo(uri=uri, name=path.stem)))
+    elif tracking_uri:
         from training.tracking import tracking_context
 
         with tracking_context(tracking_uri):
-            return _load_mlflow_model(uri, path, tracking_uri)
-    return _load_mlflow_model(uri, path, None)
+            loaded = _load_mlflow_model(uri, path, tracking_uri)
+    else:
+        loaded = _load_mlflow_model(uri, path, None)
+    check_feature_set(loaded.model, uri)
+    for note in label_config_warnings(getattr(loaded.model, "label_config_", None), label_cfg):
+        logger.warning("model %s: %s", uri, note)
+    return loaded
 
 
 def _load_mlflow_model(uri: str, path: Path, tracking_uri: str | None) -> LoadedModel:
@@ -149,9 +197,13 @@ def _load_mlflow_model(uri: str, path: Path, tracking_uri: str | None) -> Loaded
             run_id = Model.load(uri_to_load).run_id
         except Exception:  # a bare model directory need not record a run
             run_id = None
+    elif version is not None:
+        # load the version the alias resolved to, not the alias again: if the alias moves in
+        # between, the loaded model and the reported version would disagree
+        uri_to_load = f"models:/{parts['name']}/{version}"
     else:
         uri_to_load = uri
-    logger.info("loading model %s", uri)
+    logger.info("loading model %s (%s)", uri, uri_to_load)
     model = _unwrap(mlflow.pyfunc.load_model(uri_to_load))
     info = ModelInfo(
         uri=uri,

@@ -22,14 +22,16 @@ from features.contract import BrandData, parse_as_of
 from features.labels import EXCLUSION_RULES, LabelConfig, eligibility, exclusion_counts
 from features.registry import categorical_features
 from features.scores import rfm_scores, value_scores
-from serving.config import RankConfig
-from serving.model_store import LoadedModel, RankingModel
+from serving.config import QUOTA_COLUMNS, RankConfig
+from serving.model_store import LoadedModel, RankingModel, label_config_warnings
 from serving.reasons import Population, sorted_population, top_reasons
 from serving.selection import assign_tiers, order_by_score, score_percentiles, segment_shares, select_candidates
 
 logger = logging.getLogger(__name__)
 
 VALUE_SCORE_COLUMNS = ("consumption_value", "interaction_value", "content_value", "social_value")
+# segment columns shown in the list; quotas may also use the other QUOTA_COLUMNS (e.g. gender),
+# which are joined for selection and counted in the metadata but not written to the list
 SEGMENT_COLUMNS = ("city_tier", "channel")
 
 
@@ -92,7 +94,7 @@ def trial_categories(orders: pd.DataFrame, as_of: pd.Timestamp, lookback_days: i
 
 
 def _member_segments(data: BrandData) -> pd.DataFrame:
-    return data.members[["member_id", *SEGMENT_COLUMNS]]
+    return data.members[["member_id", *QUOTA_COLUMNS]]
 
 
 def score_population(
@@ -167,7 +169,7 @@ def rank_members(
     as_of = parse_as_of(as_of, data.timezone)
     scored, inputs = score_population(data, as_of, loaded, cfg, label_cfg)
     eligible = order_by_score(scored.loc[scored["eligible"]])
-    chosen = select_candidates(eligible, k, cfg)
+    chosen = select_candidates(eligible, k, cfg, as_of=as_of)
     numeric = [name for name in inputs.columns if name not in set(categorical_features())]
     population = sorted_population(inputs, numeric)
     reasons = explain_members(loaded.model, inputs, chosen["member_id"], cfg.n_reasons, population)
@@ -179,6 +181,7 @@ def rank_members(
     exclusions = {rule.removeprefix("excl_"): counts[rule.removeprefix("excl_")] for rule in EXCLUSION_RULES}
     expected = float(candidates["score"].sum())
     info = loaded.info
+    warnings = label_config_warnings(getattr(loaded.model, "label_config_", None), label_cfg)
     meta: dict[str, Any] = {
         "model": {
             "name": info.name,
@@ -188,7 +191,9 @@ def rank_members(
             "uri": info.uri,
             "trained_at": info.trained_at,
             "feature_set_version": info.feature_set_version,
+            "label_config": getattr(loaded.model, "label_config_", None),
         },
+        "warnings": warnings,
         "as_of": as_of.isoformat(),
         "generated_at": generated_at,
         "k": int(k),
@@ -202,7 +207,7 @@ def rank_members(
             "by_tier": {tier: int((candidates["tier"] == tier).sum()) for tier in ("A", "B", "C")},
         },
         "expected_productive": round(expected, 6),
-        "segments": segment_shares(candidates, SEGMENT_COLUMNS),
+        "segments": segment_shares(chosen, [*SEGMENT_COLUMNS, *(c for c in cfg.quotas if c not in SEGMENT_COLUMNS)]),
         "config_hash": config_digest
         or cfg.config_hash(k=int(k), labels=label_cfg.model_dump(mode="json"), timezone=data.timezone),
         "rank_config": cfg.model_dump(mode="json"),

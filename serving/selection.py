@@ -59,13 +59,25 @@ class _QuotaTracker:
             self.counts[column][_segment_key(segments[column])] += 1
 
 
-def select_candidates(ordered: pd.DataFrame, k: int, cfg: RankConfig) -> pd.DataFrame:
+def exploration_rng(seed: int, as_of: pd.Timestamp) -> np.random.Generator:
+    """The generator of one list's exploration draw, seeded from (seed, cutoff).
+
+    The same seed and cutoff always give the same draw; another cutoff gives an independent
+    one, so across lists every band position has the recorded probability of being explored
+    (a generator seeded from `seed` alone would pick the same rank slots in every list).
+    """
+    cutoff = pd.Timestamp(as_of).isoformat().encode("ascii")
+    return np.random.default_rng(np.random.SeedSequence([seed, *cutoff]))
+
+
+def select_candidates(ordered: pd.DataFrame, k: int, cfg: RankConfig, *, as_of: pd.Timestamp) -> pd.DataFrame:
     """Pick up to K rows from `ordered` (already in score order) under quotas and exploration.
 
     Exploit: greedy fill of `K - n_explore` slots in score order, skipping candidates whose
     segment is full. Explore: `n_explore = round(K * exploration_share)` slots drawn uniformly
-    (seeded with `cfg.seed`) from the next `exploration_band_size` quota-admissible candidates
-    after the last exploited one. Returns the chosen rows with `exploration` (bool) and
+    (seeded with `cfg.seed` and `as_of`, see `exploration_rng`) from the next
+    `exploration_band_size` quota-admissible candidates after the last exploited one.
+    Returns the chosen rows with `exploration` (bool) and
     `selection_probability` (1.0 for exploit rows, n_explore / band size for exploration rows;
     exact unless a quota fills up during the draw, in which case later draws skip that segment).
     """
@@ -98,7 +110,7 @@ def select_candidates(ordered: pd.DataFrame, k: int, cfg: RankConfig) -> pd.Data
     probability = 1.0
     if n_explore > 0 and band:
         probability = min(1.0, n_explore / len(band))
-        rng = np.random.default_rng(cfg.seed)
+        rng = exploration_rng(cfg.seed, as_of)
         for drawn in rng.permutation(len(band)):
             if len(explore_positions) == n_explore:
                 break

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 from fastapi.testclient import TestClient
 from test_rank_world import AS_OF, build_world, fake_loaded
 from typer.testing import CliRunner
 
-from serving.api import RankingService, ServeConfigError, ServeSettings, check_serve_settings, create_app
+from serving.api import (
+    RankingService,
+    ServeConfigError,
+    ServeSettings,
+    check_serve_settings,
+    create_app,
+    score_body_limit,
+)
 from serving.config import RankConfig
+from serving.model_store import IncompatibleModelError
 
 TOKEN = "s3cret-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -37,17 +48,31 @@ class FakeClock:
         return self.now
 
 
+class ManualRunner:
+    """Background runner that queues tasks until the test runs them (deterministic alias checks)."""
+
+    def __init__(self) -> None:
+        self.tasks: list = []
+
+    def __call__(self, task) -> None:
+        self.tasks.append(task)
+
+    def run_all(self) -> None:
+        while self.tasks:
+            self.tasks.pop(0)()
+
+
 @pytest.fixture(scope="module")
 def world():
     return build_world()
 
 
-def _client(world, registry=None, clock=None, **rank_overrides):
+def _client(world, registry=None, clock=None, background=None, **rank_overrides):
     registry = registry or FakeRegistry()
     rank = RankConfig(score_batch_limit=3, exploration_share=0.0, default_top=10, alias_check_seconds=30, **rank_overrides)
     settings = ServeSettings(api_token=TOKEN, as_of=str(AS_OF.date()), rank=rank)
     service = RankingService(settings, loader=registry.load, data=world, version_resolver=registry.resolve,
-                             clock=clock or FakeClock())
+                             clock=clock or FakeClock(), background=background or ManualRunner())
     return TestClient(create_app(settings, service))
 
 
@@ -112,7 +137,22 @@ def test_score_validation_and_batch_limit(client):
         assert client.post("/score", json=bad, headers=AUTH).status_code == 422, bad
     assert client.post("/score", content=b"not json", headers={**AUTH, "content-type": "application/json"}).status_code == 422
     too_many = client.post("/score", json={"member_ids": ["c001", "c002", "c003", "c004"]}, headers=AUTH)
-    assert too_many.status_code == 413 and "at most 3" in too_many.json()["detail"]
+    assert too_many.status_code == 413 and too_many.json()["detail"] == "at most 3 member ids per request, got 4"
+    # the limit is part of the request schema
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["ScoreRequest"]
+    assert schema["properties"]["member_ids"]["maxItems"] == 3
+    # a body far beyond what 3 ids can take is refused before it is parsed as JSON
+    huge = b'{"member_ids": [' + b" " * score_body_limit(3) + b'"c001"]}'
+    response = client.post("/score", content=huge, headers={**AUTH, "content-type": "application/json"})
+    assert response.status_code == 413
+    # ... also when it arrives without a Content-Length (chunked)
+    chunks = (b'{"member_ids": [' + b" " * 1000 if i == 0 else b" " * 1000 for i in range(score_body_limit(3) // 1000 + 2))
+    response = client.post("/score", content=chunks, headers={**AUTH, "content-type": "application/json"})
+    assert response.status_code == 413
+    # long but legitimate bodies (three 128-character ids, escaped) are accepted
+    long_ids = ["\u00e9" * 128, "c002", "c003"]
+    ok = client.post("/score", json={"member_ids": long_ids}, headers=AUTH)
+    assert ok.status_code == 200 and ok.json()["unknown_ids"] == [long_ids[0]]
 
 
 def test_openapi_docs_are_served(client):
@@ -122,21 +162,82 @@ def test_openapi_docs_are_served(client):
 
 
 def test_reload_and_alias_check_pick_up_a_new_champion(world):
-    registry, clock = FakeRegistry(), FakeClock()
-    with _client(world, registry, clock) as client:
+    registry, clock, runner = FakeRegistry(), FakeClock(), ManualRunner()
+    with _client(world, registry, clock, runner) as client:
         assert registry.loads == 1
         assert client.post("/reload", params={"force": False}, headers=AUTH).json() == {
             "reloaded": False, "previous_version": "1", "version": "1"}
         registry.version = "2"
-        # within the check interval the old model keeps serving without a registry call
+        # within the check interval the old model keeps serving and no check is started
         clock.now += 10
         assert client.get("/model", headers=AUTH).json()["version"] == "1"
+        assert runner.tasks == []
+        # after it, a request starts one check in the background and is answered from the old ranking
         clock.now += 30
-        assert client.get("/model", headers=AUTH).json()["version"] == "2"
+        assert client.get("/model", headers=AUTH).json()["version"] == "1"
+        assert client.get("/candidates", headers=AUTH).json()["model_version"] == "1"
+        assert len(runner.tasks) == 1 and registry.loads == 1
+        runner.run_all()
         assert registry.loads == 2
+        assert client.get("/model", headers=AUTH).json()["version"] == "2"
         assert client.get("/candidates", headers=AUTH).json()["model_version"] == "2"
+        # the interval counts from the end of the last check
+        assert runner.tasks == []
         registry.version = "3"
         assert client.post("/reload", headers=AUTH).json() == {"reloaded": True, "previous_version": "2", "version": "3"}
+
+
+def test_alias_check_ranks_in_a_thread_while_requests_are_answered(world):
+    """The re-rank after an alias move happens off the request thread; the old ranking serves meanwhile."""
+    registry, clock = FakeRegistry(), FakeClock()
+    release, loading = threading.Event(), threading.Event()
+    plain_load = registry.load
+
+    def slow_load(uri, tracking_uri):
+        if registry.loads >= 1:  # start-up loads at once; the reload waits for the test
+            loading.set()
+            assert release.wait(10)
+        return plain_load(uri, tracking_uri)
+
+    registry.load = slow_load
+    settings = ServeSettings(api_token=TOKEN, as_of=str(AS_OF.date()),
+                             rank=RankConfig(exploration_share=0.0, default_top=10, alias_check_seconds=30))
+    service = RankingService(settings, loader=registry.load, data=world, version_resolver=registry.resolve, clock=clock)
+    with TestClient(create_app(settings, service)) as client:
+        registry.version = "2"
+        clock.now += 31
+        try:
+            started = time.monotonic()
+            assert client.get("/candidates", headers=AUTH).json()["model_version"] == "1"
+            assert loading.wait(10)  # the check is now loading the new model in its thread
+            assert client.post("/score", json={"member_ids": ["c003"]}, headers=AUTH).json()["model_version"] == "1"
+            assert client.get("/model", headers=AUTH).json()["version"] == "1"
+            assert time.monotonic() - started < 5  # no request waited for the reload
+        finally:
+            release.set()
+        assert service.wait_for_alias_check(10)
+        assert client.get("/candidates", headers=AUTH).json()["model_version"] == "2"
+
+
+def test_incompatible_model_is_refused_and_the_old_one_keeps_serving(world):
+    registry, clock, runner = FakeRegistry(), FakeClock(), ManualRunner()
+    plain_load = registry.load
+
+    def load(uri, tracking_uri):
+        if registry.version == "2":
+            raise IncompatibleModelError("model v2 was trained on feature set version 0.9.0 ...; retrain with `koc train`")
+        return plain_load(uri, tracking_uri)
+
+    registry.load = load
+    with _client(world, registry, clock, runner) as client:
+        registry.version = "2"
+        refused = client.post("/reload", headers=AUTH)
+        assert refused.status_code == 409 and "retrain" in refused.json()["detail"]
+        clock.now += 31
+        client.get("/model", headers=AUTH)
+        runner.run_all()  # the background check fails, logs, and leaves the old model in place
+        assert client.get("/model", headers=AUTH).json()["version"] == "1"
+        assert client.get("/candidates", headers=AUTH).json()["model_version"] == "1"
 
 
 def test_refuses_unsafe_settings():

@@ -172,7 +172,8 @@ def test_ties_are_broken_by_member_id():
 def test_quotas_greedy_fill_in_score_order():
     # members alternate A, A, A, B, ...: at most 50% of K=4 from one city tier
     tiers = [1, 1, 1, 2, 1, 2, 2, 3]
-    chosen = select_candidates(_pool(8, city_tiers=tiers), 4, RankConfig(quotas={"city_tier": 0.5}, exploration_share=0.0))
+    cfg = RankConfig(quotas={"city_tier": 0.5}, exploration_share=0.0)
+    chosen = select_candidates(_pool(8, city_tiers=tiers), 4, cfg, as_of=AS_OF)
     assert chosen["member_id"].tolist() == ["x000", "x001", "x003", "x005"]
     assert chosen["city_tier"].value_counts().max() <= quota_caps(4, {"city_tier": 0.5})["city_tier"]
     assert chosen["rank"].tolist() == [1, 2, 3, 4]
@@ -182,7 +183,7 @@ def test_quotas_on_two_columns_are_all_honoured():
     rng = np.random.default_rng(0)
     pool = _pool(300, city_tiers=rng.integers(1, 4, 300).tolist(), channels=rng.choice(["a", "b", "c"], 300).tolist())
     cfg = RankConfig(quotas={"city_tier": 0.4, "channel": 0.5}, exploration_share=0.2, seed=5)
-    chosen = select_candidates(pool, 50, cfg)
+    chosen = select_candidates(pool, 50, cfg, as_of=AS_OF)
     assert len(chosen) == 50
     assert chosen["city_tier"].value_counts().max() <= 20
     assert chosen["channel"].value_counts().max() <= 25
@@ -191,7 +192,7 @@ def test_quotas_on_two_columns_are_all_honoured():
 def test_exploration_share_band_and_probability():
     pool = _pool(100)
     cfg = RankConfig(exploration_share=0.2, exploration_band_size=30, seed=11)
-    chosen = select_candidates(pool, 20, cfg)
+    chosen = select_candidates(pool, 20, cfg, as_of=AS_OF)
     explore = chosen.loc[chosen["exploration"]]
     exploit = chosen.loc[~chosen["exploration"]]
     assert len(chosen) == 20 and len(explore) == 4
@@ -201,9 +202,9 @@ def test_exploration_share_band_and_probability():
     assert np.allclose(explore["selection_probability"], 4 / 30)
     assert (exploit["selection_probability"] == 1.0).all()
     # seeded: same seed same draw, other seed (almost surely) another draw
-    again = select_candidates(pool, 20, cfg)
+    again = select_candidates(pool, 20, cfg, as_of=AS_OF)
     assert again["member_id"].tolist() == chosen["member_id"].tolist()
-    other = select_candidates(pool, 20, cfg.model_copy(update={"seed": 12}))
+    other = select_candidates(pool, 20, cfg.model_copy(update={"seed": 12}), as_of=AS_OF)
     assert set(other.loc[other["exploration"], "member_id"]) != set(explore["member_id"])
 
 
@@ -211,7 +212,7 @@ def test_exploration_draw_is_uniform_over_the_band():
     pool = _pool(40)
     counts: dict[str, int] = {}
     for seed in range(400):
-        chosen = select_candidates(pool, 10, RankConfig(exploration_share=0.2, seed=seed))
+        chosen = select_candidates(pool, 10, RankConfig(exploration_share=0.2, seed=seed), as_of=AS_OF)
         for member in chosen.loc[chosen["exploration"], "member_id"]:
             counts[member] = counts.get(member, 0) + 1
     # band = ranks 9..18 (10 members), 2 draws each time -> expected 80 picks per member
@@ -219,13 +220,66 @@ def test_exploration_draw_is_uniform_over_the_band():
     assert min(counts.values()) > 50 and max(counts.values()) < 110
 
 
+def _explored_positions(pool: pd.DataFrame, chosen: pd.DataFrame) -> tuple[int, ...]:
+    position = {member: i for i, member in enumerate(pool["member_id"])}
+    return tuple(sorted(position[m] for m in chosen.loc[chosen["exploration"], "member_id"]))
+
+
+def test_exploration_draw_depends_on_the_cutoff_not_only_the_seed():
+    # one seed, many cutoffs: every band position gets explored at its recorded rate
+    # (a draw seeded by the seed alone picks the same two rank slots in every list)
+    pool = _pool(40)
+    cfg = RankConfig(exploration_share=0.2, seed=42)
+    cutoffs = pd.date_range("2025-01-01", periods=400, freq="D")
+    draws = [_explored_positions(pool, select_candidates(pool, 10, cfg, as_of=cutoff)) for cutoff in cutoffs]
+    counts = pd.Series([position for draw in draws for position in draw]).value_counts()
+    # band = positions 8..17 (10 members), 2 draws per list -> expected 80 picks per position
+    assert set(counts.index) == set(range(8, 18))
+    assert counts.min() > 50 and counts.max() < 110
+    assert len(set(draws)) > 30
+    # a time of day is part of the cutoff
+    assert _explored_positions(pool, select_candidates(pool, 10, cfg, as_of=cutoffs[0] + pd.Timedelta(hours=9))) != draws[0]
+    # the same inputs give the same picks
+    first = select_candidates(pool, 10, cfg, as_of=cutoffs[7])
+    assert first.equals(select_candidates(pool, 10, cfg, as_of=pd.Timestamp(cutoffs[7])))
+    assert _explored_positions(pool, first) == draws[7]
+
+
+def test_rank_members_draws_exploration_slots_per_cutoff(world):
+    # same world and seed, cutoffs a day apart: the explored rank slots (positions among the
+    # eligible in score order) differ between lists, and repeat for a repeated cutoff
+    cfg = RankConfig(exploration_share=0.3, seed=7)
+
+    def explored_slots(cutoff: str) -> tuple[int, ...]:
+        result = rank_members(world, cutoff, fake_loaded(), 10, cfg)
+        eligible = order_by_score(result.scored.loc[result.scored["eligible"]])
+        return _explored_positions(eligible, result.candidates)
+
+    slots = [explored_slots(cutoff) for cutoff in ("2026-06-01", "2026-06-02", "2026-06-03", "2026-06-04")]
+    assert all(set(s) <= set(range(7, 17)) for s in slots)
+    assert len(set(slots)) > 1
+    assert explored_slots("2026-06-02") == slots[1]
+
+
+def test_gender_quota_ranks_and_is_honoured(world):
+    cfg = RankConfig(quotas={"gender": 0.5}, exploration_share=0.2, seed=3)
+    unconstrained = rank_members(world, AS_OF, fake_loaded(), 6, cfg.model_copy(update={"quotas": {}})).candidates
+    gender = world.members.set_index("member_id")["gender"]
+    assert gender.loc[unconstrained["member_id"]].value_counts().max() > 3  # the quota has work to do
+    result = rank_members(world, AS_OF, fake_loaded(), 6, cfg)
+    listed = result.candidates
+    assert gender.loc[listed["member_id"]].value_counts().to_dict() == {"F": 3, "M": 3}
+    assert result.meta["segments"]["gender"] == {"F": 3, "M": 3}
+    assert list(listed.columns) == candidate_columns(3)  # gender is used for the quota, not written to the list
+
+
 def test_short_pool_and_bad_inputs():
-    chosen = select_candidates(_pool(3), 10, RankConfig(exploration_share=0.1))
+    chosen = select_candidates(_pool(3), 10, RankConfig(exploration_share=0.1), as_of=AS_OF)
     assert len(chosen) == 3 and not chosen["exploration"].any()
     with pytest.raises(ValueError, match="at least 1"):
-        select_candidates(_pool(3), 0, RankConfig())
+        select_candidates(_pool(3), 0, RankConfig(), as_of=AS_OF)
     with pytest.raises(ValueError, match="quota columns"):
-        select_candidates(_pool(3).drop(columns="channel"), 2, RankConfig(quotas={"channel": 0.5}))
+        select_candidates(_pool(3).drop(columns="channel"), 2, RankConfig(quotas={"channel": 0.5}), as_of=AS_OF)
 
 
 def test_rank_config_validation():
