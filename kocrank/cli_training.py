@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import pandas as pd
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from kocrank.console import make_console
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from kocrank.config import Config
 
 HEADLINE = (("roc_auc", "roc_auc"), ("pr_auc", "pr_auc"), ("brier", "brier"))
 PRECISION, YIELD_RATIO = "precision_at_", "yield_ratio_at_"
@@ -39,6 +45,17 @@ def metrics_rich_table(metrics: pd.DataFrame, title: str, primary_k: str = "100"
     return table
 
 
+def _load_config(path: Path | None, console: Console) -> Config:
+    """The config tree, or a readable error and exit code 1 (e.g. primary_k missing from k_list)."""
+    from kocrank.config import load_config
+
+    try:
+        return load_config(path)
+    except ValueError as err:  # pydantic's ValidationError is a ValueError
+        console.print(f"[bold red]invalid config[/] {path}: {escape(str(err))}")
+        raise typer.Exit(code=1) from None
+
+
 def register(app: typer.Typer) -> None:
     """Add `train`, `promote` and `models` to the `koc` app."""
 
@@ -54,11 +71,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train on time-split snapshots, compare with baselines, log an MLflow run and register the model."""
         from features.contract import ContractError
-        from kocrank.config import load_config
         from training.train import STAGES, run_training
 
         console = make_console()
-        cfg = load_config(config)
+        cfg = _load_config(config, console)
         with Progress(
             SpinnerColumn(),
             TextColumn("[progress.description]{task.description}"),
@@ -112,7 +128,7 @@ def register(app: typer.Typer) -> None:
         console.print(f"MLflow run [bold]{result.run_id}[/] in {result.tracking_uri}")
         decision = result.decision
         verdict = "[bold green]champion[/]" if decision.promoted else "[yellow]challenger only[/]"
-        console.print(f"registered {result.model_name} v{result.model_version}: {verdict} — {decision.reason}")
+        console.print(f"registered {result.model_name} v{result.model_version}: {verdict} — {escape(decision.reason)}")
 
     @app.command("promote")
     def promote_command(
@@ -120,20 +136,25 @@ def register(app: typer.Typer) -> None:
         reason: Annotated[str, typer.Option("--reason", help="Why (kept in the promotion log).")] = "",
         config: Annotated[Path | None, typer.Option("--config", help="TOML config file.")] = None,
         tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow store.")] = None,
+        force: Annotated[
+            bool, typer.Option("--force", help="Promote even a version whose training run failed.")
+        ] = False,
     ) -> None:
-        """Make a registered version the champion by hand (recorded like an automatic promotion)."""
-        from kocrank.config import load_config
+        """Make a registered version the champion by hand (recorded like an automatic promotion).
+
+        Versions from a failed training run are refused unless --force is given.
+        """
         from training.tracking import promote
 
         console = make_console()
-        model_name = load_config(config).training.registered_model_name
+        model_name = _load_config(config, console).training.registered_model_name
         try:
-            decision = promote(version, reason=reason, tracking_uri=tracking_uri, model_name=model_name)
+            decision = promote(version, reason=reason, tracking_uri=tracking_uri, model_name=model_name, force=force)
         except ValueError as err:
-            console.print(f"[bold red]cannot promote[/]: {err}")
+            console.print(f"[bold red]cannot promote[/]: {escape(str(err))}")
             raise typer.Exit(code=1) from None
         console.print(
-            f"{model_name} v{decision.version} is champion (previous: {decision.previous_champion or 'none'}) — {decision.reason}"
+            f"{model_name} v{decision.version} is champion (previous: {decision.previous_champion or 'none'}) — {escape(decision.reason)}"
         )
 
     @app.command("models")
@@ -142,11 +163,10 @@ def register(app: typer.Typer) -> None:
         tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow store.")] = None,
     ) -> None:
         """List the registered model's versions, aliases and promotion figures."""
-        from kocrank.config import load_config
         from training.tracking import list_versions
 
         console = make_console()
-        model_name = load_config(config).training.registered_model_name
+        model_name = _load_config(config, console).training.registered_model_name
         rows = list_versions(tracking_uri, model_name)
         if not rows:
             console.print(f"no versions of {model_name} yet; run `koc train` first")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from features.contract import from_frames
 from features.labels import LabelConfig
@@ -15,31 +17,33 @@ MEMBERS = ["m1", "m2", "m3", "m4"]
 
 
 def _frames() -> dict[str, pd.DataFrame]:
-    """Four members with monthly orders 2024-01-05 .. 2025-06-05 and one data point on 2025-06-20."""
+    """Four members with monthly orders 2024-01-05 .. 2025-09-05; orders, posts and programme all reach 2025-09-20."""
     members = pd.DataFrame({"member_id": MEMBERS, "joined_at": pd.to_datetime(["2023-12-15"] * 3 + ["2024-10-10"])})
-    months = pd.date_range("2024-01-01", "2025-06-01", freq="MS") + pd.Timedelta(days=4)
+    months = pd.date_range("2024-01-01", "2025-09-01", freq="MS") + pd.Timedelta(days=4)
     orders = pd.DataFrame(
         [(f"o{i}-{m}", m, ts, 10.0 + i) for i, ts in enumerate(months) for m in MEMBERS[:3]],
         columns=["order_id", "member_id", "ordered_at", "amount"],
     )
-    last = pd.DataFrame([("o-last", "m1", pd.Timestamp("2025-06-20"), 5.0)], columns=orders.columns)
-    # m2 becomes a productive KOC in autumn 2024; m3 is blacklisted in September 2024
+    last = pd.DataFrame([("o-last", "m1", pd.Timestamp("2025-09-20"), 5.0)], columns=orders.columns)
+    # m2 becomes a productive KOC in autumn 2024; m3 is blacklisted in September 2024. The last
+    # post and programme event (2025-09-20, after every cutoff) say the label evidence is complete
+    # up to then, like the orders.
     program = pd.DataFrame(
         {
-            "member_id": ["m2", "m3"],
-            "event_at": pd.to_datetime(["2024-10-03", "2024-09-10"]),
-            "status": ["enrolled", "blacklisted"],
+            "member_id": ["m2", "m3", "m4"],
+            "event_at": pd.to_datetime(["2024-10-03", "2024-09-10", "2025-09-20"]),
+            "status": ["enrolled", "blacklisted", "invited"],
         }
     )
     posts = pd.DataFrame(
         {
-            "post_id": ["p1", "p2", "p3"],
-            "member_id": ["m2"] * 3,
-            "posted_at": pd.to_datetime(["2024-10-05", "2024-10-12", "2024-10-20"]),
-            "platform": ["xhs"] * 3,
-            "likes_7d": [50, 40, 30],
-            "comments_7d": [0, 0, 0],
-            "saves_7d": [0, 0, 0],
+            "post_id": ["p1", "p2", "p3", "p4"],
+            "member_id": ["m2"] * 3 + ["m1"],
+            "posted_at": pd.to_datetime(["2024-10-05", "2024-10-12", "2024-10-20", "2025-09-20"]),
+            "platform": ["xhs"] * 4,
+            "likes_7d": [50, 40, 30, 1],
+            "comments_7d": [0, 0, 0, 0],
+            "saves_7d": [0, 0, 0, 0],
         }
     )
     return {
@@ -54,13 +58,16 @@ def _ts(values: list[str]) -> list[pd.Timestamp]:
     return [pd.Timestamp(v) for v in values]
 
 
+WINDOW = pd.Timedelta(days=97)  # default horizon 90 days + 7 days for post interactions to be known
+
+
 def test_default_cutoffs_leave_out_incomplete_windows() -> None:
     data = from_frames(_frames())
     complete, incomplete, source = candidate_cutoffs(data, LabelConfig(), TrainConfig())
     # earliest order 2024-01-05 + 6 months -> first month start 2024-08-01;
-    # a window is complete when as_of + 90d + 7d <= data end 2025-06-20
-    assert complete == list(pd.date_range("2024-08-01", "2025-03-01", freq="MS"))
-    assert incomplete == _ts(["2025-04-01", "2025-05-01", "2025-06-01"])
+    # a window is complete when as_of + 90d + 7d <= the end of the label evidence, 2025-09-20
+    assert complete == list(pd.date_range("2024-08-01", "2025-06-01", freq="MS"))
+    assert incomplete == _ts(["2025-07-01", "2025-08-01", "2025-09-01"])
     assert source == "default_label"
 
 
@@ -68,56 +75,120 @@ def test_split_is_out_of_time_with_embargo() -> None:
     data = from_frames(_frames())
     complete, incomplete, _ = candidate_cutoffs(data, LabelConfig(), TrainConfig())
     split = split_cutoffs(complete, LabelConfig(), TrainConfig(), incomplete=incomplete)
-    assert split.test == pd.Timestamp("2025-03-01")
-    assert split.test not in split.train and split.validation not in split.train
-    assert max(split.train) < split.validation < split.test
-    # embargo: every train/validation label window (97 days) closes before the test cutoff
-    assert all(c + pd.Timedelta(days=97) <= split.test for c in (*split.train, split.validation))
-    assert split.validation == pd.Timestamp("2024-11-01")
+    assert split.test == pd.Timestamp("2025-06-01")
+    # validation: the latest cutoff whose label window closes before the test cutoff
+    # (2025-02-01 + 97d = 2025-05-09 <= 2025-06-01; 2025-03-01 + 97d = 2025-06-06 is too late)
+    assert split.validation == pd.Timestamp("2025-02-01")
+    assert split.validation + WINDOW <= split.test
+    # train: only cutoffs whose window closes before the validation cutoff
+    # (2024-10-01 + 97d = 2025-01-06 <= 2025-02-01; 2024-11-01 + 97d = 2025-02-06 is too late)
     assert split.train == tuple(_ts(["2024-08-01", "2024-09-01", "2024-10-01"]))
-    assert split.embargoed == tuple(_ts(["2024-12-01", "2025-01-01", "2025-02-01"]))
-    assert split.to_dict()["excluded_incomplete_window"] == ["2025-04-01", "2025-05-01", "2025-06-01"]
+    assert all(c + WINDOW <= split.validation for c in split.train)
+    # the embargoed cutoffs are named: three before validation, three before test
+    assert split.embargoed == tuple(
+        _ts(["2024-11-01", "2024-12-01", "2025-01-01", "2025-03-01", "2025-04-01", "2025-05-01"])
+    )
+    assert set(split.used).isdisjoint(split.embargoed)
+    assert sorted([*split.used, *split.embargoed]) == complete
+    record = split.to_dict()
+    assert record["excluded_embargo"] == [
+        "2024-11-01",
+        "2024-12-01",
+        "2025-01-01",
+        "2025-03-01",
+        "2025-04-01",
+        "2025-05-01",
+    ]
+    assert record["excluded_incomplete_window"] == ["2025-07-01", "2025-08-01", "2025-09-01"]
+
+
+def test_embargo_follows_the_label_horizon() -> None:
+    cutoffs = list(pd.date_range("2024-08-01", "2025-03-01", freq="MS"))
+    split = split_cutoffs(cutoffs, LabelConfig(horizon_days=30), TrainConfig())
+    # window 37 days: validation 2025-01-01 (+37d = 2025-02-07); train up to 2024-11-01 (+37d = 2024-12-08)
+    assert split.test == pd.Timestamp("2025-03-01") and split.validation == pd.Timestamp("2025-01-01")
+    assert split.train == tuple(_ts(["2024-08-01", "2024-09-01", "2024-10-01", "2024-11-01"]))
+    assert split.embargoed == tuple(_ts(["2024-12-01", "2025-02-01"]))
+
+
+@settings(deadline=None, max_examples=200)  # pure and fast; no deadline on shared, busy cores
+@given(
+    months=st.sets(st.integers(min_value=0, max_value=35), min_size=3, max_size=24),
+    horizon_days=st.sampled_from([1, 30, 60, 90, 120]),
+)
+def test_embargoed_split_never_judges_on_unknown_labels(months: set[int], horizon_days: int) -> None:
+    """For any cutoffs: train windows close before validation, validation's before test, nothing else is dropped."""
+    cutoffs = [pd.Timestamp("2023-01-01") + pd.DateOffset(months=m) for m in months]
+    label_cfg = LabelConfig(horizon_days=horizon_days)
+    window = pd.Timedelta(days=horizon_days + 7)
+    known_by_test = [c for c in sorted(cutoffs)[:-1] if c + window <= max(cutoffs)]
+    try:
+        split = split_cutoffs(cutoffs, label_cfg, TrainConfig())
+    except ValueError as err:
+        assert "embargo" in str(err)
+        assert len(known_by_test) < 2 or not any(c + window <= known_by_test[-1] for c in known_by_test)
+        return
+    assert split.test == max(cutoffs)
+    assert split.validation + window <= split.test
+    assert split.train and all(c + window <= split.validation for c in split.train)
+    assert split.validation == known_by_test[-1]  # the latest allowed, not an earlier one
+    assert list(split.embargoed) == sorted(split.embargoed)
+    assert sorted([*split.used, *split.embargoed]) == sorted(cutoffs) and not set(split.used) & set(split.embargoed)
+    # every embargoed cutoff really breaks a rule: its window is still open at validation or at test
+    for c in split.embargoed:
+        assert c + window > split.test or (c < split.validation and c + window > split.validation), c
 
 
 def test_split_without_embargo_uses_the_previous_cutoff_for_validation() -> None:
     cutoffs = list(pd.date_range("2024-08-01", "2025-03-01", freq="MS"))
     split = split_cutoffs(cutoffs, LabelConfig(), TrainConfig(embargo=False))
     assert split.validation == pd.Timestamp("2025-02-01") and split.test == pd.Timestamp("2025-03-01")
-    assert split.train == tuple(cutoffs[:-2])
+    assert split.train == tuple(cutoffs[:-2]) and split.embargoed == ()
 
 
 def test_too_few_cutoffs_fail_with_advice() -> None:
     with pytest.raises(ValueError, match="at least 3 cutoffs"):
         split_cutoffs(_ts(["2024-08-01", "2024-09-01"]), LabelConfig(), TrainConfig())
-    with pytest.raises(ValueError, match="embargo"):
+    with pytest.raises(ValueError, match="before the test cutoff 2024-10-01.*embargo = false"):
         split_cutoffs(_ts(["2024-08-01", "2024-09-01", "2024-10-01"]), LabelConfig(), TrainConfig())
+    # validation 2024-11-01 is known by the test cutoff, but 2024-08-01 + 97d = 2024-11-06 is not known by validation
+    with pytest.raises(ValueError, match="before the validation cutoff 2024-11-01.*embargo = false"):
+        split_cutoffs(_ts(["2024-08-01", "2024-11-01", "2025-03-01"]), LabelConfig(), TrainConfig())
+    # the same cutoffs split fine with an earlier one added, or without the embargo
+    assert split_cutoffs(
+        _ts(["2024-07-01", "2024-08-01", "2024-11-01", "2025-03-01"]), LabelConfig(), TrainConfig()
+    ).train == (pd.Timestamp("2024-07-01"),)
+    assert split_cutoffs(
+        _ts(["2024-08-01", "2024-11-01", "2025-03-01"]), LabelConfig(), TrainConfig(embargo=False)
+    ).train == (pd.Timestamp("2024-08-01"),)
 
 
 def test_labels_table_defines_the_cutoffs() -> None:
     frames = _frames()
-    as_ofs = pd.to_datetime(["2024-06-01", "2024-09-01", "2024-12-01", "2025-03-01"])
-    frames["labels"] = pd.DataFrame({"member_id": ["m1"] * 4, "as_of": as_ofs, "label": [0, 1, 0, 1]})
+    as_ofs = pd.to_datetime(["2024-03-01", "2024-06-01", "2024-09-01", "2024-12-01", "2025-03-01"])
+    frames["labels"] = pd.DataFrame({"member_id": ["m1"] * 5, "as_of": as_ofs, "label": [0, 1, 0, 1, 0]})
     data = from_frames(frames)
     cutoffs, incomplete, source = candidate_cutoffs(data, LabelConfig(), TrainConfig())
     assert cutoffs == list(as_ofs) and incomplete == [] and source == "labels_table"
     split = split_cutoffs(cutoffs, LabelConfig(), TrainConfig(), source=source)
     assert split.test == pd.Timestamp("2025-03-01")
-    assert split.validation == pd.Timestamp("2024-09-01") and split.train == (pd.Timestamp("2024-06-01"),)
-    assert split.embargoed == (pd.Timestamp("2024-12-01"),)
+    assert split.validation == pd.Timestamp("2024-09-01") and split.train == (pd.Timestamp("2024-03-01"),)
+    # 2024-12-01 is embargoed before test, 2024-06-01 (+97d = 2024-09-06) before validation
+    assert split.embargoed == (pd.Timestamp("2024-06-01"), pd.Timestamp("2024-12-01"))
 
 
 def test_build_snapshots_tags_rows_with_their_split() -> None:
     data = from_frames(_frames())
     dataset = build_snapshots(data, LabelConfig(), TrainConfig())
     frame = dataset.frame
-    assert set(frame.loc[frame["split"] == "test", "as_of"]) == {pd.Timestamp("2025-03-01")}
-    assert set(frame.loc[frame["split"] == "validation", "as_of"]) == {pd.Timestamp("2024-11-01")}
-    assert pd.Timestamp("2025-03-01") not in set(frame.loc[frame["split"] == "train", "as_of"])
+    assert set(frame.loc[frame["split"] == "test", "as_of"]) == {pd.Timestamp("2025-06-01")}
+    assert set(frame.loc[frame["split"] == "validation", "as_of"]) == {pd.Timestamp("2025-02-01")}
+    assert set(frame.loc[frame["split"] == "train", "as_of"]) == set(_ts(["2024-08-01", "2024-09-01", "2024-10-01"]))
     assert not frame["as_of"].isin(dataset.split.incomplete + dataset.split.embargoed).any()
     # m3 is blacklisted on 2024-09-10 (never eligible after), m4 joins only in October 2024
     assert set(frame.loc[frame["as_of"] == pd.Timestamp("2024-09-01"), "member_id"]) == {"m1", "m2", "m3"}
     assert set(frame.loc[frame["as_of"] == pd.Timestamp("2024-10-01"), "member_id"]) == {"m1", "m2"}
-    assert set(frame.loc[frame["as_of"] == pd.Timestamp("2024-11-01"), "member_id"]) == {"m1", "m4"}
+    assert set(frame.loc[frame["as_of"] == pd.Timestamp("2025-02-01"), "member_id"]) == {"m1", "m4"}
     # m2 enrols on 2024-10-03 and posts 3 times with 120 interactions: label 1 at the October cutoff
     october = frame.loc[frame["as_of"] == pd.Timestamp("2024-10-01")].set_index("member_id")
     assert october.loc["m2", "label"] == 1 and october.loc["m1", "label"] == 0

@@ -2,7 +2,9 @@
 
 Covers: the model beats the baselines on held-out time, same data + seed => same metrics,
 champion re-scoring on the challenger's test cutoff, failed runs (FAILED, aliases
-untouched), the pyfunc loaded by alias, a members + orders + labels directory, and the CLI.
+untouched), an interrupt after the champion moved (aliases restored, audit trail
+compensated), the pyfunc loaded by alias, a members + orders + labels directory, and the CLI
+(including `koc promote` refusing a version from a failed run without --force).
 """
 
 from __future__ import annotations
@@ -158,6 +160,54 @@ def test_failed_runs_end_failed_and_never_move_aliases(
     assert "after registration" in newest.tags["koc.run_failed"]
 
 
+class Interrupted(KeyboardInterrupt):
+    """Stands in for Ctrl-C; a KeyboardInterrupt subclass so `except Exception` does not catch it."""
+
+
+def test_interrupt_after_promotion_restores_aliases_and_the_audit_trail_says_so(
+    world: BrandData, store: str, runs: dict[str, TrainResult], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    before = tracking.current_aliases(client, MODEL)
+    history_before = tracking.promotion_history(store, MODEL)
+    # the challenger must win so the champion alias really moves; the interrupt then comes from
+    # the MLflow client while the run records its own verdict, after the registry was updated
+    monkeypatch.setattr(train_module, "score_champion", lambda *args, **kwargs: (0.0, None))
+    original_set_tag = MlflowClient.set_tag
+    moved: dict[str, str] = {}
+
+    def interrupted_set_tag(self: MlflowClient, run_id: str, key: str, value: object, **kwargs: object) -> None:
+        if key == "koc.promoted" and not moved:
+            moved.update(tracking.current_aliases(client, MODEL))
+            raise Interrupted()
+        original_set_tag(self, run_id, key, value, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "set_tag", interrupted_set_tag)
+    with pytest.raises(Interrupted):
+        run_training(world, CONFIG, tracking_uri=store)
+    monkeypatch.undo()
+
+    newest = max(client.search_model_versions(f"name = '{MODEL}'"), key=lambda v: int(v.version))
+    version = str(newest.version)
+    assert moved == {"champion": version, "challenger": version}  # the interrupt came after the move
+    assert tracking.current_aliases(client, MODEL) == before
+    run = client.get_run(newest.run_id)
+    assert run.info.status == "FAILED"
+    assert newest.tags["koc.run_failed"].startswith("Interrupted")
+    # audit trail: the promotion that was recorded is followed by a compensating entry everywhere
+    added = tracking.promotion_history(store, MODEL)[len(history_before) :]
+    assert [(h["version"], h["promoted"], h["rolled_back"]) for h in added] == [
+        (version, True, False),
+        (version, False, True),
+    ]
+    assert newest.tags["koc.promotion.promoted"] == "False" and newest.tags["koc.promotion.rolled_back"] == "True"
+    assert run.data.tags["koc.promoted"] == "false" and run.data.tags["koc.promotion_rolled_back"] == "true"
+    with tracking.tracking_context(store):
+        promotion = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/promotion.json")
+    assert promotion["rolled_back"] is True and promotion["promoted"] is False
+    assert promotion["reason"].startswith("rolled back, aliases restored after Interrupted")
+
+
 def test_members_orders_labels_directory_trains(world: BrandData, tmp_path: Path) -> None:
     cutoffs = pd.date_range("2024-08-01", "2025-08-01", freq="MS")
     labels = labels_for(world, cutoffs, LabelConfig())
@@ -207,5 +257,12 @@ def test_cli_train_models_and_promote(world: BrandData, tmp_path: Path) -> None:
     assert listed.exit_code == 0 and "champion" in listed.output
     promoted = runner.invoke(app, ["promote", "--version", "1", "--reason", "re-affirm", "--tracking-uri", uri])
     assert promoted.exit_code == 0 and "previous: 1" in promoted.output
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.set_model_version_tag(MODEL, "1", "koc.run_failed", "KeyboardInterrupt: ")
+    refused = runner.invoke(app, ["promote", "--version", "1", "--tracking-uri", uri], env={"COLUMNS": "200"})
+    assert refused.exit_code == 1 and "comes from a training run that failed" in refused.output
+    assert "--force" in refused.output
+    forced = runner.invoke(app, ["promote", "--version", "1", "--force", "--tracking-uri", uri])
+    assert forced.exit_code == 0 and "forced" in forced.output
     missing = runner.invoke(app, ["promote", "--version", "7", "--tracking-uri", uri])
     assert missing.exit_code == 1 and "no version 7" in missing.output

@@ -130,3 +130,87 @@ def test_failure_while_promoting_restores_aliases(
     with pytest.raises(OSError, match="disk full"):
         apply_promotion(client, uri, _decision("2", 0.50, "1", 0.20))
     assert current_aliases(client, MODEL) == {CHAMPION: "1", CHALLENGER: "1"}
+
+
+class Interrupted(KeyboardInterrupt):
+    """Stands in for Ctrl-C; a KeyboardInterrupt subclass so `except Exception` does not catch it."""
+
+
+def test_interrupt_after_the_champion_moved_restores_aliases_and_compensates_the_log(
+    store: tuple[MlflowClient, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, uri = store
+    apply_promotion(client, uri, _decision("1", 0.20, None, None))
+    original = MlflowClient.set_registered_model_tag
+    calls = {"n": 0}
+
+    def interrupted_once(self: MlflowClient, *args: object, **kwargs: object) -> None:
+        # the promotion-log tag is the last write of a decision: both aliases have moved by then
+        calls["n"] += 1
+        if calls["n"] == 1:
+            assert current_aliases(self, MODEL) == {CHAMPION: "2", CHALLENGER: "2"}
+            raise Interrupted()
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_tag", interrupted_once)
+    with pytest.raises(Interrupted):
+        apply_promotion(client, uri, _decision("2", 0.50, "1", 0.20))
+    monkeypatch.undo()
+
+    assert current_aliases(client, MODEL) == {CHAMPION: "1", CHALLENGER: "1"}
+    # the promoted entry had reached the JSON-lines log; a compensating entry follows it
+    history = promotion_history(uri, MODEL)
+    assert [(h["version"], h["promoted"], h["rolled_back"]) for h in history] == [
+        ("1", True, False),
+        ("2", True, False),
+        ("2", False, True),
+    ]
+    assert "rolled back" in str(history[-1]["reason"]) and "Interrupted" in str(history[-1]["reason"])
+    tags = client.get_model_version(MODEL, "2").tags
+    assert tags["koc.promotion.promoted"] == "False" and tags["koc.promotion.rolled_back"] == "True"
+    assert tags["koc.promotion.reason"].startswith("rolled back")
+
+
+def test_interrupt_before_anything_was_recorded_leaves_no_trail(
+    store: tuple[MlflowClient, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, uri = store
+    apply_promotion(client, uri, _decision("1", 0.20, None, None))
+    original = MlflowClient.set_registered_model_alias
+
+    def interrupted_at_champion(self: MlflowClient, name: str, alias: str, version: str) -> None:
+        if alias == CHAMPION and version == "2":
+            raise Interrupted()
+        original(self, name, alias, version)
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", interrupted_at_champion)
+    with pytest.raises(Interrupted):
+        apply_promotion(client, uri, _decision("2", 0.50, "1", 0.20))  # challenger moved, champion not
+    monkeypatch.undo()
+    assert current_aliases(client, MODEL) == {CHAMPION: "1", CHALLENGER: "1"}
+    assert [h["version"] for h in promotion_history(uri, MODEL)] == ["1"]
+    assert not any(key.startswith("koc.promotion.") for key in client.get_model_version(MODEL, "2").tags)
+
+
+def test_manual_promotion_refuses_a_version_from_a_failed_run(store: tuple[MlflowClient, str]) -> None:
+    client, uri = store
+    apply_promotion(client, uri, _decision("1", 0.20, None, None))
+    client.set_model_version_tag(MODEL, "2", tracking.RUN_FAILED_TAG, "KeyboardInterrupt: ")
+    with pytest.raises(ValueError, match=r"v2 comes from a training run that failed \(KeyboardInterrupt.*--force"):
+        promote(2, tracking_uri=uri, model_name=MODEL)
+    assert current_aliases(client, MODEL)[CHAMPION] == "1"
+    assert [h["version"] for h in promotion_history(uri, MODEL)] == ["1"]
+    forced = promote(2, reason="checked by hand", tracking_uri=uri, model_name=MODEL, force=True)
+    assert current_aliases(client, MODEL)[CHAMPION] == "2"
+    assert forced.reason.startswith("checked by hand (forced: version from a failed run")
+    assert promote(3, tracking_uri=uri, model_name=MODEL).version == "3"  # untagged versions need no force
+
+
+def test_manual_promotion_refuses_a_version_whose_run_ended_failed(store: tuple[MlflowClient, str]) -> None:
+    client, uri = store
+    experiment = client.create_experiment("failed-runs")
+    run = client.create_run(experiment)
+    client.set_terminated(run.info.run_id, status="FAILED")
+    version = client.create_model_version(MODEL, source="file:///nowhere", run_id=run.info.run_id).version
+    with pytest.raises(ValueError, match=f"run {run.info.run_id} ended FAILED"):
+        promote(version, tracking_uri=uri, model_name=MODEL)

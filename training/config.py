@@ -15,17 +15,23 @@ _PERCENT_K = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 
 
 def validate_k_spec(spec: KSpec) -> KSpec:
-    """Return `spec` if it is a positive count or a percentage like `"1%"`, else raise ValueError."""
+    """`spec` in canonical form (`100`, `"1%"`, `"0.5%"`) if it is a positive count or a percentage, else ValueError.
+
+    Percentages are normalised (`"1.0%"`, `" 1 %"` and `"01%"` all become `"1%"`) so one K has one
+    spelling in `k_list`, `primary_k` and the metric names.
+    """
     if isinstance(spec, bool):
         raise ValueError(f"K must be a positive integer or a percentage such as '1%', got {spec!r}")
     if isinstance(spec, int):
         if spec <= 0:
             raise ValueError(f"K must be positive, got {spec}")
         return spec
-    match = _PERCENT_K.match(spec)
+    match = _PERCENT_K.match(spec) if isinstance(spec, str) else None
     if match is None or not 0 < float(match.group(1)) <= 100:
         raise ValueError(f"K must be a positive integer or a percentage in (0, 100] such as '1%', got {spec!r}")
-    return spec.strip()
+    whole, _, fraction = match.group(1).partition(".")
+    fraction = fraction.rstrip("0")
+    return f"{int(whole)}{'.' + fraction if fraction else ''}%"
 
 
 class LgbmParams(BaseModel):
@@ -68,8 +74,9 @@ class TrainConfig(BaseModel):
     embargo: bool = Field(
         True,
         description=(
-            "Keep only train/validation cutoffs whose label window (horizon + 7 days) is complete before "
-            "the test cutoff, so no label used for fitting was unknown at test time"
+            "Keep only validation cutoffs whose label window (horizon + 7 days) is complete before the test "
+            "cutoff, and train cutoffs whose window is complete before the validation cutoff, so no label used "
+            "for fitting, early stopping or calibration was unknown at the cutoff it is judged on"
         ),
     )
     negative_sample_rate: float = Field(
@@ -104,12 +111,26 @@ class TrainConfig(BaseModel):
     def _check_k_list(cls, value: tuple[KSpec, ...]) -> tuple[KSpec, ...]:
         if not value:
             raise ValueError("k_list must name at least one K")
-        return tuple(validate_k_spec(spec) for spec in value)
+        specs = tuple(validate_k_spec(spec) for spec in value)
+        repeated = sorted({str(spec) for spec in specs if specs.count(spec) > 1})
+        if repeated:
+            raise ValueError(f"k_list names the same K more than once: {', '.join(repeated)} (given {list(value)})")
+        return specs
 
     @field_validator("primary_k")
     @classmethod
     def _check_primary_k(cls, value: KSpec) -> KSpec:
         return validate_k_spec(value)
+
+    @model_validator(mode="after")
+    def _check_primary_k_is_evaluated(self) -> TrainConfig:
+        if self.primary_k not in self.k_list:
+            raise ValueError(
+                f"primary_k {self.primary_k!r} is not in k_list {list(self.k_list)}: promotion compares test "
+                "precision at primary_k, so it must be one of the evaluated K values; add it to k_list or "
+                "choose one of them"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_cutoff_order(self) -> TrainConfig:

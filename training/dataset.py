@@ -9,10 +9,12 @@ Cutoffs
 - `first_cutoff` / `last_cutoff` in the config narrow either list.
 
 Split (out of time)
-- test: the latest cutoff; validation: the latest earlier cutoff allowed; train: all
-  earlier ones. With `embargo` (default) a train or validation cutoff is allowed only
-  when its label window (horizon + 7 days) is complete before the test cutoff, so the
-  backtest only uses labels that were known at test time.
+- test: the latest cutoff; validation: the latest earlier cutoff allowed; train: the
+  earlier ones allowed. With `embargo` (default) the validation cutoff's label window
+  (horizon + 7 days) must close on or before the test cutoff, and each train cutoff's
+  window on or before the validation cutoff, so fitting, early stopping, calibration and
+  the backtest each use only labels known at the cutoff they are judged on. Cutoffs left
+  out by either rule are listed in `CutoffSplit.embargoed`.
 """
 
 from __future__ import annotations
@@ -129,9 +131,22 @@ def split_cutoffs(
             f"{len(earlier)} earlier cutoff(s) remain; need 2 (train + validation). Supply more history, lower "
             "min_history_months, or set training.embargo = false"
         )
+    validation = earlier[-1]
+    train = earlier[:-1]
+    if train_cfg.embargo:
+        # the same rule one step earlier: training labels must be known at the validation cutoff,
+        # or early stopping and calibration would be judged on outcomes the fit already saw
+        known_by_validation = [c for c in train if c + label_cfg.horizon + INTERACTIONS_KNOWN_AFTER <= validation]
+        embargoed = sorted([*embargoed, *(c for c in train if c not in known_by_validation)])
+        train = known_by_validation
+        if not train:
+            raise ValueError(
+                f"after the embargo no training cutoff's label window closes before the validation cutoff "
+                f"{validation.date()}. Supply more history, lower min_history_months, or set training.embargo = false"
+            )
     return CutoffSplit(
-        train=tuple(earlier[:-1]),
-        validation=earlier[-1],
+        train=tuple(train),
+        validation=validation,
         test=test,
         incomplete=tuple(incomplete),
         embargoed=tuple(embargoed),

@@ -7,15 +7,18 @@ beside the database, so nothing lands in `./mlruns`.
 Promotion: every new version of the registered model gets alias `challenger`. It
 becomes `champion` when its test precision@K (primary K) is at least the current
 champion's, with the champion re-scored on the *same* test cutoff. Each decision (both
-figures, the previous champion, who decided and why) is written as model-version tags,
+figures, the previous champion, who decided and why) is written as model-version tags and
 appended to the promotion log (JSON lines beside a local store, and the recent history
-as the registered-model tag `koc.promotion_log`), and a failure while moving aliases
-restores the aliases as they were.
+as the registered-model tag `koc.promotion_log`) — only after the aliases have moved. Any
+failure or interrupt (any BaseException) restores the aliases as they were; if the
+decision had already been recorded, a compensating entry with `rolled_back: true` is
+appended, so the trail never claims a promotion that did not stick.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -39,6 +42,7 @@ PROMOTION_LOG_TAG = "koc.promotion_log"
 PROMOTION_LOG_TAG_ENTRIES = 20
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+RUN_FAILED_TAG = "koc.run_failed"
 
 
 def resolve_tracking_uri(tracking_uri: str | None = None, cwd: str | Path | None = None) -> str:
@@ -132,14 +136,17 @@ def current_aliases(client: MlflowClient, model_name: str) -> dict[str, str]:
 def restore_aliases(client: MlflowClient, model_name: str, before: Mapping[str, str]) -> None:
     """Put `champion` / `challenger` back to `before` (deleting aliases that did not exist)."""
     now = current_aliases(client, model_name)
+    changed = False
     for alias in (CHAMPION, CHALLENGER):
         if before.get(alias) == now.get(alias):
             continue
+        changed = True
         if alias in before:
             client.set_registered_model_alias(model_name, alias, before[alias])
         elif alias in now:
             client.delete_registered_model_alias(model_name, alias)
-    logger.warning("aliases of %s restored to %s", model_name, dict(before))
+    if changed:
+        logger.warning("aliases of %s restored to %s", model_name, dict(before))
 
 
 # ------------------------------------------------------------------------ promotion
@@ -161,6 +168,7 @@ class PromotionDecision:
     reason: str
     run_id: str | None = None
     decided_at: str = ""
+    rolled_back: bool = False  # a compensating entry: the aliases this decision moved were put back
 
     def to_record(self) -> dict[str, object]:
         record = asdict(self)
@@ -231,34 +239,100 @@ def _tag_value(value: object) -> str:
     return str(value)
 
 
-def apply_promotion(client: MlflowClient, tracking_uri: str, decision: PromotionDecision) -> None:
-    """Move aliases per `decision`, tag the version and append the promotion log.
+_DECISION_TAGS = (
+    "promoted",
+    "metric",
+    "challenger_value",
+    "champion_value",
+    "previous_champion",
+    "test_cutoff",
+    "reason",
+    "decided_at",
+)
 
-    Aliases are restored if anything here fails, so a failed run never moves them.
+
+def _tag_prefix(decision: PromotionDecision) -> str:
+    return "koc.promotion." if decision.mode == "auto" else "koc.manual_promotion."
+
+
+def move_aliases(client: MlflowClient, decision: PromotionDecision) -> None:
+    """`challenger` -> the new version (automatic decisions); `champion` -> it when promoted."""
+    if decision.mode == "auto":
+        client.set_registered_model_alias(decision.model_name, CHALLENGER, decision.version)
+    if decision.promoted:
+        client.set_registered_model_alias(decision.model_name, CHAMPION, decision.version)
+
+
+def record_decision(client: MlflowClient, tracking_uri: str, decision: PromotionDecision) -> None:
+    """Model-version tags and a promotion-log entry for `decision` (call once its aliases have moved)."""
+    prefix = _tag_prefix(decision)
+    for key in _DECISION_TAGS:
+        client.set_model_version_tag(
+            decision.model_name, decision.version, prefix + key, _tag_value(getattr(decision, key))
+        )
+    append_promotion_log(client, tracking_uri, decision)
+
+
+def record_rollback(
+    client: MlflowClient, tracking_uri: str, decision: PromotionDecision, error: BaseException
+) -> PromotionDecision:
+    """Compensating audit entry for a recorded decision whose alias moves were undone; returns it."""
+    rolled = dataclasses.replace(
+        decision,
+        promoted=False,
+        rolled_back=True,
+        reason=f"rolled back, aliases restored after {type(error).__name__}: {error} (was: {decision.reason})"[:500],
+        decided_at=_now(),
+    )
+    prefix = _tag_prefix(decision)
+    for key in ("promoted", "reason", "decided_at", "rolled_back"):
+        client.set_model_version_tag(
+            decision.model_name, decision.version, prefix + key, _tag_value(getattr(rolled, key))
+        )
+    append_promotion_log(client, tracking_uri, rolled)
+    return rolled
+
+
+def roll_back_promotion(
+    client: MlflowClient,
+    tracking_uri: str,
+    model_name: str,
+    before: Mapping[str, str],
+    error: BaseException,
+    recorded: PromotionDecision | None = None,
+) -> PromotionDecision | None:
+    """Best effort while already failing: restore the aliases to `before`; if `recorded` was written, compensate it.
+
+    Returns the compensating decision (None when nothing had been recorded or writing it failed).
+    Errors here are logged, not raised, so the caller re-raises the original failure.
+    """
+    try:
+        restore_aliases(client, model_name, before)
+    except Exception:
+        logger.exception("could not restore the aliases of %s to %s; check them by hand", model_name, dict(before))
+    if recorded is None:
+        return None
+    try:
+        return record_rollback(client, tracking_uri, recorded, error)
+    except Exception:
+        logger.exception("could not record that v%s's promotion was rolled back", recorded.version)
+        return None
+
+
+def apply_promotion(client: MlflowClient, tracking_uri: str, decision: PromotionDecision) -> None:
+    """Move aliases per `decision`, then tag the version and append the promotion log.
+
+    On any failure or interrupt the aliases are restored (and a rolled-back entry is written if
+    the decision had been recorded), then the error propagates.
     """
     before = current_aliases(client, decision.model_name)
+    recorded: PromotionDecision | None = None
     try:
-        if decision.mode == "auto":
-            client.set_registered_model_alias(decision.model_name, CHALLENGER, decision.version)
-        if decision.promoted:
-            client.set_registered_model_alias(decision.model_name, CHAMPION, decision.version)
-        prefix = "koc.promotion." if decision.mode == "auto" else "koc.manual_promotion."
-        for key in (
-            "promoted",
-            "metric",
-            "challenger_value",
-            "champion_value",
-            "previous_champion",
-            "test_cutoff",
-            "reason",
-            "decided_at",
-        ):
-            client.set_model_version_tag(
-                decision.model_name, decision.version, prefix + key, _tag_value(getattr(decision, key))
-            )
-        append_promotion_log(client, tracking_uri, decision)
-    except Exception:
-        restore_aliases(client, decision.model_name, before)
+        move_aliases(client, decision)
+        recorded = decision  # from here on a record may exist, however partial
+        record_decision(client, tracking_uri, decision)
+    except BaseException as err:
+        roll_back_promotion(client, tracking_uri, decision.model_name, before, err, recorded)
         raise
 
 
@@ -282,6 +356,7 @@ def append_promotion_log(client: MlflowClient, tracking_uri: str, decision: Prom
             "previous_champion",
             "test_cutoff",
             "decided_at",
+            "rolled_back",
         )
     }
     history = (history + [compact])[-PROMOTION_LOG_TAG_ENTRIES:]
@@ -315,16 +390,30 @@ def promote(
     reason: str = "",
     tracking_uri: str | None = None,
     model_name: str = "koc-potential",
+    force: bool = False,
 ) -> PromotionDecision:
-    """Make `version` the champion by hand, with the same tags and promotion-log entry as automatic promotion."""
+    """Make `version` the champion by hand, with the same tags and promotion-log entry as automatic promotion.
+
+    A version registered by a training run that then failed (tag `koc.run_failed`, or its run
+    ended FAILED) is refused unless `force`: its evaluation and records may be incomplete.
+    """
     uri = resolve_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
         model_version = client.get_model_version(model_name, str(version))
     except MlflowException as err:
         raise ValueError(f"{model_name} has no version {version} in {uri}: {err.message}") from err
-    previous = current_aliases(client, model_name).get(CHAMPION)
     tags = model_version.tags or {}
+    failure = _failed_run_note(client, tags, model_version.run_id)
+    if failure is not None and not force:
+        raise ValueError(
+            f"{model_name} v{version} comes from a training run that failed ({failure}); its evaluation and "
+            "promotion records may be incomplete. Retrain, or pass --force to promote it anyway"
+        )
+    previous = current_aliases(client, model_name).get(CHAMPION)
+    reason = reason or "promoted by hand"
+    if failure is not None:
+        reason = f"{reason} (forced: version from a failed run: {failure})"[:500]
     decision = PromotionDecision(
         model_name=model_name,
         version=str(version),
@@ -335,13 +424,27 @@ def promote(
         champion_value=None,
         previous_champion=previous,
         test_cutoff=tags.get("koc.promotion.test_cutoff"),
-        reason=reason or "promoted by hand",
+        reason=reason,
         run_id=model_version.run_id,
         decided_at=_now(),
     )
     apply_promotion(client, uri, decision)
     logger.info("v%s of %s is champion (was %s): %s", version, model_name, previous, decision.reason)
     return decision
+
+
+def _failed_run_note(client: MlflowClient, tags: Mapping[str, str], run_id: str | None) -> str | None:
+    """Why a version counts as coming from a failed run (its `koc.run_failed` tag or run status), else None."""
+    if RUN_FAILED_TAG in tags:
+        return tags[RUN_FAILED_TAG]
+    if run_id:
+        try:
+            status = client.get_run(run_id).info.status
+        except MlflowException:  # run deleted or in another store: rely on the tag alone
+            return None
+        if status == "FAILED":
+            return f"run {run_id} ended FAILED"
+    return None
 
 
 def _float_or_none(value: str | None) -> float | None:

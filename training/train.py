@@ -1,7 +1,9 @@
 """`koc train` end to end: snapshots -> LightGBM + baselines -> evaluation -> MLflow run -> registry.
 
-One call of `run_training` is one MLflow run. If anything fails the run ends FAILED and
-the registry's aliases are exactly as they were before the run.
+One call of `run_training` is one MLflow run. If anything fails (any BaseException, an
+interrupt included) the run ends FAILED, the registry's aliases are exactly as they were
+before the run, and a promotion that had already been recorded gets a compensating
+`rolled_back` entry in the promotion log, the version's tags and the run's `promotion.json`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import joblib
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow import MlflowClient
 
 from features.contract import DEFAULT_TIMEZONE, BrandData, load_data
 from features.labels import LabelConfig
@@ -277,6 +280,26 @@ def score_champion(
     return result.metrics[f"precision_at_{k_label(primary_k)}"], None
 
 
+def _roll_back_run_promotion(
+    client: MlflowClient,
+    uri: str,
+    model_name: str,
+    before: dict[str, str],
+    error: BaseException,
+    recorded: tracking.PromotionDecision | None,
+) -> None:
+    """Restore the aliases seen when the promotion step began; compensate a recorded decision in the run too."""
+    rolled = tracking.roll_back_promotion(client, uri, model_name, before, error, recorded)
+    if recorded is None:
+        return
+    try:
+        mlflow.set_tags({"koc.promoted": "false", "koc.promotion_rolled_back": "true"})
+        if rolled is not None:
+            mlflow.log_dict(rolled.to_record(), "promotion.json")
+    except Exception:  # pragma: no cover - best effort while failing
+        logger.exception("could not mark the run's promotion record as rolled back")
+
+
 def run_training(
     data: str | Path | BrandData,
     train_config: TrainConfig | None = None,
@@ -293,7 +316,8 @@ def run_training(
     `data` is a data directory (read with `features.contract.load_data`) or loaded
     `BrandData`. `config_record` (e.g. the full `Config.model_dump()`) is logged as-is.
     """
-    train_cfg = train_config or TrainConfig()
+    # re-validated: `model_copy(update=...)` skips validation (e.g. a primary_k missing from k_list)
+    train_cfg = TrainConfig.model_validate((train_config or TrainConfig()).model_dump())
     label_cfg = label_config or LabelConfig()
     uri = tracking.resolve_tracking_uri(tracking_uri)
     experiment_name = experiment or train_cfg.experiment_name
@@ -317,6 +341,8 @@ def run_training(
         with mlflow.start_run(experiment_id=experiment_id) as run, tempfile.TemporaryDirectory() as tmp:
             workdir = Path(tmp)
             version: str | None = None
+            promotion_before: dict[str, str] | None = None  # aliases when the promotion step began
+            recorded: tracking.PromotionDecision | None = None  # decision written to the registry
             try:
                 step("build snapshots")
                 dataset = build_snapshots(brand, label_cfg, train_cfg)
@@ -387,12 +413,13 @@ def run_training(
                 step("register model")
                 test = dataset.part("test")
                 version = _log_model(model, test, model_name, workdir)
+                mlflow.set_tag("koc.model_version", version)
                 lap("register")
 
                 step("promotion")
                 metric = f"precision_at_{k_label(train_cfg.primary_k)}"
-                before = tracking.current_aliases(client, model_name)
-                champion_version = before.get(tracking.CHAMPION)
+                promotion_before = tracking.current_aliases(client, model_name)
+                champion_version = promotion_before.get(tracking.CHAMPION)
                 champion_value, champion_error = (None, None)
                 if champion_version is not None:
                     champion_value, champion_error = score_champion(
@@ -409,16 +436,21 @@ def run_training(
                     test_cutoff=str(split["test"]),
                     run_id=run.info.run_id,
                 )
+                # moves the aliases, then tags the version and appends the promotion log
+                tracking.apply_promotion(client, uri, decision)
+                recorded = decision
+                # the run's own record only once the registry says the same
                 mlflow.log_dict(decision.to_record(), "promotion.json")
-                mlflow.set_tags({f"koc.seconds.{k}": f"{v:.3f}" for k, v in timings.items()})
-                mlflow.set_tags({"koc.model_version": version, "koc.promoted": str(decision.promoted).lower()})
-                tracking.apply_promotion(client, uri, decision)  # last step: moves aliases, undone on failure
+                mlflow.set_tag("koc.promoted", str(decision.promoted).lower())
                 lap("promotion")
+                mlflow.set_tags({f"koc.seconds.{k}": f"{v:.3f}" for k, v in timings.items()})
             except BaseException as err:
+                if promotion_before is not None:
+                    _roll_back_run_promotion(client, uri, model_name, promotion_before, err, recorded)
                 if version is not None:
                     try:
                         client.set_model_version_tag(
-                            model_name, version, "koc.run_failed", f"{type(err).__name__}: {err}"[:500]
+                            model_name, version, tracking.RUN_FAILED_TAG, f"{type(err).__name__}: {err}"[:500]
                         )
                     except Exception:  # pragma: no cover - best effort while failing
                         logger.exception("could not tag failed version %s", version)
