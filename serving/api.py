@@ -263,19 +263,24 @@ class ModelResponse(BaseModel):
     test_metrics: dict[str, float]
 
 
-class Candidate(BaseModel):
+class MemberProfile(BaseModel):
+    """What ops reads about a member besides the score: the source material's value scores and segments."""
+
+    consumption_value: float | None = Field(description="consumption value, 0-100")
+    interaction_value: float | None = Field(description="interaction value, 0-100")
+    content_value: float | None = Field(description="content value, 0-100")
+    social_value: float | None = Field(description="social value, 0-100")
+    rfm_segment: str | None
+    trial_category: str | None = Field(description="suggested trial category: the member's strongest category")
+
+
+class Candidate(MemberProfile):
     rank: int
     member_id: str
     score: float = Field(description="calibrated probability of becoming a productive KOC within the horizon")
     percentile: float = Field(description="percentile of the score among eligible members")
     tier: Literal["A", "B", "C"]
     reasons: list[str]
-    consumption_value: float | None
-    interaction_value: float | None
-    content_value: float | None
-    social_value: float | None
-    rfm_segment: str | None
-    trial_category: str | None
     city_tier: int | None
     channel: str | None
     exploration: bool
@@ -313,7 +318,7 @@ def score_body_limit(limit: int) -> int:
     return 4096 + limit * MEMBER_ID_MAX_JSON_BYTES
 
 
-class MemberScore(BaseModel):
+class MemberScore(MemberProfile):
     member_id: str
     score: float
     eligible: bool
@@ -321,12 +326,6 @@ class MemberScore(BaseModel):
     percentile: float | None
     tier: Literal["A", "B", "C"] | None
     reasons: list[str]
-    consumption_value: float | None
-    interaction_value: float | None
-    content_value: float | None
-    social_value: float | None
-    rfm_segment: str | None
-    trial_category: str | None
 
 
 class ScoreResponse(BaseModel):
