@@ -26,6 +26,24 @@ def _registry_table() -> Table:
     return table
 
 
+def _print_sql(dialect: str, as_of: list[str] | None, console) -> None:
+    """The one feature definition, rendered for another engine (e.g. Spark for brands that outgrow DuckDB)."""
+    import sqlglot
+
+    from features.build import feature_sql
+    from features.contract import parse_as_of
+
+    if not as_of:
+        raise typer.BadParameter("--sql needs an --as-of")
+    text = feature_sql(parse_as_of(as_of[0]))
+    if dialect != "duckdb":
+        try:
+            text = ";\n".join(sqlglot.transpile(text, read="duckdb", write=dialect, pretty=True))
+        except (sqlglot.errors.SqlglotError, ValueError) as error:
+            raise typer.BadParameter(f"cannot render the feature SQL for {dialect!r}: {error}") from error
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
 def register(app: typer.Typer) -> None:
     """Add the `features` command to the `koc` app."""
 
@@ -46,11 +64,21 @@ def register(app: typer.Typer) -> None:
         timezone: Annotated[
             str | None, typer.Option("--timezone", help="Business time zone (overrides config).")
         ] = None,
+        sql: Annotated[
+            str | None,
+            typer.Option(
+                "--sql",
+                help="Print the feature SQL for the first --as-of in this dialect (duckdb, spark, …) and exit.",
+            ),
+        ] = None,
     ) -> None:
         """Build one row of features per (member, as_of) using only data strictly before each cutoff."""
         console = make_console()
         if list_features:
             console.print(_registry_table())
+            return
+        if sql is not None:
+            _print_sql(sql, as_of, console)
             return
         if data is None or not as_of or out is None:
             raise typer.BadParameter("--data, --as-of and --out are required unless --list is given")

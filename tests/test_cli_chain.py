@@ -77,6 +77,12 @@ def test_features_for_two_cutoffs(workdir: Path) -> None:
     assert "recency_days" in invoke("features", "--list")
 
 
+def test_feature_sql_renders_for_spark() -> None:
+    spark_sql = invoke("features", "--as-of", "2025-06-01", "--sql", "spark")
+    assert "FROM members" in spark_sql and "TIMESTAMP_NTZ" in spark_sql  # Spark's naive timestamp type
+    assert "'2025-06-01 00:00:00" in spark_sql
+
+
 def test_train_then_rank_lists_only_eligible_members_with_reasons(workdir: Path) -> None:
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     config = str(workdir / "koc.toml")
