@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
@@ -197,7 +198,7 @@ class Violation:
 
     def __str__(self) -> str:
         where = f"{self.table}.{self.column}" if self.column else self.table
-        text = f"{where}: {self.rule} — {self.count} row(s) break it"
+        text = f"{where}: {self.rule}" + (f" — {self.count} row(s) break it" if self.count else "")
         if self.examples:
             text += "; e.g. " + " | ".join(self.examples)
         return text
@@ -369,11 +370,14 @@ def _show(value: object) -> str:
     return "null" if pd.isna(value) else str(value)
 
 
-def _examples(df: pd.DataFrame, mask_or_index, limit: int = 3) -> tuple[str, ...]:
+def _examples(df: pd.DataFrame, mask_or_index, limit: int = 3, column: str | None = None) -> tuple[str, ...]:
     rows = df.loc[mask_or_index].head(limit) if not isinstance(mask_or_index, pd.Index) else df.loc[mask_or_index[:limit]]
+    shown_columns = list(df.columns[:5])
+    if column is not None and column in df.columns and column not in shown_columns:
+        shown_columns.append(column)  # the value that breaks the rule is always shown
     out = []
     for idx, row in rows.iterrows():
-        shown = ", ".join(f"{k}={_show(v)}" for k, v in row.items() if k in df.columns[:6])
+        shown = ", ".join(f"{k}={_show(row[k])}" for k in shown_columns)
         out.append(f"row {idx}: {shown}")
     return tuple(out)
 
@@ -424,7 +428,7 @@ def _pandera_violations(
                 idx = idx.difference(bad.index[bad])  # already reported as unparseable
                 if not len(idx):
                     continue
-            examples = _examples(df, idx) if len(idx) else tuple(str(v) for v in group["failure_case"].head(3))
+            examples = _examples(df, idx, column=str(column)) if len(idx) else tuple(str(v) for v in group["failure_case"].head(3))
             out.append(Violation(spec.name, str(column), rule, int(len(idx) or len(group)), examples))
         return out
     return []
@@ -480,7 +484,7 @@ def _prepare(
             continue
         values, bad, rule = _coerce(raw[col.name], col, timezone)
         if bad.any():
-            violations.append(Violation(spec.name, col.name, rule, int(bad.sum()), _examples(raw, bad)))
+            violations.append(Violation(spec.name, col.name, rule, int(bad.sum()), _examples(raw, bad, column=col.name)))
             unparsed[col.name] = bad
         out[col.name] = values
     return out, violations, unparsed
@@ -516,6 +520,7 @@ def from_frames(
     source: str | None = None,
 ) -> BrandData:
     """Validate in-memory tables against the contract and return them in canonical form."""
+    check_timezone(timezone)
     current_year = current_year or dt.date.today().year
     notes: list[str] = []
     violations: list[Violation] = []
@@ -578,10 +583,29 @@ def from_frames(
 
 
 def _read_table(path: Path) -> pd.DataFrame:
-    if path.suffix == ".csv":
-        # everything as text: ids keep leading zeros; each column is coerced by its spec
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8")
-    return pd.read_parquet(path)
+    """One table file as a frame; an unreadable file is a contract violation, not a crash."""
+    name = path.name.split(".")[0]
+    try:
+        if path.suffix == ".csv":
+            # everything as text: ids keep leading zeros; each column is coerced by its spec
+            return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8")
+        return pd.read_parquet(path)
+    except pd.errors.EmptyDataError:
+        rule = "file is empty: a CSV needs at least its header row"
+    except UnicodeDecodeError as err:
+        rule = f"file is not UTF-8 text (byte {err.start}); re-export it as UTF-8"
+    except (pd.errors.ParserError, OSError, ValueError) as err:
+        rule = f"file cannot be read: {err}"
+    raise ContractError([Violation(name, None, rule, 0, (str(path),))])
+
+
+def check_timezone(timezone: str) -> str:
+    """The time zone name, if the system knows it (raises ValueError otherwise)."""
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError) as err:
+        raise ValueError(f"unknown time zone {timezone!r}: use an IANA name such as Asia/Shanghai") from err
+    return timezone
 
 
 def table_files(path: str | Path) -> dict[str, Path]:

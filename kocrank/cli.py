@@ -57,7 +57,8 @@ def validate(
         console.print(f"[bold red]{len(err.violations)} contract violation(s) in {data}[/]")
         for v in err.violations:
             where = f"{v.table}.{v.column}" if v.column else v.table
-            console.print(f"[red]✗[/] [bold]{where}[/]: {v.rule} — {v.count:,} row(s)", highlight=False)
+            rows = f" — {v.count:,} row(s)" if v.count else ""
+            console.print(f"[red]✗[/] [bold]{where}[/]: {v.rule}{rows}", highlight=False)
             for example in v.examples:
                 console.print(f"    e.g. {example}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from None
@@ -79,5 +80,38 @@ cli_training.register(app)
 cli_serving.register(app)
 
 
+def _hint(error: BaseException) -> str:
+    text = str(error)
+    if "RESOURCE_DOES_NOT_EXIST" in text or "not found" in text.lower():
+        return (
+            "\nhint: the MLflow store is ./mlflow.db of the folder you run koc from, unless MLFLOW_TRACKING_URI "
+            "or --tracking-uri says otherwise; run `koc train` there first or point at the store that has the model"
+        )
+    return ""
+
+
+def run() -> None:
+    """Console entry point: expected failures end with one clear line and exit code 1, not a traceback.
+
+    `koc -v …` shows the traceback as well.
+    """
+    from mlflow.exceptions import MlflowException
+    from pydantic import ValidationError
+
+    from kocrank.config import ConfigError
+
+    try:
+        app()
+    except ContractError as error:
+        make_console(stderr=True).print(f"[red]error:[/] {error}", highlight=False, markup=False)
+        raise SystemExit(1) from None
+    except (ConfigError, ValidationError, MlflowException, ValueError, OSError) as error:
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            raise
+        message = f"error: {type(error).__name__}: {error}{_hint(error)}"
+        make_console(stderr=True).print(message, highlight=False, markup=False)
+        raise SystemExit(1) from None
+
+
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    run()

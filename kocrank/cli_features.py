@@ -82,6 +82,8 @@ def register(app: typer.Typer) -> None:
             return
         if data is None or not as_of or out is None:
             raise typer.BadParameter("--data, --as-of and --out are required unless --list is given")
+        if out.suffix.lower() not in (".parquet", ".csv"):
+            raise typer.BadParameter(f"--out must end in .parquet or .csv, got {out.name}")
 
         from features.build import absent_groups, build_features
         from features.contract import ContractError, load_data, parse_as_of

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from kocrank.console import make_console
 
@@ -22,7 +23,7 @@ def rank_command(
     top: Annotated[int, typer.Option("--top", min=1, help="K: how many members to invite.")],
     out: Annotated[Path, typer.Option("--out", help="Output file: .csv, .parquet or .xlsx (sidecar <out>.meta.json).")],
     model: Annotated[str | None, typer.Option("--model", help="models:/name@alias, models:/name/version, runs:/id/model or a path.")] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="TOML config file ([ranking], [labels]).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML config file (sections ranking and labels).")] = None,
     tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI).")] = None,
     show: Annotated[int, typer.Option("--show", min=0, help="Print this many top rows.")] = 10,
 ) -> None:
@@ -42,8 +43,8 @@ def rank_command(
     try:
         brand = load_data(data, timezone=cfg.timezone)
     except ContractError as error:
-        console.print(f"[red]{error}[/red]")
-        raise typer.Exit(code=2) from error
+        console.print(f"[red]{escape(str(error))}[/red]")
+        raise typer.Exit(code=1) from error  # as `koc validate`
     try:
         loaded = load_model(model or cfg.ranking.model_uri, tracking_uri, cfg.labels)
     except IncompatibleModelError as error:

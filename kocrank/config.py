@@ -18,9 +18,9 @@ import json
 import tomllib
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from features.contract import DEFAULT_TIMEZONE
+from features.contract import DEFAULT_TIMEZONE, check_timezone
 from features.labels import LabelConfig
 from serving.config import RankConfig
 from training.config import TrainConfig
@@ -36,15 +36,33 @@ class Config(BaseModel):
     training: TrainConfig = TrainConfig()
     ranking: RankConfig = RankConfig()
 
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        return check_timezone(value)
+
     def digest(self) -> str:
         """A short hash of the full config, recorded with runs and ranked lists."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+class ConfigError(ValueError):
+    """The config file is missing, is not TOML, or names an unknown or invalid setting."""
+
+
 def load_config(path: str | Path | None = None) -> Config:
     """Defaults, overridden by the TOML file at `path` when given."""
     if path is None:
         return Config()
-    with open(path, "rb") as fh:
-        return Config.model_validate(tomllib.load(fh))
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(f"invalid config {path}: {error}") from None

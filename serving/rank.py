@@ -33,6 +33,7 @@ VALUE_SCORE_COLUMNS = ("consumption_value", "interaction_value", "content_value"
 # segment columns shown in the list; quotas may also use the other QUOTA_COLUMNS (e.g. gender),
 # which are joined for selection and counted in the metadata but not written to the list
 SEGMENT_COLUMNS = ("city_tier", "channel")
+STALE_AFTER_DAYS = 31  # as_of later than this after the last observed row: warn that the data is stale
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,8 @@ def rank_members(
     cfg = cfg or RankConfig()
     label_cfg = label_cfg or LabelConfig()
     as_of = parse_as_of(as_of, data.timezone)
+    if not (data.members["joined_at"] < as_of).any():
+        raise ValueError(f"no member joined before as_of {as_of}: nobody can be ranked (is the date right?)")
     scored, inputs = score_population(data, as_of, loaded, cfg, label_cfg)
     eligible = order_by_score(scored.loc[scored["eligible"]])
     chosen = select_candidates(eligible, k, cfg, as_of=as_of)
@@ -182,6 +185,14 @@ def rank_members(
     expected = float(candidates["score"].sum())
     info = loaded.info
     warnings = label_config_warnings(getattr(loaded.model, "label_config_", None), label_cfg)
+    stale_days = (as_of - data.data_end) / pd.Timedelta(days=1)
+    if stale_days > STALE_AFTER_DAYS:
+        stale = (
+            f"the data ends {data.data_end}, {stale_days:.0f} days before as_of {as_of}: recent behaviour is missing, "
+            "so scores are low and the list is stale; export fresh data"
+        )
+        logger.warning(stale)
+        warnings.append(stale)
     meta: dict[str, Any] = {
         "model": {
             "name": info.name,

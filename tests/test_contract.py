@@ -248,3 +248,32 @@ def test_duplicates_are_judged_on_every_source_column():
     data = from_frames({"members": _members(), "orders": _orders(), "events": events}, current_year=2026)
     assert len(data.events) == 2
     assert "events: dropped 1 exact duplicate row(s)" in data.warnings
+
+
+def test_written_files_are_readable_by_others(tmp_path):
+    import os
+    import stat
+
+    from features.io import write_frame
+
+    old = os.umask(0o022)
+    try:
+        path = write_frame(_members(), tmp_path / "members.csv")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_unreadable_files_are_contract_violations(tmp_path):
+    _members().to_csv(tmp_path / "members.csv", index=False)
+    (tmp_path / "orders.csv").write_text("")
+    with pytest.raises(ContractError, match="orders: file is empty"):
+        load_data(tmp_path)
+    (tmp_path / "orders.csv").write_bytes("order_id,member_id,ordered_at,amount\no1,000123,2024-01-01,9\n备注".encode("gbk"))
+    with pytest.raises(ContractError, match="orders: file is not UTF-8"):
+        load_data(tmp_path)
+
+
+def test_unknown_time_zone_is_refused():
+    with pytest.raises(ValueError, match="unknown time zone 'Mars/Olympus'"):
+        from_frames({"members": _members(), "orders": _orders()}, timezone="Mars/Olympus")

@@ -383,3 +383,12 @@ def test_unsupported_output_suffix(ranked, tmp_path):
     with pytest.raises(ValueError, match="must end in"):
         write_ranked_list(ranked.candidates, ranked.meta, tmp_path / "list.json")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_data_and_impossible_cutoffs_are_flagged(world):
+    late = rank_members(world, AS_OF + pd.Timedelta(days=400), fake_loaded(), 3, RankConfig(exploration_share=0.0))
+    assert any("stale" in w for w in late.meta["warnings"])
+    fresh = rank_members(world, AS_OF, fake_loaded(), 3, RankConfig(exploration_share=0.0))
+    assert not any("stale" in w for w in fresh.meta["warnings"])
+    with pytest.raises(ValueError, match="no member joined before"):
+        rank_members(world, pd.Timestamp("1990-01-01"), fake_loaded(), 3)
