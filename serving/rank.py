@@ -115,7 +115,7 @@ def score_population(
     model = loaded.model
     X = features[list(model.feature_names_)]
     scores = pd.Series(model.predict_proba(X), index=features.index, name="score")
-    values = value_scores(features)[list(VALUE_SCORE_COLUMNS)]
+    values = value_scores(features)[list(VALUE_SCORE_COLUMNS)].round(1)  # 0-100, one decimal is plenty
     rfm_segment = rfm_scores(features)["rfm_segment"].astype("str")
     scored = pd.concat([features[["member_id"]], scores, values, rfm_segment], axis=1)
     scored = (
@@ -178,8 +178,6 @@ def rank_members(
     reasons = explain_members(loaded.model, inputs, chosen["member_id"], cfg.n_reasons, population)
     chosen = chosen.join(reasons.drop(columns=[c for c in reasons if c.startswith("reason_feature_")]), on="member_id")
     candidates = chosen[candidate_columns(cfg.n_reasons)].reset_index(drop=True)
-    # readable file: 0-100 value scores to one decimal (the score keeps full precision: it orders the list)
-    candidates = candidates.round(dict.fromkeys(VALUE_SCORE_COLUMNS, 1))
     counts = exclusion_counts(scored[["eligible", *EXCLUSION_RULES]])
     exclusions = {rule.removeprefix("excl_"): counts[rule.removeprefix("excl_")] for rule in EXCLUSION_RULES}
     expected = float(candidates["score"].sum())

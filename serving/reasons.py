@@ -53,7 +53,7 @@ _WINDOW_ZH = {30: "近30天", 90: "近90天", 180: "近180天", 365: "近一年"
 _WINDOW_EN = {30: "in the last 30 days", 90: "in the last 90 days", 180: "in the last 180 days", 365: "in the last year"}
 
 _EVENT_WORDS: dict[str, tuple[str, str]] = {
-    "campaign_join": ("参与种草活动", "joining seeding campaigns"),
+    "campaign_join": ("参与种草活动", "seeding-campaign sign-ups"),
     "trial_apply": ("申请试用", "trial applications"),
     "trial_feedback": ("提交试用反馈", "trial feedback delivered"),
     "group_message": ("社群发言", "community group messages"),
