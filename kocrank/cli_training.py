@@ -45,6 +45,26 @@ def metrics_rich_table(metrics: pd.DataFrame, title: str, primary_k: str = "100"
     return table
 
 
+HISTORY_ROWS = 10
+
+
+def history_rich_table(history: list[dict[str, object]], title: str) -> Table:
+    """Promotion-log entries (automatic and manual) as a table: when, version, promoted, mode, reason."""
+    table = Table(title=title)
+    for column in ("when", "version", "promoted", "mode", "reason"):
+        table.add_column(column, overflow="fold")
+    for entry in history:
+        promoted = "rolled back" if entry.get("rolled_back") else ("yes" if entry.get("promoted") else "no")
+        table.add_row(
+            str(entry.get("decided_at", "")),
+            str(entry.get("version", "")),
+            promoted,
+            str(entry.get("mode", "")),
+            escape(str(entry.get("reason", ""))),
+        )
+    return table
+
+
 def _load_config(path: Path | None, console: Console) -> Config:
     """The config tree, or a readable error and exit code 1 (e.g. primary_k missing from k_list)."""
     from kocrank.config import load_config
@@ -52,7 +72,7 @@ def _load_config(path: Path | None, console: Console) -> Config:
     try:
         return load_config(path)
     except ValueError as err:  # pydantic's ValidationError is a ValueError
-        console.print(f"[bold red]invalid config[/] {path}: {escape(str(err))}")
+        console.print(f"[bold red]error:[/] {escape(str(err))}")
         raise typer.Exit(code=1) from None
 
 
@@ -123,7 +143,7 @@ def register(app: typer.Typer) -> None:
             )
         from training.evaluate import k_label
 
-        title = f"test cutoff {split['test']} (full table: reports/metrics.csv)"
+        title = f"test cutoff {split['test']} (full table: run artifact reports/metrics.csv)"
         console.print(metrics_rich_table(result.metrics, title, k_label(cfg.training.primary_k)))
         console.print(f"MLflow run [bold]{result.run_id}[/] in {result.tracking_uri}")
         decision = result.decision
@@ -162,14 +182,18 @@ def register(app: typer.Typer) -> None:
         config: Annotated[Path | None, typer.Option("--config", help="TOML config file.")] = None,
         tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow store.")] = None,
     ) -> None:
-        """List the registered model's versions, aliases and promotion figures."""
-        from training.tracking import list_versions
+        """List the registered model's versions, aliases and promotion figures, then the recent promotion history."""
+        from training.tracking import list_versions, promotion_history, resolve_tracking_uri
 
         console = make_console()
         model_name = _load_config(config, console).training.registered_model_name
-        rows = list_versions(tracking_uri, model_name)
+        uri = resolve_tracking_uri(tracking_uri)
+        rows = list_versions(uri, model_name)
         if not rows:
-            console.print(f"no versions of {model_name} yet; run `koc train` first")
+            console.print(
+                f"no versions of {model_name} in {escape(uri)} yet; run `koc train` first "
+                "(or pass --tracking-uri / set MLFLOW_TRACKING_URI to the store you trained into)"
+            )
             return
         table = Table(title=model_name)
         for column in ("version", "aliases", "created", "test_cutoff", "metric", "value", "decision"):
@@ -179,3 +203,7 @@ def register(app: typer.Typer) -> None:
                 *(str(row[c]) for c in ("version", "aliases", "created", "test_cutoff", "metric", "value", "decision"))
             )
         console.print(table)
+        history = promotion_history(uri, model_name)[-HISTORY_ROWS:][::-1]
+        if history:
+            console.print(history_rich_table(history, f"promotion history (newest first, last {HISTORY_ROWS})"))
+        console.print(f"tracking store: {escape(uri)}")

@@ -208,6 +208,27 @@ def test_interrupt_after_promotion_restores_aliases_and_the_audit_trail_says_so(
     assert promotion["reason"].startswith("rolled back, aliases restored after Interrupted")
 
 
+def test_champion_with_other_label_definition_is_not_compared(
+    world: BrandData, store: str, runs: dict[str, TrainResult], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    before = tracking.current_aliases(client, MODEL)
+    # the champion would lose on any comparison; a different horizon must still not promote
+    monkeypatch.setattr(train_module, "score_champion", lambda *args, **kwargs: (0.0, None))
+    result = run_training(world, CONFIG, LabelConfig(horizon_days=60), tracking_uri=store)
+    decision = result.decision
+    assert not decision.promoted and decision.champion_value is None
+    assert f"label definitions differ from champion v{before['champion']}" in decision.reason
+    assert "horizon_days: champion 90, challenger 60" in decision.reason and "koc promote" in decision.reason
+    assert tracking.current_aliases(client, MODEL) == {
+        "champion": before["champion"],
+        "challenger": result.model_version,
+    }
+    last = tracking.promotion_history(store, MODEL)[-1]
+    assert last["version"] == result.model_version and last["reason"] == decision.reason
+    assert client.get_model_version(MODEL, result.model_version).tags["koc.promotion.promoted"] == "False"
+
+
 def test_members_orders_labels_directory_trains(world: BrandData, tmp_path: Path) -> None:
     cutoffs = pd.date_range("2024-08-01", "2025-08-01", freq="MS")
     labels = labels_for(world, cutoffs, LabelConfig())
@@ -253,10 +274,17 @@ def test_cli_train_models_and_promote(world: BrandData, tmp_path: Path) -> None:
     ):
         assert expected in result.output
     assert "registered koc-potential v1" in result.output
+    empty = runner.invoke(app, ["models", "--tracking-uri", f"sqlite:///{tmp_path}/elsewhere.db"])
+    assert empty.exit_code == 0 and "elsewhere.db" in empty.output.replace("\n", "")
     listed = runner.invoke(app, ["models", "--tracking-uri", uri])
     assert listed.exit_code == 0 and "champion" in listed.output
     promoted = runner.invoke(app, ["promote", "--version", "1", "--reason", "re-affirm", "--tracking-uri", uri])
     assert promoted.exit_code == 0 and "previous: 1" in promoted.output
+    relisted = runner.invoke(app, ["models", "--tracking-uri", uri], env={"COLUMNS": "200"})
+    assert relisted.exit_code == 0 and "promotion history" in relisted.output
+    history_part = relisted.output.split("promotion history", 1)[1]
+    assert history_part.index("re-affirm") < history_part.index("no champion yet")  # newest first
+    assert "manual" in history_part and "auto" in history_part
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     client.set_model_version_tag(MODEL, "1", "koc.run_failed", "KeyboardInterrupt: ")
     refused = runner.invoke(app, ["promote", "--version", "1", "--tracking-uri", uri], env={"COLUMNS": "200"})

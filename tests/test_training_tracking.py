@@ -63,6 +63,41 @@ def test_promotion_rule() -> None:
     assert not broken.promoted and "promote by hand" in broken.reason
 
 
+def test_different_label_definitions_are_never_auto_promoted() -> None:
+    common = {
+        "model_name": MODEL,
+        "version": "3",
+        "metric": "precision_at_100",
+        "test_cutoff": "2025-09-01",
+        "run_id": "r",
+        "champion_version": "2",
+        "champion_value": None,
+        "champion_error": None,
+    }
+    champion = {"horizon_days": 60, "min_posts": 3, "min_interactions": 100, "cooldown_days": 60}
+    challenger = {**champion, "horizon_days": 90}
+    differ = decide_promotion(
+        challenger_value=0.9, champion_label_config=champion, challenger_label_config=challenger, **common
+    )
+    assert not differ.promoted and differ.previous_champion == "2"
+    assert "label definitions differ from champion v2" in differ.reason
+    assert "horizon_days: champion 60, challenger 90" in differ.reason and "koc promote" in differ.reason
+    assert "min_posts" not in differ.reason  # only the settings that differ
+    same = decide_promotion(
+        challenger_value=0.9,
+        **{**common, "champion_value": 0.5},
+        champion_label_config=dict(champion),
+        challenger_label_config=champion,
+    )
+    assert same.promoted and "same cutoff" in same.reason
+    # an older champion that recorded no label config is compared as before
+    unknown = decide_promotion(
+        challenger_value=0.9, **{**common, "champion_value": 0.5}, challenger_label_config=challenger
+    )
+    assert unknown.promoted
+    assert tracking.label_config_difference(None, challenger) is None
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> tuple[MlflowClient, str]:
     """A SQLite registry holding three versions of MODEL (no real model files needed)."""

@@ -6,7 +6,9 @@ beside the database, so nothing lands in `./mlruns`.
 
 Promotion: every new version of the registered model gets alias `challenger`. It
 becomes `champion` when its test precision@K (primary K) is at least the current
-champion's, with the champion re-scored on the *same* test cutoff. Each decision (both
+champion's, with the champion re-scored on the *same* test cutoff. A champion trained
+with a different label definition (`label_config_`) is never compared: the challenger stays
+challenger and the decision says to promote by hand. Each decision (both
 figures, the previous champion, who decided and why) is written as model-version tags and
 appended to the promotion log (JSON lines beside a local store, and the recent history
 as the registered-model tag `koc.promotion_log`) — only after the aliases have moved. Any
@@ -40,6 +42,8 @@ ARTIFACT_DIR_NAME = "mlartifacts"
 PROMOTION_LOG_NAME = "koc_promotions.jsonl"
 PROMOTION_LOG_TAG = "koc.promotion_log"
 PROMOTION_LOG_TAG_ENTRIES = 20
+TAG_REASON_CHARS = 120
+TAG_VALUE_LIMIT = 5000
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 RUN_FAILED_TAG = "koc.run_failed"
@@ -197,10 +201,23 @@ def decide_promotion(
     champion_error: str | None,
     test_cutoff: str,
     run_id: str | None,
+    champion_label_config: Mapping[str, object] | None = None,
+    challenger_label_config: Mapping[str, object] | None = None,
 ) -> PromotionDecision:
-    """Apply the promotion rule to the figures of challenger and current champion."""
+    """Apply the promotion rule to the figures of challenger and current champion.
+
+    When both label configs are known and differ, the comparison is not like-for-like (the
+    champion is scored against labels it was not trained for), so nothing is promoted.
+    """
+    label_note = label_config_difference(champion_label_config, challenger_label_config)
     if champion_version is None:
         promoted, reason = True, "no champion yet"
+    elif label_note is not None:
+        promoted = False
+        reason = (
+            f"label definitions differ from champion v{champion_version} ({label_note}); the test figures are "
+            "not comparable, so not promoted automatically; promote by hand with `koc promote` if intended"
+        )
     elif champion_error is not None:
         promoted = False
         reason = f"champion v{champion_version} could not be re-scored on this test cutoff ({champion_error}); promote by hand"
@@ -224,6 +241,30 @@ def decide_promotion(
         reason=reason,
         run_id=run_id,
         decided_at=_now(),
+    )
+
+
+def _canonical(config: Mapping[str, object]) -> dict[str, object]:
+    """JSON round trip so dates, tuples and lists compare as they would be stored."""
+    return dict(json.loads(json.dumps(dict(config), sort_keys=True, default=str)))
+
+
+def label_config_difference(
+    champion: Mapping[str, object] | None, challenger: Mapping[str, object] | None
+) -> str | None:
+    """`key: champion X, challenger Y; ...` for the label settings that differ, else None.
+
+    None also when either side is unknown (models trained before label configs were recorded).
+    """
+    if not champion or not challenger:
+        return None
+    old, new = _canonical(champion), _canonical(challenger)
+    if old == new:
+        return None
+    return "; ".join(
+        f"{key}: champion {old.get(key, 'unset')}, challenger {new.get(key, 'unset')}"
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key)
     )
 
 
@@ -359,8 +400,13 @@ def append_promotion_log(client: MlflowClient, tracking_uri: str, decision: Prom
             "rolled_back",
         )
     }
+    compact["reason"] = str(record["reason"])[:TAG_REASON_CHARS]  # `koc models` shows it for remote stores
     history = (history + [compact])[-PROMOTION_LOG_TAG_ENTRIES:]
-    client.set_registered_model_tag(decision.model_name, PROMOTION_LOG_TAG, json.dumps(history, sort_keys=True))
+    text = json.dumps(history, sort_keys=True)
+    while len(text) > TAG_VALUE_LIMIT and len(history) > 1:  # registry tag values are capped
+        history = history[1:]
+        text = json.dumps(history, sort_keys=True)
+    client.set_registered_model_tag(decision.model_name, PROMOTION_LOG_TAG, text)
 
 
 def _tag_history(client: MlflowClient, model_name: str) -> list[dict[str, object]]:

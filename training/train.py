@@ -260,6 +260,17 @@ def _log_model(model: KocModel, test: pd.DataFrame, model_name: str, workdir: Pa
     return str(info.registered_model_version)
 
 
+def champion_label_config(model_name: str, champion_version: str) -> dict[str, Any] | None:
+    """The current champion's `label_config_` (None when it cannot be loaded or recorded none)."""
+    try:
+        champion = mlflow.pyfunc.load_model(f"models:/{model_name}@{tracking.CHAMPION}")
+        config = getattr(champion.unwrap_python_model().model, "label_config_", None)
+    except Exception as err:  # scoring will report why the champion is unusable
+        logger.warning("could not read champion v%s's label config: %s", champion_version, err)
+        return None
+    return dict(config) if config else None
+
+
 def score_champion(
     model_name: str, test: pd.DataFrame, feature_names: list[str], primary_k: Any, champion_version: str
 ) -> tuple[float | None, str | None]:
@@ -421,10 +432,14 @@ def run_training(
                 promotion_before = tracking.current_aliases(client, model_name)
                 champion_version = promotion_before.get(tracking.CHAMPION)
                 champion_value, champion_error = (None, None)
+                champion_labels, labels_differ = None, None
                 if champion_version is not None:
-                    champion_value, champion_error = score_champion(
-                        model_name, test, dataset.feature_names, train_cfg.primary_k, champion_version
-                    )
+                    champion_labels = champion_label_config(model_name, champion_version)
+                    labels_differ = tracking.label_config_difference(champion_labels, model.label_config_)
+                    if labels_differ is None:  # otherwise not comparable: leave the champion unscored
+                        champion_value, champion_error = score_champion(
+                            model_name, test, dataset.feature_names, train_cfg.primary_k, champion_version
+                        )
                 decision = tracking.decide_promotion(
                     model_name=model_name,
                     version=version,
@@ -435,7 +450,11 @@ def run_training(
                     champion_error=champion_error,
                     test_cutoff=str(split["test"]),
                     run_id=run.info.run_id,
+                    champion_label_config=champion_labels,
+                    challenger_label_config=model.label_config_,
                 )
+                if labels_differ is not None:
+                    logger.warning("v%s not promoted: %s", version, decision.reason)
                 # moves the aliases, then tags the version and appends the promotion log
                 tracking.apply_promotion(client, uri, decision)
                 recorded = decision
