@@ -9,7 +9,8 @@ Categorical features have one template filled with the member's value.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -216,6 +217,27 @@ def high_value_mask(
     return pd.DataFrame(out, index=values.index)
 
 
+_WINDOW_SUFFIX = re.compile(r"_(?:30|90|180|365)d$")
+
+
+def reason_concept(feature: str) -> str:
+    """Features that differ only by their look-back window say the same thing to ops
+    (`events_campaign_join_30d` and `_90d`): one reason per concept."""
+    return _WINDOW_SUFFIX.sub("", feature)
+
+
+def _strongest_distinct(contrib: np.ndarray, concepts: Sequence[str], n: int) -> np.ndarray:
+    """Per row, the column positions of the `n` largest contributions, one per concept."""
+    order = np.argsort(-contrib, axis=1, kind="stable")
+    codes = pd.factorize(pd.Series(concepts))[0][order]
+    repeat = np.zeros(order.shape, dtype=bool)
+    for j in range(1, order.shape[1]):
+        repeat[:, j] = (codes[:, :j] == codes[:, [j]]).any(axis=1)
+    # stable sort puts each row's first-of-concept positions first, in contribution order
+    keep_first = np.argsort(repeat, axis=1, kind="stable")[:, :n]
+    return np.take_along_axis(order, keep_first, axis=1)
+
+
 def top_reasons(
     contributions: pd.DataFrame,
     values: pd.DataFrame,
@@ -225,7 +247,8 @@ def top_reasons(
     phrases: Mapping[str, Phrase] | None = None,
     reference: pd.DataFrame | Population | None = None,
 ) -> pd.DataFrame:
-    """The `n_reasons` strongest positive contributions of each row as phrases.
+    """The `n_reasons` strongest positive contributions of each row as phrases, one per
+    concept (a feature's 30- and 90-day versions count once, at the stronger one).
 
     `contributions` and `values` share index and feature columns (extra columns such as a
     bias term are ignored). Returns `reason_1..reason_n` and `reason_feature_1..n`;
@@ -244,7 +267,7 @@ def top_reasons(
     contrib = contributions[features].to_numpy(dtype="float64")
     numeric = [c for c in features if c not in categorical]
     high = high_value_mask(values, numeric, reference) if numeric else pd.DataFrame(index=values.index)
-    order = np.argsort(-contrib, axis=1, kind="stable")[:, :n_reasons]
+    order = _strongest_distinct(contrib, [reason_concept(f) for f in features], n_reasons)
     n_rows = len(contributions)
     out: dict[str, object] = {}
     row_index = np.arange(n_rows)

@@ -21,7 +21,7 @@ from serving.rank import (
     rank_members,
     trial_categories,
 )
-from serving.reasons import PHRASES, Phrase, missing_phrases, top_reasons
+from serving.reasons import PHRASES, Phrase, missing_phrases, reason_concept, top_reasons
 from serving.selection import assign_tiers, order_by_score, quota_caps, score_percentiles, select_candidates
 
 
@@ -119,6 +119,14 @@ def test_top_reasons_follow_the_largest_positive_contributions():
     assert out.loc[12, "reason_2"] == ""
 
 
+def test_a_feature_in_two_windows_gives_one_reason():
+    values = pd.DataFrame({"posts_30d": [3.0], "posts_90d": [9.0], "orders_90d": [2.0], "spend_365d": [5.0]}, index=[1])
+    contributions = pd.DataFrame({"posts_30d": [0.8], "posts_90d": [0.9], "orders_90d": [0.3], "spend_365d": [0.2]}, index=[1])
+    out = top_reasons(contributions, values, 3)
+    assert out.loc[1, ["reason_feature_1", "reason_feature_2", "reason_feature_3"]].tolist() == [
+        "posts_90d", "orders_90d", "spend_365d"]
+
+
 def test_ranked_reasons_match_model_contributions(world, ranked):
     loaded = fake_loaded()
     from features.build import build_features
@@ -132,7 +140,8 @@ def test_ranked_reasons_match_model_contributions(world, ranked):
     for row in explained.reset_index(names="member_id").itertuples():
         member_contrib = contrib.loc[row.member_id]
         positive = member_contrib[member_contrib > 0].sort_values(ascending=False, kind="stable")
-        expected = list(positive.index[:3]) + [""] * (3 - min(3, len(positive)))
+        strongest_per_concept = positive.groupby(positive.index.map(reason_concept), sort=False).head(1)
+        expected = list(strongest_per_concept.index[:3]) + [""] * (3 - min(3, len(strongest_per_concept)))
         assert [row.reason_feature_1, row.reason_feature_2, row.reason_feature_3] == expected, row.member_id
 
 
