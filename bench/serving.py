@@ -30,7 +30,7 @@ def prepare_store(root: Path, members: int, months: int = 12, seed: int = 0) -> 
     """Simulate `members` into `root/data` and train + register a small model in `root/mlruns.db`."""
     from features.contract import from_frames
     from features.io import write_tables
-    from features.simulate import SimConfig, simulate
+    from kocrank.simulation import SimConfig, simulate
     from training.config import LgbmParams, TrainConfig
     from training.train import run_training
 

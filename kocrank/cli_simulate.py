@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from features.io import write_tables
-from features.simulate import SimConfig, SimulatedWorld, simulate
+from kocrank.simulation import SimConfig, SimulatedWorld, simulate
 from kocrank.console import make_console
 
 console = make_console()

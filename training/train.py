@@ -494,30 +494,3 @@ def run_training(
         dataset=dataset,
         timings=timings,
     )
-
-
-def metrics_summary(result: TrainResult) -> str:
-    """A compact JSON of the model's headline metrics (for logs and the benchmark)."""
-    row = result.metrics.loc[MODEL_ROW]
-    keep = [c for c in row.index if c.startswith(("pr_auc", "roc_auc", "precision_at", "yield"))]
-    return json.dumps({c: round(float(row[c]), 6) for c in keep}, sort_keys=True)
-
-
-def train_on_simulated_world(
-    members: int,
-    *,
-    seed: int = 7,
-    months: int = 24,
-    train_config: TrainConfig | None = None,
-    label_config: LabelConfig | None = None,
-    tracking_uri: str | None = None,
-    experiment: str | None = None,
-) -> TrainResult:
-    """Simulate a world of `members` (features.simulate) and train on it; used by the benchmark and demos."""
-    from features.contract import from_frames
-    from features.simulate import SimConfig, simulate
-
-    world = simulate(SimConfig(members=members, seed=seed, months=months))
-    return run_training(
-        from_frames(world.tables), train_config, label_config, tracking_uri=tracking_uri, experiment=experiment
-    )

@@ -18,6 +18,8 @@ from features.contract import load_data
 from features.labels import eligibility
 from kocrank.cli import app
 
+pytestmark = pytest.mark.slow
+
 AS_OF = "2026-01-01"
 CONFIG = """
 [training]

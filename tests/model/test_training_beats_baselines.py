@@ -9,10 +9,12 @@ import pandas as pd
 import pytest
 
 from features.contract import from_frames
-from features.simulate import SimConfig, simulate
+from kocrank.simulation import SimConfig, simulate
 from training.config import TrainConfig
 from training.evaluate import k_label
 from training.train import MODEL_ROW, TrainResult, run_training
+
+pytestmark = pytest.mark.slow
 
 MEMBERS = 50_000
 SEED = 7

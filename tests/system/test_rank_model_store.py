@@ -7,7 +7,7 @@ import logging
 
 import joblib
 import pytest
-from test_rank_world import AS_OF, DEFAULT_WEIGHTS, LinearFakeModel, build_world
+from support.worlds import AS_OF, DEFAULT_WEIGHTS, LinearFakeModel, build_world
 from typer.testing import CliRunner
 
 from features.labels import LabelConfig

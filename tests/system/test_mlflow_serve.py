@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import subprocess
@@ -10,11 +12,13 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from test_rank_world import SIM_AS_OF, free_port, stop, train_simulated_store, wait_until_up
+from support.worlds import SIM_AS_OF, free_port, stop, train_simulated_store, wait_until_up
 
 from features.build import build_features
 from features.registry import categorical_features
 from training.pyfunc import to_pyfunc_input
+
+pytestmark = pytest.mark.slow
 
 
 def test_mlflow_models_serve_champion(tmp_path):
@@ -28,7 +32,7 @@ def test_mlflow_models_serve_champion(tmp_path):
     port = free_port()
     venv_bin = str(Path(sys.executable).parent)
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH")]))
     log = (tmp_path / "mlflow-serve.log").open("wb")
     process = subprocess.Popen(
         [str(Path(venv_bin) / "mlflow"), "models", "serve", "-m", "models:/koc-potential@champion",

@@ -22,13 +22,15 @@ from typer.testing import CliRunner
 from features.contract import BrandData, from_frames
 from features.io import write_tables
 from features.labels import LabelConfig, labels_for
-from features.simulate import SimConfig, simulate
+from kocrank.simulation import SimConfig, simulate
 from training import tracking
 from training import train as train_module
 from training.config import TrainConfig
 from training.evaluate import evaluate_scores
 from training.pyfunc import to_pyfunc_input
 from training.train import TrainResult, run_training
+
+pytestmark = pytest.mark.slow
 
 MODEL = "koc-potential"
 CONFIG = TrainConfig(

@@ -19,6 +19,8 @@ from training.tracking import (
     promotion_history,
 )
 
+pytestmark = pytest.mark.slow
+
 MODEL = "koc-test"
 
 

@@ -12,6 +12,8 @@ from features.build import build_features
 from features.contract import EVENT_TYPES, PLATFORMS, PROGRAM_STATUSES, from_frames
 from features.labels import eligibility
 
+pytestmark = pytest.mark.slow
+
 T = pd.Timestamp("2026-06-01")
 US = pd.Timedelta(microseconds=1)
 DAY = pd.Timedelta(days=1)

@@ -168,12 +168,6 @@ def fit_tiny_koc_model(seed: int = 0, n_rows: int = 600):
     return KocModel(params, seed=seed, num_threads=1).fit(X, y, X_val, y_val)
 
 
-def test_world_is_valid_and_has_every_special_member():
-    data = build_world(n_crowd=5)
-    assert set(SPECIAL) <= set(data.members["member_id"])
-    assert data.members["member_id"].dtype == "str"
-
-
 SIM_AS_OF = "2025-01-01"
 
 
@@ -183,7 +177,7 @@ def train_simulated_store(root, members: int = 1500, months: int = 12, seed: int
     Returns (data_dir, tracking_uri, BrandData, TrainResult). Uses the real training module.
     """
     from features.io import write_tables
-    from features.simulate import SimConfig, simulate
+    from kocrank.simulation import SimConfig, simulate
     from training.config import LgbmParams, TrainConfig
     from training.train import run_training
 

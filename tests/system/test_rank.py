@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from pydantic import ValidationError
-from test_rank_world import AS_OF, build_world, fake_loaded
+from support.worlds import AS_OF, build_world, fake_loaded
 
 from features.registry import categorical_features, feature_names
 from serving.config import RankConfig

@@ -14,8 +14,10 @@ from typer.testing import CliRunner
 from features.contract import CANONICAL_DTYPES, EVENT_TYPES, PLATFORMS, TABLES, ContractError, from_frames, load_data
 from features.io import write_tables
 from features.labels import LabelConfig, default_labels, eligibility, label_window_complete
-from features.simulate import CHANNELS, PROGRAM_STATUSES, SIM_TABLES, SimConfig, dirty_copy, simulate
+from kocrank.simulation import CHANNELS, PROGRAM_STATUSES, SIM_TABLES, SimConfig, dirty_copy, simulate
 from kocrank import cli_simulate
+
+pytestmark = pytest.mark.slow
 
 
 def _digest(tables: dict[str, pd.DataFrame]) -> str:

@@ -11,10 +11,12 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
-from test_rank_world import SIM_AS_OF, free_port, stop, train_simulated_store, wait_until_up
+from support.worlds import SIM_AS_OF, free_port, stop, train_simulated_store, wait_until_up
 from typer.testing import CliRunner
 
 from kocrank.cli_serving import _standalone
+
+pytestmark = pytest.mark.slow
 
 TOKEN = "uvicorn-test-token"
 
@@ -62,7 +64,7 @@ def test_koc_rank_xlsx_and_bad_suffix(store, tmp_path):
 def test_real_uvicorn_server_over_http(store, tmp_path):
     data_dir, tracking_uri, data, _ = store
     port = free_port()
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "KOC_API_TOKEN": TOKEN,
            "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     env.pop("MLFLOW_TRACKING_URI", None)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 from fastapi.testclient import TestClient
-from test_rank_world import AS_OF, build_world, fake_loaded
+from support.worlds import AS_OF, build_world, fake_loaded
 from typer.testing import CliRunner
 
 from serving.api import (
