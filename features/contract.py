@@ -9,11 +9,13 @@ silently: exact duplicate rows are dropped and reported in `BrandData.warnings`.
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import hashlib
 import logging
+import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -23,10 +25,18 @@ import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
+from pydantic import BaseModel, ConfigDict, Field
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEZONE = "Asia/Shanghai"
+# No brand's CRM holds real activity before this: an order "dated" 0001-01-01 or 1960 is a
+# placeholder or a broken export, and would stretch monthly cutoffs over centuries.
+DEFAULT_TIME_FLOOR = pd.Timestamp("2000-01-01")
+# A timestamp may lie at most this far after the export time (clock skew between systems).
+EXPORT_SLACK = pd.Timedelta(days=1)
+# Longest value text shown in an example: a 5 MB id must not flood the terminal.
+SHOW_CHARS = 60
 
 EVENT_TYPES = (
     "campaign_join",
@@ -339,9 +349,7 @@ def _coerce(series: pd.Series, col: Col, timezone: str) -> tuple[pd.Series, pd.S
         out = series.astype("str").where(series.notna())
         return out.astype("str"), none, "must be text"
     if col.kind in ("ts", "date"):
-        out, bad = _to_local_naive(series, timezone)
-        if col.kind == "date":
-            out = out.dt.normalize()
+        out, bad = _to_local_naive(series, timezone)  # a date's time of day is checked by _value_rules
         return out, bad, "must be an ISO 8601 timestamp" if col.kind == "ts" else "must be an ISO 8601 date"
     if col.kind in ("int", "nullable_int"):
         num = pd.to_numeric(series, errors="coerce").astype("float64")
@@ -364,13 +372,31 @@ def _coerce(series: pd.Series, col: Col, timezone: str) -> tuple[pd.Series, pd.S
     raise AssertionError(col.kind)
 
 
+def _shorten(text: str, limit: int = SHOW_CHARS) -> str:
+    """`text` cut to `limit` characters, saying how long it was."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
+
+
 def _show(value: object) -> str:
     if isinstance(value, str):
-        return repr(value)
-    return "null" if pd.isna(value) else str(value)
+        return _shorten(repr(value))
+    try:
+        return "null" if pd.isna(value) else _shorten(str(value))
+    except (TypeError, ValueError):  # array-like cells from odd Parquet columns
+        return _shorten(str(value))
 
 
-def _examples(df: pd.DataFrame, mask_or_index, limit: int = 3, column: str | None = None) -> tuple[str, ...]:
+Locate = Callable[[int], str]
+
+
+def _row_label(index: int) -> str:
+    return f"row {index}"
+
+
+def _examples(
+    df: pd.DataFrame, mask_or_index, limit: int = 3, column: str | None = None, locate: Locate = _row_label
+) -> tuple[str, ...]:
+    """A few rows breaking a rule, each with where it is (file line or row) and its values."""
     rows = df.loc[mask_or_index].head(limit) if not isinstance(mask_or_index, pd.Index) else df.loc[mask_or_index[:limit]]
     shown_columns = list(df.columns[:5])
     if column is not None and column in df.columns and column not in shown_columns:
@@ -378,7 +404,7 @@ def _examples(df: pd.DataFrame, mask_or_index, limit: int = 3, column: str | Non
     out = []
     for idx, row in rows.iterrows():
         shown = ", ".join(f"{k}={_show(row[k])}" for k in shown_columns)
-        out.append(f"row {idx}: {shown}")
+        out.append(f"{locate(int(idx))}: {shown}")
     return tuple(out)
 
 
@@ -413,7 +439,11 @@ def _pandera_schema(spec: TableSpec, member_ids: pd.Index | None, current_year: 
 
 
 def _pandera_violations(
-    spec: TableSpec, df: pd.DataFrame, schema: pa.DataFrameSchema, unparsed: Mapping[str, pd.Series]
+    spec: TableSpec,
+    df: pd.DataFrame,
+    schema: pa.DataFrameSchema,
+    unparsed: Mapping[str, pd.Series],
+    locate: Locate = _row_label,
 ) -> list[Violation]:
     try:
         schema.validate(df, lazy=True)
@@ -428,7 +458,7 @@ def _pandera_violations(
                 idx = idx.difference(bad.index[bad])  # already reported as unparseable
                 if not len(idx):
                     continue
-            examples = _examples(df, idx, column=str(column)) if len(idx) else tuple(str(v) for v in group["failure_case"].head(3))
+            examples = _examples(df, idx, column=str(column), locate=locate) if len(idx) else tuple(str(v) for v in group["failure_case"].head(3))
             out.append(Violation(spec.name, str(column), rule, int(len(idx) or len(group)), examples))
         return out
     return []
@@ -454,13 +484,62 @@ def _canonical_empty(spec: TableSpec) -> pd.DataFrame:
 MISSING_COLUMN = "required column is missing"
 
 
-def _prepare(
-    spec: TableSpec, raw: pd.DataFrame, timezone: str
-) -> tuple[pd.DataFrame, list[Violation], dict[str, pd.Series]]:
-    """Coerce one table to canonical dtypes.
+class ContractConfig(BaseModel):
+    """`[contract]` in the config file: the plausible time range of the data."""
 
-    Returns the frame, the missing-column and parse violations, and per column the mask
-    of rows whose value could not be parsed (those become null in the frame).
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    time_floor: dt.date = Field(DEFAULT_TIME_FLOOR.date(), description="no timestamp may be earlier (business time)")
+    export_time: dt.datetime | None = Field(
+        None, description="when the brand exported the data; no timestamp may be more than a day later (default: now)"
+    )
+
+
+@dataclass(frozen=True)
+class TimeBounds:
+    """The plausible time range: no timestamp before `floor` or after `export_time + 1 day`.
+
+    Both are naive business time. `export_time` is when the brand exported the data; when
+    the brand does not say, it is the moment of validation (data cannot come from the future).
+    """
+
+    floor: pd.Timestamp = DEFAULT_TIME_FLOOR
+    export_time: pd.Timestamp | None = None
+
+    @classmethod
+    def parse(cls, floor: pd.Timestamp | str, export_time: pd.Timestamp | str | None, timezone: str) -> TimeBounds:
+        return cls(parse_as_of(floor, timezone), None if export_time is None else parse_as_of(export_time, timezone))
+
+    def latest(self, timezone: str) -> pd.Timestamp:
+        export = self.export_time
+        if export is None:
+            export = pd.Timestamp.now(tz=timezone).tz_localize(None)
+        return (export + EXPORT_SLACK).as_unit("us")
+
+
+def _value_rules(
+    spec: TableSpec, col: Col, values: pd.Series, latest: pd.Timestamp, floor: pd.Timestamp
+) -> list[tuple[str, pd.Series]]:
+    """Rules on single parsed values: ids without padding, dates without a time, plausible times."""
+    found: list[tuple[str, pd.Series]] = []
+    if col.kind == "id":
+        padded = values.notna() & (values.str.len() != values.str.strip().str.len())
+        found.append(("must not start or end with whitespace (ids are compared exactly)", padded))
+    if col.kind in ("ts", "date"):
+        if col.kind == "date":
+            found.append(("must be a date without a time of day", values.notna() & (values != values.dt.normalize())))
+        found.append((f"must not be before {floor:%Y-%m-%d} (the time floor)", values < floor))
+        found.append((f"must not be after the export time plus one day ({latest:%Y-%m-%d %H:%M})", values > latest))
+    return [(rule, mask) for rule, mask in found if mask.any()]
+
+
+def _prepare(
+    spec: TableSpec, raw: pd.DataFrame, timezone: str, bounds: TimeBounds, locate: Locate = _row_label
+) -> tuple[pd.DataFrame, list[Violation], dict[str, pd.Series]]:
+    """Coerce one table to canonical dtypes and check the rules on single values.
+
+    Returns the frame, the missing-column, parse and value violations, and per column the
+    mask of rows whose value could not be parsed (those become null in the frame).
     """
     violations: list[Violation] = []
     unparsed: dict[str, pd.Series] = {}
@@ -474,6 +553,7 @@ def _prepare(
         return raw, violations, unparsed
 
     raw = raw.reset_index(drop=True)
+    latest = bounds.latest(timezone)
     out = pd.DataFrame(index=raw.index)
     for col in spec.columns:
         if col.name not in raw.columns:
@@ -484,9 +564,11 @@ def _prepare(
             continue
         values, bad, rule = _coerce(raw[col.name], col, timezone)
         if bad.any():
-            violations.append(Violation(spec.name, col.name, rule, int(bad.sum()), _examples(raw, bad, column=col.name)))
+            violations.append(Violation(spec.name, col.name, rule, int(bad.sum()), _examples(raw, bad, column=col.name, locate=locate)))
             unparsed[col.name] = bad
-        out[col.name] = values
+        for value_rule, mask in _value_rules(spec, col, values, latest, bounds.floor):
+            violations.append(Violation(spec.name, col.name, value_rule, int(mask.sum()), _examples(raw, mask, column=col.name, locate=locate)))
+        out[col.name] = values.dt.normalize() if col.kind == "date" else values
     return out, violations, unparsed
 
 
@@ -518,8 +600,27 @@ def from_frames(
     *,
     current_year: int | None = None,
     source: str | None = None,
+    time_floor: pd.Timestamp | str = DEFAULT_TIME_FLOOR,
+    export_time: pd.Timestamp | str | None = None,
 ) -> BrandData:
-    """Validate in-memory tables against the contract and return them in canonical form."""
+    """Validate in-memory tables against the contract and return them in canonical form.
+
+    Timestamps must lie in [`time_floor`, `export_time` + 1 day]; `export_time` defaults to
+    now (both are read in the business time zone, like any naive timestamp).
+    """
+    bounds = TimeBounds.parse(time_floor, export_time, timezone)
+    return _validate(frames, timezone, current_year=current_year, source=source, bounds=bounds, locators={})
+
+
+def _validate(
+    frames: Mapping[str, pd.DataFrame],
+    timezone: str,
+    *,
+    current_year: int | None,
+    source: str | None,
+    bounds: TimeBounds,
+    locators: Mapping[str, Locate],
+) -> BrandData:
     check_timezone(timezone)
     current_year = current_year or dt.date.today().year
     notes: list[str] = []
@@ -538,7 +639,7 @@ def from_frames(
     for name, spec in TABLES.items():
         if name not in frames:
             continue
-        df, problems, bad = _prepare(spec, frames[name], timezone)
+        df, problems, bad = _prepare(spec, frames[name], timezone, bounds, locators.get(name, _row_label))
         violations += problems
         unparsed.update({f"{name}.{col}": mask for col, mask in bad.items()})
         if any(p.rule == MISSING_COLUMN for p in problems):
@@ -550,14 +651,16 @@ def from_frames(
     member_ids = pd.Index(members["member_id"].dropna().unique()) if members is not None else None
     for name, df in prepared.items():
         spec = TABLES[name]
-        found = _pandera_violations(spec, df, _pandera_schema(spec, member_ids, current_year), unparsed)
+        schema = _pandera_schema(spec, member_ids, current_year)
+        found = _pandera_violations(spec, df, schema, unparsed, locators.get(name, _row_label))
         violations += found
     for name in ("labels", "truth"):
         if name in prepared:
             clash = prepared[name].duplicated(["member_id", "as_of"], keep=False)
             if clash.any():
                 rule = "must be unique per (member_id, as_of)"
-                violations.append(Violation(name, "member_id", rule, int(clash.sum()), _examples(prepared[name], clash)))
+                examples = _examples(prepared[name], clash, locate=locators.get(name, _row_label))
+                violations.append(Violation(name, "member_id", rule, int(clash.sum()), examples))
     if violations:
         raise ContractError(violations)
 
@@ -582,21 +685,66 @@ def from_frames(
     return BrandData(tables=tables, absent=absent, timezone=timezone, source=source, warnings=tuple(notes))
 
 
-def _read_table(path: Path) -> pd.DataFrame:
-    """One table file as a frame; an unreadable file is a contract violation, not a crash."""
+def _first_bad_utf8(path: Path) -> tuple[int, int, bytes]:
+    """Line number, file byte offset and the bytes around the first invalid UTF-8 sequence."""
+    offset = 0
+    with path.open("rb") as fh:
+        for line_no, line in enumerate(fh, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                return line_no, offset + err.start, line[err.start : err.start + 8]
+            offset += len(line)
+    return 0, offset, b""
+
+
+def _read_table(path: Path) -> pd.DataFrame | Violation:
+    """One table file as a frame, or the violation saying why it cannot be read."""
     name = path.name.split(".")[0]
     try:
         if path.suffix == ".csv":
-            # everything as text: ids keep leading zeros; each column is coerced by its spec
-            return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8")
+            # everything as text: ids keep leading zeros; each column is coerced by its spec;
+            # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first column name
+            return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig")
         return pd.read_parquet(path)
     except pd.errors.EmptyDataError:
         rule = "file is empty: a CSV needs at least its header row"
-    except UnicodeDecodeError as err:
-        rule = f"file is not UTF-8 text (byte {err.start}); re-export it as UTF-8"
-    except (pd.errors.ParserError, OSError, ValueError) as err:
-        rule = f"file cannot be read: {err}"
-    raise ContractError([Violation(name, None, rule, 0, (str(path),))])
+    except UnicodeDecodeError:
+        line, offset, found = _first_bad_utf8(path)
+        rule = f"file is not UTF-8 text: line {line}, byte {offset} starts {found!r}; re-export it as UTF-8"
+    except Exception as err:  # noqa: BLE001 - any reader failure is the file's fault, reported not raised
+        rule = f"file cannot be read ({type(err).__name__}): {_shorten(str(err), 300)}"
+    return Violation(name, None, rule, 0, (str(path),))
+
+
+def _csv_line_locator(path: Path) -> Locate:
+    """Map a CSV record index (0-based, header excluded) to its line in the file, lazily.
+
+    Only called for the few example rows of a violation; quoted fields may span lines, so
+    the file is walked with the csv module rather than assuming one record per line.
+    """
+    starts: list[int] = []
+
+    def locate(index: int) -> str:
+        if index >= len(starts):
+            starts.clear()
+            with path.open(encoding="utf-8-sig", newline="") as fh:
+                reader = csv.reader(fh)
+                next(reader, None)  # header
+                line = reader.line_num
+                for row in reader:
+                    if row:  # pandas skips blank lines
+                        starts.append(line + 1)
+                    line = reader.line_num
+                    if len(starts) > index:
+                        break
+        return f"{path.name} line {starts[index]}" if index < len(starts) else f"{path.name} record {index + 1}"
+
+    return locate
+
+
+def _parquet_row_locator(path: Path) -> Locate:
+    return lambda index: f"{path.name} row {index}"
 
 
 def check_timezone(timezone: str) -> str:
@@ -609,20 +757,24 @@ def check_timezone(timezone: str) -> str:
 
 
 def table_files(path: str | Path) -> dict[str, Path]:
-    """The contract table files in a data directory; raises if a table is given twice."""
+    """The contract table files in a data directory; raises if a table is given twice or dangles."""
     root = Path(path)
     if not root.is_dir():
         raise ContractError([Violation("<data dir>", None, f"{root} is not a directory", 0)])
     found: dict[str, Path] = {}
-    clashes = []
+    problems = []
     for name in TABLES:
-        candidates = [root / f"{name}.{ext}" for ext in ("parquet", "csv") if (root / f"{name}.{ext}").exists()]
-        if len(candidates) > 1:
-            clashes.append(Violation(name, None, "table given twice (both .parquet and .csv)", 0, tuple(map(str, candidates))))
-        elif candidates:
-            found[name] = candidates[0]
-    if clashes:
-        raise ContractError(clashes)
+        present = [root / f"{name}.{ext}" for ext in ("parquet", "csv") if (root / f"{name}.{ext}").is_symlink() or (root / f"{name}.{ext}").exists()]
+        dangling = [p for p in present if not p.exists()]
+        for link in dangling:
+            target = os.readlink(link)
+            problems.append(Violation(name, None, f"file is a symbolic link to {target}, which does not exist", 0, (str(link),)))
+        if len(present) > 1:
+            problems.append(Violation(name, None, "table given twice (both .parquet and .csv)", 0, tuple(map(str, present))))
+        elif present and not dangling:
+            found[name] = present[0]
+    if problems:
+        raise ContractError(problems)
     return found
 
 
@@ -632,12 +784,32 @@ def load_data(
     *,
     current_year: int | None = None,
     tables: Iterable[str] | None = None,
+    time_floor: pd.Timestamp | str = DEFAULT_TIME_FLOOR,
+    export_time: pd.Timestamp | str | None = None,
 ) -> BrandData:
-    """Read and validate a data directory of `<table>.parquet|csv` files."""
+    """Read and validate a data directory of `<table>.parquet|csv` files.
+
+    Every unreadable file is reported (not only the first); example rows name the file and
+    its line (CSV) or row (Parquet). See `from_frames` for the time bounds.
+    """
     files = table_files(path)
     wanted = set(tables) if tables is not None else set(TABLES)
-    frames = {name: _read_table(p) for name, p in files.items() if name in wanted | set(REQUIRED_TABLES)}
-    return from_frames(frames, timezone, current_year=current_year, source=str(path))
+    frames: dict[str, pd.DataFrame] = {}
+    unreadable: list[Violation] = []
+    locators: dict[str, Locate] = {}
+    for name, file in files.items():
+        if name not in wanted | set(REQUIRED_TABLES):
+            continue
+        read = _read_table(file)
+        if isinstance(read, Violation):
+            unreadable.append(read)
+            continue
+        frames[name] = read
+        locators[name] = _csv_line_locator(file) if file.suffix == ".csv" else _parquet_row_locator(file)
+    if unreadable:
+        raise ContractError(unreadable)
+    bounds = TimeBounds.parse(time_floor, export_time, timezone)
+    return _validate(frames, timezone, current_year=current_year, source=str(path), bounds=bounds, locators=locators)
 
 
 def summary(data: BrandData) -> pd.DataFrame:
