@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import duckdb
 import numpy as np
 import pandas as pd
-import pandera.pandas as pa
-from pandera.errors import SchemaErrors
 from pydantic import BaseModel, ConfigDict, Field
 
 logger = logging.getLogger(__name__)
@@ -411,57 +410,113 @@ def _examples(
 # --------------------------------------------------------------------------- validation
 
 
-_RULE_TEXT = {
-    "not_nullable": "must not be null",
-    "field_uniqueness": "must be unique",
-}
+ROW = "__row"  # the source row number (frame index) carried into SQL for examples
+PAIR_UNIQUE = ("labels", "truth")  # tables with one row per (member_id, as_of)
 
 
-def _pandera_schema(spec: TableSpec, member_ids: pd.Index | None, current_year: int) -> pa.DataFrameSchema:
-    columns: dict[str, pa.Column] = {}
-    for col in spec.columns:
-        checks: list[pa.Check] = []
+def _q(name: str) -> str:
+    """A quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """One contract rule as SQL: `condition` is true on the rows (alias t) that break it."""
+
+    column: str
+    text: str
+    condition: str
+
+
+def _sql_rules(spec: TableSpec, current_year: int, unparsed: Iterable[str], with_members: bool) -> tuple[list[_Rule], list[str]]:
+    """The rules of one table as SQL conditions, and the joins they need (uniqueness, members)."""
+    rules: list[_Rule] = []
+    joins: list[str] = []
+    for i, col in enumerate(spec.columns):
+        c = f"t.{_q(col.name)}"
+        if not col.nullable:
+            # a value that failed to parse is already reported as such, not again as null
+            skip = f" AND NOT t.{_q('__unparsed_' + col.name)}" if col.name in unparsed else ""
+            rules.append(_Rule(col.name, "must not be null", f"{c} IS NULL{skip}"))
+        if col.unique:
+            joins.append(f"LEFT JOIN (SELECT {_q(col.name)} AS k FROM t GROUP BY 1 HAVING count(*) > 1) u{i} ON {c} = u{i}.k")
+            rules.append(_Rule(col.name, "must be unique", f"u{i}.k IS NOT NULL"))
         if col.ge is not None:
-            checks.append(pa.Check.ge(col.ge, error=f"must be >= {col.ge:g}"))
+            rules.append(_Rule(col.name, f"must be >= {col.ge:g}", f"{c} < {col.ge!r}"))
         if col.le is not None:
-            checks.append(pa.Check.le(col.le, error=f"must be <= {col.le:g}"))
+            rules.append(_Rule(col.name, f"must be <= {col.le:g}", f"{c} > {col.le!r}"))
         if col.name == "birth_year":
-            checks.append(pa.Check.le(current_year, error=f"must be <= the current year ({current_year})"))
+            rules.append(_Rule(col.name, f"must be <= the current year ({current_year})", f"{c} > {current_year}"))
         if col.isin is not None:
-            allowed = [int(v) for v in col.isin] if col.kind in ("int", "nullable_int") else list(col.isin)
-            checks.append(pa.Check.isin(allowed, error=f"must be one of {', '.join(col.isin)}"))
-        if col.member_ref and member_ids is not None:
-            checks.append(pa.Check(lambda s, ids=member_ids: s.isin(ids), error="must exist in members.member_id"))
-        columns[col.name] = pa.Column(
-            None, checks=checks, nullable=col.nullable, unique=col.unique, required=not _may_be_left_out(col)
+            allowed = ", ".join(v if col.kind in ("int", "nullable_int") else _literal(v) for v in col.isin)
+            rules.append(_Rule(col.name, f"must be one of {', '.join(col.isin)}", f"{c} NOT IN ({allowed})"))
+        if col.member_ref and with_members:
+            # existence as an anti-join: no Python loop over id strings
+            joins.append(f"LEFT JOIN (SELECT DISTINCT member_id AS k FROM members) m{i} ON {c} = m{i}.k")
+            rules.append(_Rule(col.name, "must exist in members.member_id", f"{c} IS NOT NULL AND m{i}.k IS NULL"))
+    if spec.name in PAIR_UNIQUE:
+        joins.append(
+            "LEFT JOIN (SELECT member_id, as_of FROM t GROUP BY ALL HAVING count(*) > 1) p"
+            " ON t.member_id = p.member_id AND t.as_of = p.as_of"
         )
-    return pa.DataFrameSchema(columns, strict=False)
+        rules.append(_Rule("member_id", "must be unique per (member_id, as_of)", "p.member_id IS NOT NULL"))
+    return rules, joins
 
 
-def _pandera_violations(
+def _rule_violations(
+    con: duckdb.DuckDBPyConnection,
     spec: TableSpec,
     df: pd.DataFrame,
-    schema: pa.DataFrameSchema,
     unparsed: Mapping[str, pd.Series],
-    locate: Locate = _row_label,
+    current_year: int,
+    locate: Locate,
+    limit: int = 3,
 ) -> list[Violation]:
+    """Check every rule of one table in one DuckDB pass: per rule the count and the first rows."""
+    view = df.assign(**{ROW: df.index.to_numpy(dtype="int64")})
+    for col, mask in unparsed.items():
+        view[f"__unparsed_{col}"] = mask.reindex(df.index, fill_value=False).to_numpy(dtype=bool)
+    rules, joins = _sql_rules(spec, current_year, unparsed, with_members=True)
+    if not rules:
+        return []
+    con.register("t", view)
     try:
-        schema.validate(df, lazy=True)
-    except SchemaErrors as err:
-        cases = err.failure_cases
-        out = []
-        for (column, check), group in cases.groupby(["column", "check"], sort=False, dropna=False):
-            rule = _RULE_TEXT.get(str(check), str(check))
-            idx = pd.Index(group["index"].dropna().astype("int64").unique())
-            bad = unparsed.get(f"{spec.name}.{column}")
-            if rule == _RULE_TEXT["not_nullable"] and bad is not None:
-                idx = idx.difference(bad.index[bad])  # already reported as unparseable
-                if not len(idx):
-                    continue
-            examples = _examples(df, idx, column=str(column), locate=locate) if len(idx) else tuple(str(v) for v in group["failure_case"].head(3))
-            out.append(Violation(spec.name, str(column), rule, int(len(idx) or len(group)), examples))
-        return out
-    return []
+        selects = ", ".join(
+            f"count(*) FILTER (WHERE {r.condition}), min(t.{ROW}, {limit}) FILTER (WHERE {r.condition})" for r in rules
+        )
+        (found,) = con.execute(f"SELECT {selects} FROM t {' '.join(joins)}").fetchall()
+    finally:
+        con.unregister("t")
+    out = []
+    for i, rule in enumerate(rules):
+        count, rows = found[2 * i], found[2 * i + 1]
+        if count:
+            examples = _examples(df, pd.Index(sorted(rows)), limit, column=rule.column, locate=locate)
+            out.append(Violation(spec.name, rule.column, rule.text, int(count), examples))
+    return out
+
+
+def _exact_duplicates(con: duckdb.DuckDBPyConnection, raw: pd.DataFrame) -> np.ndarray:
+    """Positions of rows that repeat an earlier row exactly (every source column, as written)."""
+    if raw.empty or not len(raw.columns):
+        return np.zeros(0, dtype="int64")
+    names = [f"c{i}" for i in range(raw.shape[1])]  # source headers may be empty, repeated or odd
+    frame = raw.set_axis(names, axis=1).reset_index(drop=True)
+    for name in names:
+        if frame[name].dtype == object:  # mixed or nested Python values: compare their text
+            frame[name] = frame[name].map(repr).astype("str")
+    frame[ROW] = np.arange(len(frame), dtype="int64")
+    con.register("raw", frame)
+    try:
+        keys = ", ".join(_q(n) for n in names)
+        query = f"SELECT {ROW} FROM (SELECT {ROW}, row_number() OVER (PARTITION BY {keys} ORDER BY {ROW}) AS n FROM raw) WHERE n > 1"
+        return np.sort(np.asarray(con.execute(query).fetchnumpy()[ROW], dtype="int64"))
+    finally:
+        con.unregister("raw")
 
 
 # the pandas dtype each column kind has after loading (docs/architecture.md)
@@ -583,14 +638,18 @@ def _finalise(spec: TableSpec, df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _drop_exact_duplicates(name: str, df: pd.DataFrame, raw: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
-    """Drop rows that repeat an earlier source row exactly (every column, as written) and say so."""
-    dup = raw.reset_index(drop=True).duplicated(keep="first").to_numpy()
-    if dup.any():
-        note = f"{name}: dropped {int(dup.sum())} exact duplicate row(s)"
+def _drop_exact_duplicates(
+    con: duckdb.DuckDBPyConnection, name: str, df: pd.DataFrame, raw: pd.DataFrame, notes: list[str]
+) -> pd.DataFrame:
+    """Drop rows that repeat an earlier source row exactly and say so (not for `truth`: never used)."""
+    if name == "truth":
+        return df
+    dup = _exact_duplicates(con, raw)
+    if len(dup):
+        note = f"{name}: dropped {len(dup)} exact duplicate row(s)"
         logger.warning(note)
         notes.append(note)
-        df = df.loc[~dup]  # keep the source row numbers for error examples
+        df = df.drop(index=df.index[dup])  # keep the source row numbers for error examples
     return df
 
 
@@ -635,32 +694,29 @@ def _validate(
         raise ContractError(violations)
 
     prepared: dict[str, pd.DataFrame] = {}
-    unparsed: dict[str, pd.Series] = {}  # rows whose value failed to parse, per "table.column"
-    for name, spec in TABLES.items():
-        if name not in frames:
-            continue
-        df, problems, bad = _prepare(spec, frames[name], timezone, bounds, locators.get(name, _row_label))
-        violations += problems
-        unparsed.update({f"{name}.{col}": mask for col, mask in bad.items()})
-        if any(p.rule == MISSING_COLUMN for p in problems):
-            continue  # nothing more can be checked on this table
-        prepared[name] = _drop_exact_duplicates(name, df, frames[name], notes)
+    unparsed: dict[str, dict[str, pd.Series]] = {}  # rows whose value failed to parse, per table and column
+    raws = dict(frames)  # each source frame is let go once its table is prepared
+    con = duckdb.connect()
+    try:
+        for name, spec in TABLES.items():
+            if name not in raws:
+                continue
+            raw = raws.pop(name)
+            df, problems, unparsed[name] = _prepare(spec, raw, timezone, bounds, locators.get(name, _row_label))
+            violations += problems
+            if any(p.rule == MISSING_COLUMN for p in problems):
+                continue  # nothing more can be checked on this table
+            prepared[name] = _drop_exact_duplicates(con, name, df, raw, notes)
+            del raw
 
-    # every table whose columns are all there is checked, so all problems are reported together
-    members = prepared.get("members")
-    member_ids = pd.Index(members["member_id"].dropna().unique()) if members is not None else None
-    for name, df in prepared.items():
-        spec = TABLES[name]
-        schema = _pandera_schema(spec, member_ids, current_year)
-        found = _pandera_violations(spec, df, schema, unparsed, locators.get(name, _row_label))
-        violations += found
-    for name in ("labels", "truth"):
-        if name in prepared:
-            clash = prepared[name].duplicated(["member_id", "as_of"], keep=False)
-            if clash.any():
-                rule = "must be unique per (member_id, as_of)"
-                examples = _examples(prepared[name], clash, locate=locators.get(name, _row_label))
-                violations.append(Violation(name, "member_id", rule, int(clash.sum()), examples))
+        # every table whose columns are all there is checked, so all problems are reported together
+        if "members" in prepared:
+            con.register("members", prepared["members"][["member_id"]])
+        for name, df in prepared.items():
+            locate = locators.get(name, _row_label)
+            violations += _rule_violations(con, TABLES[name], df, unparsed[name], current_year, locate)
+    finally:
+        con.close()
     if violations:
         raise ContractError(violations)
 
