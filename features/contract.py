@@ -279,6 +279,13 @@ class BrandData:
 _OFFSET = re.compile(r"[T ]\d{2}(?::?\d{2}){0,2}(?:\.\d+)?\s*(?:[Zz]|[+-]\d{2}(?::?\d{2})?)$")
 
 
+def _as_text(series: pd.Series) -> pd.Series:
+    """Values as text (nulls kept); bytes are decoded leniently instead of raising."""
+    if series.dtype == object:
+        series = series.map(lambda v: v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else v)
+    return series.astype("str").where(series.notna())
+
+
 def _parse_times(text: pd.Series, aware: bool, timezone: str) -> pd.Series:
     """Parse ISO 8601 strings; unparseable values become NaT (never an exception)."""
 
@@ -316,7 +323,7 @@ def _to_local_naive(series: pd.Series, timezone: str) -> tuple[pd.Series, pd.Ser
         return out.astype("datetime64[us]"), pd.Series(False, index=series.index)
     if pd.api.types.is_datetime64_any_dtype(series.dtype):
         return series.astype("datetime64[us]"), pd.Series(False, index=series.index)
-    text = series.astype("str").where(series.notna())
+    text = _as_text(series)
     text = text.str.strip().replace("", None).str.replace(r"(?<=\d)z$", "Z", regex=True)
     has_offset = text.str.contains(_OFFSET, na=False)
     out = pd.Series(pd.NaT, index=series.index, dtype="datetime64[us]")
@@ -345,8 +352,7 @@ def _coerce(series: pd.Series, col: Col, timezone: str) -> tuple[pd.Series, pd.S
             as_int = series.dropna()
             if (as_int == as_int.round()).all() and (as_int.abs() < 2**53).all():
                 series = series.astype("Int64")
-        out = series.astype("str").where(series.notna())
-        return out.astype("str"), none, "must be text"
+        return _as_text(series).astype("str"), none, "must be text"
     if col.kind in ("ts", "date"):
         out, bad = _to_local_naive(series, timezone)  # a date's time of day is checked by _value_rules
         return out, bad, "must be an ISO 8601 timestamp" if col.kind == "ts" else "must be an ISO 8601 date"
@@ -362,7 +368,7 @@ def _coerce(series: pd.Series, col: Col, timezone: str) -> tuple[pd.Series, pd.S
     if col.kind == "bool":
         if pd.api.types.is_bool_dtype(series.dtype):
             return series.astype("boolean"), none, "must be true or false"
-        text = series.astype("str").str.strip().str.lower().where(series.notna())
+        text = _as_text(series).str.strip().str.lower()
         out = pd.Series(pd.NA, index=series.index, dtype="boolean")
         out[text.isin(_TRUE)] = True
         out[text.isin(_FALSE)] = False
@@ -381,7 +387,7 @@ def _show(value: object) -> str:
         return _shorten(repr(value))
     try:
         return "null" if pd.isna(value) else _shorten(str(value))
-    except (TypeError, ValueError):  # array-like cells from odd Parquet columns
+    except (TypeError, ValueError, ArithmeticError):  # array-like cells from odd Parquet columns, Decimal("sNaN")
         return _shorten(str(value))
 
 
@@ -474,13 +480,14 @@ def _rule_violations(
     unparsed: Mapping[str, pd.Series],
     current_year: int,
     locate: Locate,
+    with_members: bool,
     limit: int = 3,
 ) -> list[Violation]:
     """Check every rule of one table in one DuckDB pass: per rule the count and the first rows."""
     view = df.assign(**{ROW: df.index.to_numpy(dtype="int64")})
     for col, mask in unparsed.items():
         view[f"__unparsed_{col}"] = mask.reindex(df.index, fill_value=False).to_numpy(dtype=bool)
-    rules, joins = _sql_rules(spec, current_year, unparsed, with_members=True)
+    rules, joins = _sql_rules(spec, current_year, unparsed, with_members)
     if not rules:
         return []
     con.register("t", view)
@@ -507,7 +514,10 @@ def _exact_duplicates(con: duckdb.DuckDBPyConnection, raw: pd.DataFrame) -> np.n
     names = [f"c{i}" for i in range(raw.shape[1])]  # source headers may be empty, repeated or odd
     frame = raw.set_axis(names, axis=1).reset_index(drop=True)
     for name in names:
-        if frame[name].dtype == object:  # mixed or nested Python values: compare their text
+        dtype = frame[name].dtype
+        plain = pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_datetime64_any_dtype(dtype) or pd.api.types.is_string_dtype(dtype)
+        plain = plain or (pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_complex_dtype(dtype))
+        if dtype == object or not plain:  # mixed, nested or exotic values (DuckDB cannot scan them): compare their text
             frame[name] = frame[name].map(repr).astype("str")
     frame[ROW] = np.arange(len(frame), dtype="int64")
     con.register("raw", frame)
@@ -617,7 +627,14 @@ def _prepare(
             else:
                 out[col.name] = _canonical_empty(spec)[col.name].reindex(raw.index)
             continue
-        values, bad, rule = _coerce(raw[col.name], col, timezone)
+        try:
+            values, bad, rule = _coerce(raw[col.name], col, timezone)
+        except (TypeError, ValueError, ArithmeticError) as err:  # objects no file holds (in-memory frames)
+            rule = f"holds values that cannot be read as {col.kind} ({type(err).__name__})"
+            violations.append(Violation(spec.name, col.name, rule, len(raw), (_show(raw[col.name].iloc[0]),)))
+            unparsed[col.name] = pd.Series(True, index=raw.index)
+            out[col.name] = _canonical_empty(spec)[col.name].reindex(raw.index)
+            continue
         if bad.any():
             violations.append(Violation(spec.name, col.name, rule, int(bad.sum()), _examples(raw, bad, column=col.name, locate=locate)))
             unparsed[col.name] = bad
@@ -668,11 +685,11 @@ def from_frames(
     now (both are read in the business time zone, like any naive timestamp).
     """
     bounds = TimeBounds.parse(time_floor, export_time, timezone)
-    return _validate(frames, timezone, current_year=current_year, source=source, bounds=bounds, locators={})
+    return _validate(dict(frames), timezone, current_year=current_year, source=source, bounds=bounds, locators={})
 
 
 def _validate(
-    frames: Mapping[str, pd.DataFrame],
+    frames: dict[str, pd.DataFrame],
     timezone: str,
     *,
     current_year: int | None,
@@ -680,6 +697,7 @@ def _validate(
     bounds: TimeBounds,
     locators: Mapping[str, Locate],
 ) -> BrandData:
+    """Validate and canonicalise; `frames` is emptied as tables are prepared (peak memory)."""
     check_timezone(timezone)
     current_year = current_year or dt.date.today().year
     notes: list[str] = []
@@ -695,7 +713,7 @@ def _validate(
 
     prepared: dict[str, pd.DataFrame] = {}
     unparsed: dict[str, dict[str, pd.Series]] = {}  # rows whose value failed to parse, per table and column
-    raws = dict(frames)  # each source frame is let go once its table is prepared
+    raws = frames  # each source frame is let go once its table is prepared
     con = duckdb.connect()
     try:
         for name, spec in TABLES.items():
@@ -714,7 +732,8 @@ def _validate(
             con.register("members", prepared["members"][["member_id"]])
         for name, df in prepared.items():
             locate = locators.get(name, _row_label)
-            violations += _rule_violations(con, TABLES[name], df, unparsed[name], current_year, locate)
+            found = _rule_violations(con, TABLES[name], df, unparsed[name], current_year, locate, "members" in prepared)
+            violations += found
     finally:
         con.close()
     if violations:
@@ -754,6 +773,13 @@ def _first_bad_utf8(path: Path) -> tuple[int, int, bytes]:
     return 0, offset, b""
 
 
+def _repeated_contract_columns(name: str, path: Path) -> list[str]:
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        header = next(csv.reader(fh), [])
+    spec = TABLES[name].column_names if name in TABLES else []
+    return [c for c in spec if header.count(c) > 1]
+
+
 def _read_table(path: Path) -> pd.DataFrame | Violation:
     """One table file as a frame, or the violation saying why it cannot be read."""
     name = path.name.split(".")[0]
@@ -761,7 +787,11 @@ def _read_table(path: Path) -> pd.DataFrame | Violation:
         if path.suffix == ".csv":
             # everything as text: ids keep leading zeros; each column is coerced by its spec;
             # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first column name
-            return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig")
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig")
+            twice = _repeated_contract_columns(name, path)
+            if twice:  # pandas would quietly rename the second one "<name>.1"
+                return Violation(name, twice[0], "column given twice in the header", 0, (str(path),))
+            return frame
         return pd.read_parquet(path)
     except pd.errors.EmptyDataError:
         rule = "file is empty: a CSV needs at least its header row"

@@ -397,3 +397,12 @@ def test_examples_name_the_csv_line_and_parquet_row(tmp_path):
     with pytest.raises(ContractError) as info:
         load_data(tmp_path)
     assert info.value.violations[0].examples[0].startswith("orders.parquet row 2: order_id='o3'")
+
+
+def test_a_column_given_twice_in_a_csv_header_is_rejected(tmp_path):
+    _members().to_csv(tmp_path / "members.csv", index=False)
+    (tmp_path / "orders.csv").write_text("order_id,member_id,member_id,ordered_at,amount\no1,000123,000456,2024-01-01,1\n")
+    with pytest.raises(ContractError) as info:
+        load_data(tmp_path)
+    (v,) = info.value.violations
+    assert (v.table, v.column, v.rule) == ("orders", "member_id", "column given twice in the header")
