@@ -523,7 +523,13 @@ def _exact_duplicates(con: duckdb.DuckDBPyConnection, raw: pd.DataFrame) -> np.n
     con.register("raw", frame)
     try:
         keys = ", ".join(_q(n) for n in names)
-        query = f"SELECT {ROW} FROM (SELECT {ROW}, row_number() OVER (PARTITION BY {keys} ORDER BY {ROW}) AS n FROM raw) WHERE n > 1"
+        # only rows whose hash repeats are compared column by column: the window never holds the whole table
+        query = f"""
+            WITH repeated AS (SELECT hash({keys}) AS h FROM raw GROUP BY 1 HAVING count(*) > 1)
+            SELECT {ROW} FROM (
+                SELECT {ROW}, row_number() OVER (PARTITION BY {keys} ORDER BY {ROW}) AS n
+                FROM raw WHERE hash({keys}) IN (SELECT h FROM repeated)
+            ) WHERE n > 1"""
         return np.sort(np.asarray(con.execute(query).fetchnumpy()[ROW], dtype="int64"))
     finally:
         con.unregister("raw")
@@ -685,11 +691,12 @@ def from_frames(
     now (both are read in the business time zone, like any naive timestamp).
     """
     bounds = TimeBounds.parse(time_floor, export_time, timezone)
-    return _validate(dict(frames), timezone, current_year=current_year, source=source, bounds=bounds, locators={})
+    sources = {name: (lambda df=df: df) for name, df in frames.items()}
+    return _validate(sources, timezone, current_year=current_year, source=source, bounds=bounds, locators={})
 
 
 def _validate(
-    frames: dict[str, pd.DataFrame],
+    sources: dict[str, Callable[[], pd.DataFrame | Violation]],
     timezone: str,
     *,
     current_year: int | None,
@@ -697,29 +704,34 @@ def _validate(
     bounds: TimeBounds,
     locators: Mapping[str, Locate],
 ) -> BrandData:
-    """Validate and canonicalise; `frames` is emptied as tables are prepared (peak memory)."""
+    """Read each source in turn (a frame, or the violation saying why it cannot be read), validate, canonicalise.
+
+    Only one raw table is alive at a time: each is let go once its table is prepared.
+    """
     check_timezone(timezone)
     current_year = current_year or dt.date.today().year
     notes: list[str] = []
     violations: list[Violation] = []
-    unknown = sorted(set(frames) - set(TABLES))
+    unknown = sorted(set(sources) - set(TABLES))
     if unknown:
         logger.debug("ignoring tables outside the contract: %s", unknown)
     for name in REQUIRED_TABLES:
-        if name not in frames:
+        if name not in sources:
             violations.append(Violation(name, None, "required table is missing", 0))
     if violations:
         raise ContractError(violations)
 
     prepared: dict[str, pd.DataFrame] = {}
     unparsed: dict[str, dict[str, pd.Series]] = {}  # rows whose value failed to parse, per table and column
-    raws = frames  # each source frame is let go once its table is prepared
     con = duckdb.connect()
     try:
         for name, spec in TABLES.items():
-            if name not in raws:
+            if name not in sources:
                 continue
-            raw = raws.pop(name)
+            raw = sources.pop(name)()
+            if isinstance(raw, Violation):  # unreadable: reported with the rest, the other files still checked
+                violations.append(raw)
+                continue
             df, problems, unparsed[name] = _prepare(spec, raw, timezone, bounds, locators.get(name, _row_label))
             violations += problems
             if any(p.rule == MISSING_COLUMN for p in problems):
@@ -880,22 +892,14 @@ def load_data(
     """
     files = table_files(path)
     wanted = set(tables) if tables is not None else set(TABLES)
-    frames: dict[str, pd.DataFrame] = {}
-    unreadable: list[Violation] = []
+    sources: dict[str, Callable[[], pd.DataFrame | Violation]] = {}
     locators: dict[str, Locate] = {}
     for name, file in files.items():
-        if name not in wanted | set(REQUIRED_TABLES):
-            continue
-        read = _read_table(file)
-        if isinstance(read, Violation):
-            unreadable.append(read)
-            continue
-        frames[name] = read
-        locators[name] = _csv_line_locator(file) if file.suffix == ".csv" else _parquet_row_locator(file)
-    if unreadable:
-        raise ContractError(unreadable)
+        if name in wanted | set(REQUIRED_TABLES):
+            sources[name] = lambda file=file: _read_table(file)  # read when its turn comes: one raw table in memory
+            locators[name] = _csv_line_locator(file) if file.suffix == ".csv" else _parquet_row_locator(file)
     bounds = TimeBounds.parse(time_floor, export_time, timezone)
-    return _validate(frames, timezone, current_year=current_year, source=str(path), bounds=bounds, locators=locators)
+    return _validate(sources, timezone, current_year=current_year, source=str(path), bounds=bounds, locators=locators)
 
 
 def summary(data: BrandData) -> pd.DataFrame:
