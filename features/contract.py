@@ -826,16 +826,22 @@ def _csv_line_locator(path: Path) -> Locate:
     def locate(index: int) -> str:
         if index >= len(starts):
             starts.clear()
-            with path.open(encoding="utf-8-sig", newline="") as fh:
-                reader = csv.reader(fh)
-                next(reader, None)  # header
-                line = reader.line_num
-                for row in reader:
-                    if row:  # pandas skips blank lines
-                        starts.append(line + 1)
+            limit = csv.field_size_limit(2**31 - 1)  # a 5 MB cell is data to report, not a reason to fail
+            try:
+                with path.open(encoding="utf-8-sig", newline="") as fh:
+                    reader = csv.reader(fh)
+                    next(reader, None)  # header
                     line = reader.line_num
-                    if len(starts) > index:
-                        break
+                    for row in reader:
+                        if row:  # pandas skips blank lines
+                            starts.append(line + 1)
+                        line = reader.line_num
+                        if len(starts) > index:
+                            break
+            except (csv.Error, UnicodeDecodeError, OSError):
+                pass  # fall back to the record number below
+            finally:
+                csv.field_size_limit(limit)
         return f"{path.name} line {starts[index]}" if index < len(starts) else f"{path.name} record {index + 1}"
 
     return locate

@@ -345,11 +345,16 @@ def test_every_unreadable_file_is_reported_with_line_and_byte(tmp_path):
     assert found["posts"].startswith("file cannot be read")
 
 
-def test_a_huge_bad_value_is_shown_shortened():
+def test_a_huge_bad_value_is_shown_shortened(tmp_path):
     huge = "9" * 5_000_000
     violations, text = _violations({"members": _members(), "orders": _orders(member_id=["000123", huge, "000456"])})
     assert violations[0].rule == "must exist in members.member_id"
     assert len(text) < 1000 and "(5,000,002 characters)" in text
+    _members().to_csv(tmp_path / "members.csv", index=False)
+    _orders(member_id=["000123", huge, "000456"]).to_csv(tmp_path / "orders.csv", index=False)
+    with pytest.raises(ContractError) as info:  # a 5 MB CSV field still gets its line number
+        load_data(tmp_path)
+    assert info.value.violations[0].examples[0].startswith("orders.csv line 3: order_id='o2'")
 
 
 def test_a_dangling_symlink_is_reported_as_such(tmp_path):
