@@ -514,10 +514,10 @@ def _exact_duplicates(con: duckdb.DuckDBPyConnection, raw: pd.DataFrame) -> np.n
     names = [f"c{i}" for i in range(raw.shape[1])]  # source headers may be empty, repeated or odd
     frame = raw.set_axis(names, axis=1).reset_index(drop=True)
     for name in names:
-        dtype = frame[name].dtype
-        plain = pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_datetime64_any_dtype(dtype) or pd.api.types.is_string_dtype(dtype)
-        plain = plain or (pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_complex_dtype(dtype))
-        if dtype == object or not plain:  # mixed, nested or exotic values (DuckDB cannot scan them): compare their text
+        dtype, types = frame[name].dtype, pd.api.types
+        plain = types.is_bool_dtype(dtype) or types.is_datetime64_any_dtype(dtype) or types.is_string_dtype(dtype)
+        plain = plain or (types.is_numeric_dtype(dtype) and not types.is_complex_dtype(dtype))
+        if types.is_object_dtype(dtype) or not plain:  # mixed, nested or exotic values DuckDB cannot scan: their text
             frame[name] = frame[name].map(repr).astype("str")
     frame[ROW] = np.arange(len(frame), dtype="int64")
     con.register("raw", frame)

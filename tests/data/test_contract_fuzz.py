@@ -28,8 +28,27 @@ IDS = ["000123", "000456", "789", " 789", "", "1.0"]  # a small pool so referenc
 texts = st.one_of(
     st.sampled_from(IDS),
     st.text(max_size=12),
-    st.sampled_from(["2024-05-01", "2024-05-01T10:00:00+08:00", "2024-05-01T0200Z", "0001-01-01", "9999-12-31",
-                     "nan", "NaT", "inf", "-0", "1e400", "true", "F", "xhs", "enrolled", "share", "=1+1", " "]),
+    st.sampled_from(
+        [
+            "2024-05-01",
+            "2024-05-01T10:00:00+08:00",
+            "2024-05-01T0200Z",
+            "0001-01-01",
+            "9999-12-31",
+            "nan",
+            "NaT",
+            "inf",
+            "-0",
+            "1e400",
+            "true",
+            "F",
+            "xhs",
+            "enrolled",
+            "share",
+            "=1+1",
+            " ",
+        ]
+    ),
 )
 numbers = st.one_of(
     st.integers(min_value=-(2**63), max_value=2**63 - 1),
@@ -37,7 +56,9 @@ numbers = st.one_of(
 )
 naive_times = st.datetimes(min_value=dt.datetime(1, 1, 1), max_value=dt.datetime(9999, 12, 31))
 aware_times = st.datetimes(
-    min_value=dt.datetime(1678, 1, 1), max_value=dt.datetime(2261, 12, 31), timezones=st.just(dt.timezone(dt.timedelta(hours=8)))
+    min_value=dt.datetime(1678, 1, 1),
+    max_value=dt.datetime(2261, 12, 31),
+    timezones=st.just(dt.timezone(dt.timedelta(hours=8))),
 )
 
 # one homogeneous column type at a time (Parquet needs it); a CSV gets the values as text
@@ -137,20 +158,32 @@ def test_loading_any_files_gives_data_or_a_contract_error(files):
 
 
 @settings(FUZZ, max_examples=20)
-@given(frames=st.fixed_dictionaries({name: table(name) for name in TABLES}), tz=st.sampled_from(["Asia/Shanghai", "UTC"]))
+@given(
+    frames=st.fixed_dictionaries({name: table(name) for name in TABLES}), tz=st.sampled_from(["Asia/Shanghai", "UTC"])
+)
 def test_validating_any_frames_gives_data_or_a_contract_error(frames, tz):
     _only_contract_errors(lambda: from_frames(frames, tz))
 
 
 VALID = {
     "members": pd.DataFrame(
-        {"member_id": ["000123", "000456", "789"], "joined_at": ["2024-01-01", "2024-02-01 09:30:00", "2024-03-01"],
-         "birth_year": [1990, None, 1985], "gender": ["F", "M", None], "city_tier": [1, 3, None], "channel": ["store", "ads", None]}
+        {
+            "member_id": ["000123", "000456", "789"],
+            "joined_at": ["2024-01-01", "2024-02-01 09:30:00", "2024-03-01"],
+            "birth_year": [1990, None, 1985],
+            "gender": ["F", "M", None],
+            "city_tier": [1, 3, None],
+            "channel": ["store", "ads", None],
+        }
     ),
     "orders": pd.DataFrame(
-        {"order_id": ["o1", "o2", "o3"], "member_id": ["000123", "000123", "000456"],
-         "ordered_at": ["2024-04-01 10:00:00", "2024-05-01T10:00:00+08:00", "2024-05-02"], "amount": [99.0, 150.5, 20.0],
-         "category": ["skincare", "makeup", None]}
+        {
+            "order_id": ["o1", "o2", "o3"],
+            "member_id": ["000123", "000123", "000456"],
+            "ordered_at": ["2024-04-01 10:00:00", "2024-05-01T10:00:00+08:00", "2024-05-02"],
+            "amount": [99.0, 150.5, 20.0],
+            "category": ["skincare", "makeup", None],
+        }
     ),
     "labels": pd.DataFrame({"member_id": ["000123", "789"], "as_of": ["2024-06-01", "2024-06-01"], "label": [1, 0]}),
 }

@@ -59,24 +59,40 @@ def test_missing_required_table():
 
 def test_missing_required_column_names_table_and_column():
     violations, text = _violations({"members": _members(), "orders": _orders().drop(columns=["amount"])})
-    assert (violations[0].table, violations[0].column, violations[0].rule) == ("orders", "amount", "required column is missing")
+    assert (violations[0].table, violations[0].column, violations[0].rule) == (
+        "orders",
+        "amount",
+        "required column is missing",
+    )
 
 
 def test_unique_ids():
-    violations, text = _violations({"members": _members(member_id=["1", "1", "2"]), "orders": _orders(member_id=["1", "1", "2"])})
+    violations, text = _violations(
+        {"members": _members(member_id=["1", "1", "2"]), "orders": _orders(member_id=["1", "1", "2"])}
+    )
     v = violations[0]
     assert (v.table, v.column, v.rule, v.count) == ("members", "member_id", "must be unique", 2)
     assert "row 0" in text and "member_id='1'" in text
 
 
 def test_non_null_timestamp():
-    violations, _ = _violations({"members": _members(joined_at=["2024-01-01", None, "2024-01-01"]), "orders": _orders()})
-    assert [(v.table, v.column, v.rule, v.count) for v in violations] == [("members", "joined_at", "must not be null", 1)]
+    violations, _ = _violations(
+        {"members": _members(joined_at=["2024-01-01", None, "2024-01-01"]), "orders": _orders()}
+    )
+    assert [(v.table, v.column, v.rule, v.count) for v in violations] == [
+        ("members", "joined_at", "must not be null", 1)
+    ]
 
 
 def test_unparseable_timestamp():
-    violations, text = _violations({"members": _members(), "orders": _orders(ordered_at=["2024-04-01", "yesterday", "2024-05-02"])})
-    assert (violations[0].column, violations[0].rule, violations[0].count) == ("ordered_at", "must be an ISO 8601 timestamp", 1)
+    violations, text = _violations(
+        {"members": _members(), "orders": _orders(ordered_at=["2024-04-01", "yesterday", "2024-05-02"])}
+    )
+    assert (violations[0].column, violations[0].rule, violations[0].count) == (
+        "ordered_at",
+        "must be an ISO 8601 timestamp",
+        1,
+    )
     assert "yesterday" in text
 
 
@@ -119,11 +135,17 @@ def test_optional_table_rules_checked():
     found = {(v.table, v.column, v.rule) for v in violations}
     assert ("posts", "platform", "must be one of xhs, douyin, weibo, wechat, other") in found
     assert ("posts", "likes_7d", "must be >= 0") in found
-    assert ("program", "status", "must be one of invited, declined, enrolled, upgraded, eliminated, blacklisted") in found
+    assert (
+        "program",
+        "status",
+        "must be one of invited, declined, enrolled, upgraded, eliminated, blacklisted",
+    ) in found
 
 
 def test_labels_must_be_binary_and_unique_per_cutoff():
-    labels = pd.DataFrame({"member_id": ["000123", "000123", "000456"], "as_of": ["2024-06-01"] * 3, "label": [1, 0, 2]})
+    labels = pd.DataFrame(
+        {"member_id": ["000123", "000123", "000456"], "as_of": ["2024-06-01"] * 3, "label": [1, 0, 2]}
+    )
     violations, _ = _violations({"members": _members(), "orders": _orders(), "labels": labels})
     found = {(v.table, v.column, v.rule) for v in violations}
     assert ("labels", "label", "must be one of 0, 1") in found
@@ -200,7 +222,11 @@ def test_marketing_consent_false_is_kept():
 def test_all_violations_are_reported_together():
     frames = {
         "members": _members(member_id=["1", "1", "2"], gender=["F", "X", None]),
-        "orders": _orders(member_id=["1", "NOBODY", "2"], amount=[-1.0, 5.0, 6.0], ordered_at=["2024-04-01", "yesterday", "2024-05-02"]),
+        "orders": _orders(
+            member_id=["1", "NOBODY", "2"],
+            amount=[-1.0, 5.0, 6.0],
+            ordered_at=["2024-04-01", "yesterday", "2024-05-02"],
+        ),
         "events": pd.DataFrame({"member_id": ["1"], "event_type": ["share"]}),  # no event_at column
     }
     violations, _ = _violations(frames)
@@ -269,7 +295,9 @@ def test_unreadable_files_are_contract_violations(tmp_path):
     (tmp_path / "orders.csv").write_text("")
     with pytest.raises(ContractError, match="orders: file is empty"):
         load_data(tmp_path)
-    (tmp_path / "orders.csv").write_bytes("order_id,member_id,ordered_at,amount\no1,000123,2024-01-01,9\n备注".encode("gbk"))
+    (tmp_path / "orders.csv").write_bytes(
+        "order_id,member_id,ordered_at,amount\no1,000123,2024-01-01,9\n备注".encode("gbk")
+    )
     with pytest.raises(ContractError, match="orders: file is not UTF-8"):
         load_data(tmp_path)
 
@@ -284,7 +312,9 @@ def test_unknown_time_zone_is_refused():
 
 @pytest.mark.parametrize("when", ["0001-01-01", "1960-05-01 10:00:00", "1999-12-31T23:59:59"])
 def test_orders_before_the_time_floor_are_rejected(when):
-    violations, text = _violations({"members": _members(), "orders": _orders(ordered_at=[when, "2024-05-01", "2024-05-02"])})
+    violations, text = _violations(
+        {"members": _members(), "orders": _orders(ordered_at=[when, "2024-05-01", "2024-05-02"])}
+    )
     assert [(v.table, v.column, v.rule, v.count) for v in violations] == [
         ("orders", "ordered_at", "must not be before 2000-01-01 (the time floor)", 1)
     ]
@@ -321,8 +351,12 @@ def test_time_floor_is_configurable_and_bounds_apply_to_every_time_column():
         ("referrals", "referee_joined_at", "must not be before 2024-01-10"),
         ("labels", "as_of", "must not be after the export time plus one day"),
     }
-    data = from_frames(frames | {"labels": labels.assign(as_of="2024-06-01"), "referrals": referrals.iloc[:0]},
-                       current_year=2026, time_floor="1990-01-01", export_time="2024-12-31")
+    data = from_frames(
+        frames | {"labels": labels.assign(as_of="2024-06-01"), "referrals": referrals.iloc[:0]},
+        current_year=2026,
+        time_floor="1990-01-01",
+        export_time="2024-12-31",
+    )
     assert data.data_end == pd.Timestamp("2024-05-02 12:00:00")
 
 
@@ -368,7 +402,9 @@ def test_a_dangling_symlink_is_reported_as_such(tmp_path):
 
 
 def test_a_label_as_of_with_a_time_of_day_is_rejected():
-    labels = pd.DataFrame({"member_id": ["000123", "000456"], "as_of": ["2024-06-01", "2024-06-01 13:45:00"], "label": [1, 0]})
+    labels = pd.DataFrame(
+        {"member_id": ["000123", "000456"], "as_of": ["2024-06-01", "2024-06-01 13:45:00"], "label": [1, 0]}
+    )
     violations, text = _violations({"members": _members(), "orders": _orders(), "labels": labels})
     assert [(v.table, v.column, v.rule, v.count) for v in violations] == [
         ("labels", "as_of", "must be a date without a time of day", 1)
@@ -383,7 +419,11 @@ def test_ids_with_surrounding_spaces_are_rejected_not_merged():
     members = _members(member_id=["000123", " 000123", "789 "])
     violations, text = _violations({"members": members, "orders": _orders(member_id=["000123", "000123", "789"])})
     (v,) = [v for v in violations if v.table == "members"]
-    assert (v.column, v.rule, v.count) == ("member_id", "must not start or end with whitespace (ids are compared exactly)", 2)
+    assert (v.column, v.rule, v.count) == (
+        "member_id",
+        "must not start or end with whitespace (ids are compared exactly)",
+        2,
+    )
     assert "member_id=' 000123'" in text and "member_id='789 '" in text
 
 
@@ -406,7 +446,9 @@ def test_examples_name_the_csv_line_and_parquet_row(tmp_path):
 
 def test_a_column_given_twice_in_a_csv_header_is_rejected(tmp_path):
     _members().to_csv(tmp_path / "members.csv", index=False)
-    (tmp_path / "orders.csv").write_text("order_id,member_id,member_id,ordered_at,amount\no1,000123,000456,2024-01-01,1\n")
+    (tmp_path / "orders.csv").write_text(
+        "order_id,member_id,member_id,ordered_at,amount\no1,000123,000456,2024-01-01,1\n"
+    )
     with pytest.raises(ContractError) as info:
         load_data(tmp_path)
     (v,) = info.value.violations
