@@ -143,7 +143,7 @@ def _only_contract_errors(call) -> None:
 FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-@settings(FUZZ, max_examples=50)
+@settings(FUZZ, max_examples=40)
 @given(files=data_dir())
 def test_loading_any_files_gives_data_or_a_contract_error(files):
     with tempfile.TemporaryDirectory() as tmp:
@@ -157,7 +157,7 @@ def test_loading_any_files_gives_data_or_a_contract_error(files):
         _only_contract_errors(lambda: load_data(root, export_time="2030-01-01"))
 
 
-@settings(FUZZ, max_examples=20)
+@settings(FUZZ, max_examples=15)
 @given(
     frames=st.fixed_dictionaries({name: table(name) for name in TABLES}), tz=st.sampled_from(["Asia/Shanghai", "UTC"])
 )
@@ -189,7 +189,7 @@ VALID = {
 }
 
 
-@settings(FUZZ, max_examples=40)
+@settings(FUZZ, max_examples=30)
 @given(
     table_name=st.sampled_from(sorted(VALID)),
     row=st.integers(min_value=0, max_value=2),
