@@ -618,8 +618,9 @@ def _prepare(
     if extra:
         logger.debug("%s: ignoring extra columns %s", spec.name, extra)
     missing = [c.name for c in spec.columns if not _may_be_left_out(c) and c.name not in raw.columns]
+    present = _shorten(", ".join(map(str, raw.columns)), 200)
     for name in missing:
-        violations.append(Violation(spec.name, name, MISSING_COLUMN, len(raw)))
+        violations.append(Violation(spec.name, name, MISSING_COLUMN, len(raw), (f"columns present: {present}",)))
     if missing:
         return raw, violations, unparsed
 
