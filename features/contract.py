@@ -9,24 +9,33 @@ silently: exact duplicate rows are dropped and reported in `BrandData.warnings`.
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import hashlib
 import logging
+import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import duckdb
 import numpy as np
 import pandas as pd
-import pandera.pandas as pa
-from pandera.errors import SchemaErrors
+from pydantic import BaseModel, ConfigDict, Field
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEZONE = "Asia/Shanghai"
+# No brand's CRM holds real activity before this: an order "dated" 0001-01-01 or 1960 is a
+# placeholder or a broken export, and would stretch monthly cutoffs over centuries.
+DEFAULT_TIME_FLOOR = pd.Timestamp("2000-01-01")
+# A timestamp may lie at most this far after the export time (clock skew between systems).
+EXPORT_SLACK = pd.Timedelta(days=1)
+# Longest value text shown in an example: a 5 MB id must not flood the terminal.
+SHOW_CHARS = 60
 
 EVENT_TYPES = (
     "campaign_join",
@@ -270,6 +279,13 @@ class BrandData:
 _OFFSET = re.compile(r"[T ]\d{2}(?::?\d{2}){0,2}(?:\.\d+)?\s*(?:[Zz]|[+-]\d{2}(?::?\d{2})?)$")
 
 
+def _as_text(series: pd.Series) -> pd.Series:
+    """Values as text (nulls kept); bytes are decoded leniently instead of raising."""
+    if series.dtype == object:
+        series = series.map(lambda v: v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else v)
+    return series.astype("str").where(series.notna())
+
+
 def _parse_times(text: pd.Series, aware: bool, timezone: str) -> pd.Series:
     """Parse ISO 8601 strings; unparseable values become NaT (never an exception)."""
 
@@ -307,7 +323,7 @@ def _to_local_naive(series: pd.Series, timezone: str) -> tuple[pd.Series, pd.Ser
         return out.astype("datetime64[us]"), pd.Series(False, index=series.index)
     if pd.api.types.is_datetime64_any_dtype(series.dtype):
         return series.astype("datetime64[us]"), pd.Series(False, index=series.index)
-    text = series.astype("str").where(series.notna())
+    text = _as_text(series)
     text = text.str.strip().replace("", None).str.replace(r"(?<=\d)z$", "Z", regex=True)
     has_offset = text.str.contains(_OFFSET, na=False)
     out = pd.Series(pd.NaT, index=series.index, dtype="datetime64[us]")
@@ -336,12 +352,9 @@ def _coerce(series: pd.Series, col: Col, timezone: str) -> tuple[pd.Series, pd.S
             as_int = series.dropna()
             if (as_int == as_int.round()).all() and (as_int.abs() < 2**53).all():
                 series = series.astype("Int64")
-        out = series.astype("str").where(series.notna())
-        return out.astype("str"), none, "must be text"
+        return _as_text(series).astype("str"), none, "must be text"
     if col.kind in ("ts", "date"):
-        out, bad = _to_local_naive(series, timezone)
-        if col.kind == "date":
-            out = out.dt.normalize()
+        out, bad = _to_local_naive(series, timezone)  # a date's time of day is checked by _value_rules
         return out, bad, "must be an ISO 8601 timestamp" if col.kind == "ts" else "must be an ISO 8601 date"
     if col.kind in ("int", "nullable_int"):
         num = pd.to_numeric(series, errors="coerce").astype("float64")
@@ -355,7 +368,7 @@ def _coerce(series: pd.Series, col: Col, timezone: str) -> tuple[pd.Series, pd.S
     if col.kind == "bool":
         if pd.api.types.is_bool_dtype(series.dtype):
             return series.astype("boolean"), none, "must be true or false"
-        text = series.astype("str").str.strip().str.lower().where(series.notna())
+        text = _as_text(series).str.strip().str.lower()
         out = pd.Series(pd.NA, index=series.index, dtype="boolean")
         out[text.isin(_TRUE)] = True
         out[text.isin(_FALSE)] = False
@@ -364,13 +377,31 @@ def _coerce(series: pd.Series, col: Col, timezone: str) -> tuple[pd.Series, pd.S
     raise AssertionError(col.kind)
 
 
+def _shorten(text: str, limit: int = SHOW_CHARS) -> str:
+    """`text` cut to `limit` characters, saying how long it was."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
+
+
 def _show(value: object) -> str:
     if isinstance(value, str):
-        return repr(value)
-    return "null" if pd.isna(value) else str(value)
+        return _shorten(repr(value))
+    try:
+        return "null" if pd.isna(value) else _shorten(str(value))
+    except (TypeError, ValueError, ArithmeticError):  # array-like cells from odd Parquet columns, Decimal("sNaN")
+        return _shorten(str(value))
 
 
-def _examples(df: pd.DataFrame, mask_or_index, limit: int = 3, column: str | None = None) -> tuple[str, ...]:
+Locate = Callable[[int], str]
+
+
+def _row_label(index: int) -> str:
+    return f"row {index}"
+
+
+def _examples(
+    df: pd.DataFrame, mask_or_index, limit: int = 3, column: str | None = None, locate: Locate = _row_label
+) -> tuple[str, ...]:
+    """A few rows breaking a rule, each with where it is (file line or row) and its values."""
     rows = df.loc[mask_or_index].head(limit) if not isinstance(mask_or_index, pd.Index) else df.loc[mask_or_index[:limit]]
     shown_columns = list(df.columns[:5])
     if column is not None and column in df.columns and column not in shown_columns:
@@ -378,60 +409,130 @@ def _examples(df: pd.DataFrame, mask_or_index, limit: int = 3, column: str | Non
     out = []
     for idx, row in rows.iterrows():
         shown = ", ".join(f"{k}={_show(row[k])}" for k in shown_columns)
-        out.append(f"row {idx}: {shown}")
+        out.append(f"{locate(int(idx))}: {shown}")
     return tuple(out)
 
 
 # --------------------------------------------------------------------------- validation
 
 
-_RULE_TEXT = {
-    "not_nullable": "must not be null",
-    "field_uniqueness": "must be unique",
-}
+ROW = "__row"  # the source row number (frame index) carried into SQL for examples
+PAIR_UNIQUE = ("labels", "truth")  # tables with one row per (member_id, as_of)
 
 
-def _pandera_schema(spec: TableSpec, member_ids: pd.Index | None, current_year: int) -> pa.DataFrameSchema:
-    columns: dict[str, pa.Column] = {}
-    for col in spec.columns:
-        checks: list[pa.Check] = []
+def _q(name: str) -> str:
+    """A quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """One contract rule as SQL: `condition` is true on the rows (alias t) that break it."""
+
+    column: str
+    text: str
+    condition: str
+
+
+def _sql_rules(spec: TableSpec, current_year: int, unparsed: Iterable[str], with_members: bool) -> tuple[list[_Rule], list[str]]:
+    """The rules of one table as SQL conditions, and the joins they need (uniqueness, members)."""
+    rules: list[_Rule] = []
+    joins: list[str] = []
+    for i, col in enumerate(spec.columns):
+        c = f"t.{_q(col.name)}"
+        if not col.nullable:
+            # a value that failed to parse is already reported as such, not again as null
+            skip = f" AND NOT t.{_q('__unparsed_' + col.name)}" if col.name in unparsed else ""
+            rules.append(_Rule(col.name, "must not be null", f"{c} IS NULL{skip}"))
+        if col.unique:
+            joins.append(f"LEFT JOIN (SELECT {_q(col.name)} AS k FROM t GROUP BY 1 HAVING count(*) > 1) u{i} ON {c} = u{i}.k")
+            rules.append(_Rule(col.name, "must be unique", f"u{i}.k IS NOT NULL"))
         if col.ge is not None:
-            checks.append(pa.Check.ge(col.ge, error=f"must be >= {col.ge:g}"))
+            rules.append(_Rule(col.name, f"must be >= {col.ge:g}", f"{c} < {col.ge!r}"))
         if col.le is not None:
-            checks.append(pa.Check.le(col.le, error=f"must be <= {col.le:g}"))
+            rules.append(_Rule(col.name, f"must be <= {col.le:g}", f"{c} > {col.le!r}"))
         if col.name == "birth_year":
-            checks.append(pa.Check.le(current_year, error=f"must be <= the current year ({current_year})"))
+            rules.append(_Rule(col.name, f"must be <= the current year ({current_year})", f"{c} > {current_year}"))
         if col.isin is not None:
-            allowed = [int(v) for v in col.isin] if col.kind in ("int", "nullable_int") else list(col.isin)
-            checks.append(pa.Check.isin(allowed, error=f"must be one of {', '.join(col.isin)}"))
-        if col.member_ref and member_ids is not None:
-            checks.append(pa.Check(lambda s, ids=member_ids: s.isin(ids), error="must exist in members.member_id"))
-        columns[col.name] = pa.Column(
-            None, checks=checks, nullable=col.nullable, unique=col.unique, required=not _may_be_left_out(col)
+            allowed = ", ".join(v if col.kind in ("int", "nullable_int") else _literal(v) for v in col.isin)
+            rules.append(_Rule(col.name, f"must be one of {', '.join(col.isin)}", f"{c} NOT IN ({allowed})"))
+        if col.member_ref and with_members:
+            # existence as an anti-join: no Python loop over id strings
+            joins.append(f"LEFT JOIN (SELECT DISTINCT member_id AS k FROM members) m{i} ON {c} = m{i}.k")
+            rules.append(_Rule(col.name, "must exist in members.member_id", f"{c} IS NOT NULL AND m{i}.k IS NULL"))
+    if spec.name in PAIR_UNIQUE:
+        joins.append(
+            "LEFT JOIN (SELECT member_id, as_of FROM t GROUP BY ALL HAVING count(*) > 1) p"
+            " ON t.member_id = p.member_id AND t.as_of = p.as_of"
         )
-    return pa.DataFrameSchema(columns, strict=False)
+        rules.append(_Rule("member_id", "must be unique per (member_id, as_of)", "p.member_id IS NOT NULL"))
+    return rules, joins
 
 
-def _pandera_violations(
-    spec: TableSpec, df: pd.DataFrame, schema: pa.DataFrameSchema, unparsed: Mapping[str, pd.Series]
+def _rule_violations(
+    con: duckdb.DuckDBPyConnection,
+    spec: TableSpec,
+    df: pd.DataFrame,
+    unparsed: Mapping[str, pd.Series],
+    current_year: int,
+    locate: Locate,
+    with_members: bool,
+    limit: int = 3,
 ) -> list[Violation]:
+    """Check every rule of one table in one DuckDB pass: per rule the count and the first rows."""
+    view = df.assign(**{ROW: df.index.to_numpy(dtype="int64")})
+    for col, mask in unparsed.items():
+        view[f"__unparsed_{col}"] = mask.reindex(df.index, fill_value=False).to_numpy(dtype=bool)
+    rules, joins = _sql_rules(spec, current_year, unparsed, with_members)
+    if not rules:
+        return []
+    con.register("t", view)
     try:
-        schema.validate(df, lazy=True)
-    except SchemaErrors as err:
-        cases = err.failure_cases
-        out = []
-        for (column, check), group in cases.groupby(["column", "check"], sort=False, dropna=False):
-            rule = _RULE_TEXT.get(str(check), str(check))
-            idx = pd.Index(group["index"].dropna().astype("int64").unique())
-            bad = unparsed.get(f"{spec.name}.{column}")
-            if rule == _RULE_TEXT["not_nullable"] and bad is not None:
-                idx = idx.difference(bad.index[bad])  # already reported as unparseable
-                if not len(idx):
-                    continue
-            examples = _examples(df, idx, column=str(column)) if len(idx) else tuple(str(v) for v in group["failure_case"].head(3))
-            out.append(Violation(spec.name, str(column), rule, int(len(idx) or len(group)), examples))
-        return out
-    return []
+        selects = ", ".join(
+            f"count(*) FILTER (WHERE {r.condition}), min(t.{ROW}, {limit}) FILTER (WHERE {r.condition})" for r in rules
+        )
+        (found,) = con.execute(f"SELECT {selects} FROM t {' '.join(joins)}").fetchall()
+    finally:
+        con.unregister("t")
+    out = []
+    for i, rule in enumerate(rules):
+        count, rows = found[2 * i], found[2 * i + 1]
+        if count:
+            examples = _examples(df, pd.Index(sorted(rows)), limit, column=rule.column, locate=locate)
+            out.append(Violation(spec.name, rule.column, rule.text, int(count), examples))
+    return out
+
+
+def _exact_duplicates(con: duckdb.DuckDBPyConnection, raw: pd.DataFrame) -> np.ndarray:
+    """Positions of rows that repeat an earlier row exactly (every source column, as written)."""
+    if raw.empty or not len(raw.columns):
+        return np.zeros(0, dtype="int64")
+    names = [f"c{i}" for i in range(raw.shape[1])]  # source headers may be empty, repeated or odd
+    frame = raw.set_axis(names, axis=1).reset_index(drop=True)
+    for name in names:
+        dtype, types = frame[name].dtype, pd.api.types
+        plain = types.is_bool_dtype(dtype) or types.is_datetime64_any_dtype(dtype) or types.is_string_dtype(dtype)
+        plain = plain or (types.is_numeric_dtype(dtype) and not types.is_complex_dtype(dtype))
+        if types.is_object_dtype(dtype) or not plain:  # mixed, nested or exotic values DuckDB cannot scan: their text
+            frame[name] = frame[name].map(repr).astype("str")
+    frame[ROW] = np.arange(len(frame), dtype="int64")
+    con.register("raw", frame)
+    try:
+        keys = ", ".join(_q(n) for n in names)
+        # only rows whose hash repeats are compared column by column: the window never holds the whole table
+        query = f"""
+            WITH repeated AS (SELECT hash({keys}) AS h FROM raw GROUP BY 1 HAVING count(*) > 1)
+            SELECT {ROW} FROM (
+                SELECT {ROW}, row_number() OVER (PARTITION BY {keys} ORDER BY {ROW}) AS n
+                FROM raw WHERE hash({keys}) IN (SELECT h FROM repeated)
+            ) WHERE n > 1"""
+        return np.sort(np.asarray(con.execute(query).fetchnumpy()[ROW], dtype="int64"))
+    finally:
+        con.unregister("raw")
 
 
 # the pandas dtype each column kind has after loading (docs/architecture.md)
@@ -454,13 +555,62 @@ def _canonical_empty(spec: TableSpec) -> pd.DataFrame:
 MISSING_COLUMN = "required column is missing"
 
 
-def _prepare(
-    spec: TableSpec, raw: pd.DataFrame, timezone: str
-) -> tuple[pd.DataFrame, list[Violation], dict[str, pd.Series]]:
-    """Coerce one table to canonical dtypes.
+class ContractConfig(BaseModel):
+    """`[contract]` in the config file: the plausible time range of the data."""
 
-    Returns the frame, the missing-column and parse violations, and per column the mask
-    of rows whose value could not be parsed (those become null in the frame).
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    time_floor: dt.date = Field(DEFAULT_TIME_FLOOR.date(), description="no timestamp may be earlier (business time)")
+    export_time: dt.datetime | None = Field(
+        None, description="when the brand exported the data; no timestamp may be more than a day later (default: now)"
+    )
+
+
+@dataclass(frozen=True)
+class TimeBounds:
+    """The plausible time range: no timestamp before `floor` or after `export_time + 1 day`.
+
+    Both are naive business time. `export_time` is when the brand exported the data; when
+    the brand does not say, it is the moment of validation (data cannot come from the future).
+    """
+
+    floor: pd.Timestamp = DEFAULT_TIME_FLOOR
+    export_time: pd.Timestamp | None = None
+
+    @classmethod
+    def parse(cls, floor: pd.Timestamp | str, export_time: pd.Timestamp | str | None, timezone: str) -> TimeBounds:
+        return cls(parse_as_of(floor, timezone), None if export_time is None else parse_as_of(export_time, timezone))
+
+    def latest(self, timezone: str) -> pd.Timestamp:
+        export = self.export_time
+        if export is None:
+            export = pd.Timestamp.now(tz=timezone).tz_localize(None)
+        return (export + EXPORT_SLACK).as_unit("us")
+
+
+def _value_rules(
+    spec: TableSpec, col: Col, values: pd.Series, latest: pd.Timestamp, floor: pd.Timestamp
+) -> list[tuple[str, pd.Series]]:
+    """Rules on single parsed values: ids without padding, dates without a time, plausible times."""
+    found: list[tuple[str, pd.Series]] = []
+    if col.kind == "id":
+        padded = values.notna() & (values.str.len() != values.str.strip().str.len())
+        found.append(("must not start or end with whitespace (ids are compared exactly)", padded))
+    if col.kind in ("ts", "date"):
+        if col.kind == "date":
+            found.append(("must be a date without a time of day", values.notna() & (values != values.dt.normalize())))
+        found.append((f"must not be before {floor:%Y-%m-%d} (the time floor)", values < floor))
+        found.append((f"must not be after the export time plus one day ({latest:%Y-%m-%d %H:%M})", values > latest))
+    return [(rule, mask) for rule, mask in found if mask.any()]
+
+
+def _prepare(
+    spec: TableSpec, raw: pd.DataFrame, timezone: str, bounds: TimeBounds, locate: Locate = _row_label
+) -> tuple[pd.DataFrame, list[Violation], dict[str, pd.Series]]:
+    """Coerce one table to canonical dtypes and check the rules on single values.
+
+    Returns the frame, the missing-column, parse and value violations, and per column the
+    mask of rows whose value could not be parsed (those become null in the frame).
     """
     violations: list[Violation] = []
     unparsed: dict[str, pd.Series] = {}
@@ -468,12 +618,14 @@ def _prepare(
     if extra:
         logger.debug("%s: ignoring extra columns %s", spec.name, extra)
     missing = [c.name for c in spec.columns if not _may_be_left_out(c) and c.name not in raw.columns]
+    present = _shorten(", ".join(map(str, raw.columns)), 200)
     for name in missing:
-        violations.append(Violation(spec.name, name, MISSING_COLUMN, len(raw)))
+        violations.append(Violation(spec.name, name, MISSING_COLUMN, len(raw), (f"columns present: {present}",)))
     if missing:
         return raw, violations, unparsed
 
     raw = raw.reset_index(drop=True)
+    latest = bounds.latest(timezone)
     out = pd.DataFrame(index=raw.index)
     for col in spec.columns:
         if col.name not in raw.columns:
@@ -482,11 +634,20 @@ def _prepare(
             else:
                 out[col.name] = _canonical_empty(spec)[col.name].reindex(raw.index)
             continue
-        values, bad, rule = _coerce(raw[col.name], col, timezone)
+        try:
+            values, bad, rule = _coerce(raw[col.name], col, timezone)
+        except (TypeError, ValueError, ArithmeticError) as err:  # objects no file holds (in-memory frames)
+            rule = f"holds values that cannot be read as {col.kind} ({type(err).__name__})"
+            violations.append(Violation(spec.name, col.name, rule, len(raw), (_show(raw[col.name].iloc[0]),)))
+            unparsed[col.name] = pd.Series(True, index=raw.index)
+            out[col.name] = _canonical_empty(spec)[col.name].reindex(raw.index)
+            continue
         if bad.any():
-            violations.append(Violation(spec.name, col.name, rule, int(bad.sum()), _examples(raw, bad, column=col.name)))
+            violations.append(Violation(spec.name, col.name, rule, int(bad.sum()), _examples(raw, bad, column=col.name, locate=locate)))
             unparsed[col.name] = bad
-        out[col.name] = values
+        for value_rule, mask in _value_rules(spec, col, values, latest, bounds.floor):
+            violations.append(Violation(spec.name, col.name, value_rule, int(mask.sum()), _examples(raw, mask, column=col.name, locate=locate)))
+        out[col.name] = values.dt.normalize() if col.kind == "date" else values
     return out, violations, unparsed
 
 
@@ -501,14 +662,18 @@ def _finalise(spec: TableSpec, df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _drop_exact_duplicates(name: str, df: pd.DataFrame, raw: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
-    """Drop rows that repeat an earlier source row exactly (every column, as written) and say so."""
-    dup = raw.reset_index(drop=True).duplicated(keep="first").to_numpy()
-    if dup.any():
-        note = f"{name}: dropped {int(dup.sum())} exact duplicate row(s)"
+def _drop_exact_duplicates(
+    con: duckdb.DuckDBPyConnection, name: str, df: pd.DataFrame, raw: pd.DataFrame, notes: list[str]
+) -> pd.DataFrame:
+    """Drop rows that repeat an earlier source row exactly and say so (not for `truth`: never used)."""
+    if name == "truth":
+        return df
+    dup = _exact_duplicates(con, raw)
+    if len(dup):
+        note = f"{name}: dropped {len(dup)} exact duplicate row(s)"
         logger.warning(note)
         notes.append(note)
-        df = df.loc[~dup]  # keep the source row numbers for error examples
+        df = df.drop(index=df.index[dup])  # keep the source row numbers for error examples
     return df
 
 
@@ -518,46 +683,72 @@ def from_frames(
     *,
     current_year: int | None = None,
     source: str | None = None,
+    time_floor: pd.Timestamp | str = DEFAULT_TIME_FLOOR,
+    export_time: pd.Timestamp | str | None = None,
 ) -> BrandData:
-    """Validate in-memory tables against the contract and return them in canonical form."""
+    """Validate in-memory tables against the contract and return them in canonical form.
+
+    Timestamps must lie in [`time_floor`, `export_time` + 1 day]; `export_time` defaults to
+    now (both are read in the business time zone, like any naive timestamp).
+    """
+    bounds = TimeBounds.parse(time_floor, export_time, timezone)
+    sources = {name: (lambda df=df: df) for name, df in frames.items()}
+    return _validate(sources, timezone, current_year=current_year, source=source, bounds=bounds, locators={})
+
+
+def _validate(
+    sources: dict[str, Callable[[], pd.DataFrame | Violation]],
+    timezone: str,
+    *,
+    current_year: int | None,
+    source: str | None,
+    bounds: TimeBounds,
+    locators: Mapping[str, Locate],
+) -> BrandData:
+    """Read each source in turn (a frame, or the violation saying why it cannot be read), validate, canonicalise.
+
+    Only one raw table is alive at a time: each is let go once its table is prepared.
+    """
     check_timezone(timezone)
     current_year = current_year or dt.date.today().year
     notes: list[str] = []
     violations: list[Violation] = []
-    unknown = sorted(set(frames) - set(TABLES))
+    unknown = sorted(set(sources) - set(TABLES))
     if unknown:
         logger.debug("ignoring tables outside the contract: %s", unknown)
     for name in REQUIRED_TABLES:
-        if name not in frames:
+        if name not in sources:
             violations.append(Violation(name, None, "required table is missing", 0))
     if violations:
         raise ContractError(violations)
 
     prepared: dict[str, pd.DataFrame] = {}
-    unparsed: dict[str, pd.Series] = {}  # rows whose value failed to parse, per "table.column"
-    for name, spec in TABLES.items():
-        if name not in frames:
-            continue
-        df, problems, bad = _prepare(spec, frames[name], timezone)
-        violations += problems
-        unparsed.update({f"{name}.{col}": mask for col, mask in bad.items()})
-        if any(p.rule == MISSING_COLUMN for p in problems):
-            continue  # nothing more can be checked on this table
-        prepared[name] = _drop_exact_duplicates(name, df, frames[name], notes)
+    unparsed: dict[str, dict[str, pd.Series]] = {}  # rows whose value failed to parse, per table and column
+    con = duckdb.connect()
+    try:
+        for name, spec in TABLES.items():
+            if name not in sources:
+                continue
+            raw = sources.pop(name)()
+            if isinstance(raw, Violation):  # unreadable: reported with the rest, the other files still checked
+                violations.append(raw)
+                continue
+            df, problems, unparsed[name] = _prepare(spec, raw, timezone, bounds, locators.get(name, _row_label))
+            violations += problems
+            if any(p.rule == MISSING_COLUMN for p in problems):
+                continue  # nothing more can be checked on this table
+            prepared[name] = _drop_exact_duplicates(con, name, df, raw, notes)
+            del raw
 
-    # every table whose columns are all there is checked, so all problems are reported together
-    members = prepared.get("members")
-    member_ids = pd.Index(members["member_id"].dropna().unique()) if members is not None else None
-    for name, df in prepared.items():
-        spec = TABLES[name]
-        found = _pandera_violations(spec, df, _pandera_schema(spec, member_ids, current_year), unparsed)
-        violations += found
-    for name in ("labels", "truth"):
-        if name in prepared:
-            clash = prepared[name].duplicated(["member_id", "as_of"], keep=False)
-            if clash.any():
-                rule = "must be unique per (member_id, as_of)"
-                violations.append(Violation(name, "member_id", rule, int(clash.sum()), _examples(prepared[name], clash)))
+        # every table whose columns are all there is checked, so all problems are reported together
+        if "members" in prepared:
+            con.register("members", prepared["members"][["member_id"]])
+        for name, df in prepared.items():
+            locate = locators.get(name, _row_label)
+            found = _rule_violations(con, TABLES[name], df, unparsed[name], current_year, locate, "members" in prepared)
+            violations += found
+    finally:
+        con.close()
     if violations:
         raise ContractError(violations)
 
@@ -582,21 +773,83 @@ def from_frames(
     return BrandData(tables=tables, absent=absent, timezone=timezone, source=source, warnings=tuple(notes))
 
 
-def _read_table(path: Path) -> pd.DataFrame:
-    """One table file as a frame; an unreadable file is a contract violation, not a crash."""
+def _first_bad_utf8(path: Path) -> tuple[int, int, bytes]:
+    """Line number, file byte offset and the bytes around the first invalid UTF-8 sequence."""
+    offset = 0
+    with path.open("rb") as fh:
+        for line_no, line in enumerate(fh, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                return line_no, offset + err.start, line[err.start : err.start + 8]
+            offset += len(line)
+    return 0, offset, b""
+
+
+def _repeated_contract_columns(name: str, path: Path) -> list[str]:
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        header = next(csv.reader(fh), [])
+    spec = TABLES[name].column_names if name in TABLES else []
+    return [c for c in spec if header.count(c) > 1]
+
+
+def _read_table(path: Path) -> pd.DataFrame | Violation:
+    """One table file as a frame, or the violation saying why it cannot be read."""
     name = path.name.split(".")[0]
     try:
         if path.suffix == ".csv":
-            # everything as text: ids keep leading zeros; each column is coerced by its spec
-            return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8")
+            # everything as text: ids keep leading zeros; each column is coerced by its spec;
+            # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first column name
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig")
+            twice = _repeated_contract_columns(name, path)
+            if twice:  # pandas would quietly rename the second one "<name>.1"
+                return Violation(name, twice[0], "column given twice in the header", 0, (str(path),))
+            return frame
         return pd.read_parquet(path)
     except pd.errors.EmptyDataError:
         rule = "file is empty: a CSV needs at least its header row"
-    except UnicodeDecodeError as err:
-        rule = f"file is not UTF-8 text (byte {err.start}); re-export it as UTF-8"
-    except (pd.errors.ParserError, OSError, ValueError) as err:
-        rule = f"file cannot be read: {err}"
-    raise ContractError([Violation(name, None, rule, 0, (str(path),))])
+    except UnicodeDecodeError:
+        line, offset, found = _first_bad_utf8(path)
+        rule = f"file is not UTF-8 text: line {line}, byte {offset} starts {found!r}; re-export it as UTF-8"
+    except Exception as err:  # noqa: BLE001 - any reader failure is the file's fault, reported not raised
+        rule = f"file cannot be read ({type(err).__name__}): {_shorten(str(err), 300)}"
+    return Violation(name, None, rule, 0, (str(path),))
+
+
+def _csv_line_locator(path: Path) -> Locate:
+    """Map a CSV record index (0-based, header excluded) to its line in the file, lazily.
+
+    Only called for the few example rows of a violation; quoted fields may span lines, so
+    the file is walked with the csv module rather than assuming one record per line.
+    """
+    starts: list[int] = []
+
+    def locate(index: int) -> str:
+        if index >= len(starts):
+            starts.clear()
+            limit = csv.field_size_limit(2**31 - 1)  # a 5 MB cell is data to report, not a reason to fail
+            try:
+                with path.open(encoding="utf-8-sig", newline="") as fh:
+                    reader = csv.reader(fh)
+                    next(reader, None)  # header
+                    line = reader.line_num
+                    for row in reader:
+                        if row:  # pandas skips blank lines
+                            starts.append(line + 1)
+                        line = reader.line_num
+                        if len(starts) > index:
+                            break
+            except (csv.Error, UnicodeDecodeError, OSError):
+                pass  # fall back to the record number below
+            finally:
+                csv.field_size_limit(limit)
+        return f"{path.name} line {starts[index]}" if index < len(starts) else f"{path.name} record {index + 1}"
+
+    return locate
+
+
+def _parquet_row_locator(path: Path) -> Locate:
+    return lambda index: f"{path.name} row {index}"
 
 
 def check_timezone(timezone: str) -> str:
@@ -609,20 +862,24 @@ def check_timezone(timezone: str) -> str:
 
 
 def table_files(path: str | Path) -> dict[str, Path]:
-    """The contract table files in a data directory; raises if a table is given twice."""
+    """The contract table files in a data directory; raises if a table is given twice or dangles."""
     root = Path(path)
     if not root.is_dir():
         raise ContractError([Violation("<data dir>", None, f"{root} is not a directory", 0)])
     found: dict[str, Path] = {}
-    clashes = []
+    problems = []
     for name in TABLES:
-        candidates = [root / f"{name}.{ext}" for ext in ("parquet", "csv") if (root / f"{name}.{ext}").exists()]
-        if len(candidates) > 1:
-            clashes.append(Violation(name, None, "table given twice (both .parquet and .csv)", 0, tuple(map(str, candidates))))
-        elif candidates:
-            found[name] = candidates[0]
-    if clashes:
-        raise ContractError(clashes)
+        present = [root / f"{name}.{ext}" for ext in ("parquet", "csv") if (root / f"{name}.{ext}").is_symlink() or (root / f"{name}.{ext}").exists()]
+        dangling = [p for p in present if not p.exists()]
+        for link in dangling:
+            target = os.readlink(link)
+            problems.append(Violation(name, None, f"file is a symbolic link to {target}, which does not exist", 0, (str(link),)))
+        if len(present) > 1:
+            problems.append(Violation(name, None, "table given twice (both .parquet and .csv)", 0, tuple(map(str, present))))
+        elif present and not dangling:
+            found[name] = present[0]
+    if problems:
+        raise ContractError(problems)
     return found
 
 
@@ -632,12 +889,24 @@ def load_data(
     *,
     current_year: int | None = None,
     tables: Iterable[str] | None = None,
+    time_floor: pd.Timestamp | str = DEFAULT_TIME_FLOOR,
+    export_time: pd.Timestamp | str | None = None,
 ) -> BrandData:
-    """Read and validate a data directory of `<table>.parquet|csv` files."""
+    """Read and validate a data directory of `<table>.parquet|csv` files.
+
+    Every unreadable file is reported (not only the first); example rows name the file and
+    its line (CSV) or row (Parquet). See `from_frames` for the time bounds.
+    """
     files = table_files(path)
     wanted = set(tables) if tables is not None else set(TABLES)
-    frames = {name: _read_table(p) for name, p in files.items() if name in wanted | set(REQUIRED_TABLES)}
-    return from_frames(frames, timezone, current_year=current_year, source=str(path))
+    sources: dict[str, Callable[[], pd.DataFrame | Violation]] = {}
+    locators: dict[str, Locate] = {}
+    for name, file in files.items():
+        if name in wanted | set(REQUIRED_TABLES):
+            sources[name] = lambda file=file: _read_table(file)  # read when its turn comes: one raw table in memory
+            locators[name] = _csv_line_locator(file) if file.suffix == ".csv" else _parquet_row_locator(file)
+    bounds = TimeBounds.parse(time_floor, export_time, timezone)
+    return _validate(sources, timezone, current_year=current_year, source=str(path), bounds=bounds, locators=locators)
 
 
 def summary(data: BrandData) -> pd.DataFrame:

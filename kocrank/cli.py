@@ -48,11 +48,20 @@ def validate(
     data: Annotated[Path, typer.Option("--data", help="Data directory of <table>.parquet|csv files.")],
     config: Annotated[Path | None, typer.Option("--config", help="TOML config file.")] = None,
     timezone: Annotated[str | None, typer.Option("--timezone", help="Business time zone (overrides config).")] = None,
+    export_time: Annotated[
+        str | None, typer.Option("--export-time", help="When the data was exported (ISO 8601); later timestamps are errors.")
+    ] = None,
 ) -> None:
     """Check a data directory against the contract; exit 1 on any violation."""
     cfg = load_config(config)
     try:
-        brand = load_data(data, timezone=timezone or cfg.timezone)
+        limits = cfg.contract
+        brand = load_data(
+            data,
+            timezone=timezone or cfg.timezone,
+            time_floor=limits.time_floor,
+            export_time=export_time or limits.export_time,
+        )
     except ContractError as err:
         console.print(f"[bold red]{len(err.violations)} contract violation(s) in {data}[/]")
         for v in err.violations:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from features.contract import DEFAULT_TIMEZONE, check_timezone
+from features.contract import DEFAULT_TIMEZONE, ContractConfig, check_timezone
 from features.labels import LabelConfig
 from serving.config import RankConfig
 from training.config import TrainConfig
@@ -32,6 +32,7 @@ class Config(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     timezone: str = Field(DEFAULT_TIMEZONE, description="business time zone for naive timestamps and dates")
+    contract: ContractConfig = ContractConfig()
     labels: LabelConfig = LabelConfig()
     training: TrainConfig = TrainConfig()
     ranking: RankConfig = RankConfig()

@@ -59,24 +59,40 @@ def test_missing_required_table():
 
 def test_missing_required_column_names_table_and_column():
     violations, text = _violations({"members": _members(), "orders": _orders().drop(columns=["amount"])})
-    assert (violations[0].table, violations[0].column, violations[0].rule) == ("orders", "amount", "required column is missing")
+    assert (violations[0].table, violations[0].column, violations[0].rule) == (
+        "orders",
+        "amount",
+        "required column is missing",
+    )
 
 
 def test_unique_ids():
-    violations, text = _violations({"members": _members(member_id=["1", "1", "2"]), "orders": _orders(member_id=["1", "1", "2"])})
+    violations, text = _violations(
+        {"members": _members(member_id=["1", "1", "2"]), "orders": _orders(member_id=["1", "1", "2"])}
+    )
     v = violations[0]
     assert (v.table, v.column, v.rule, v.count) == ("members", "member_id", "must be unique", 2)
     assert "row 0" in text and "member_id='1'" in text
 
 
 def test_non_null_timestamp():
-    violations, _ = _violations({"members": _members(joined_at=["2024-01-01", None, "2024-01-01"]), "orders": _orders()})
-    assert [(v.table, v.column, v.rule, v.count) for v in violations] == [("members", "joined_at", "must not be null", 1)]
+    violations, _ = _violations(
+        {"members": _members(joined_at=["2024-01-01", None, "2024-01-01"]), "orders": _orders()}
+    )
+    assert [(v.table, v.column, v.rule, v.count) for v in violations] == [
+        ("members", "joined_at", "must not be null", 1)
+    ]
 
 
 def test_unparseable_timestamp():
-    violations, text = _violations({"members": _members(), "orders": _orders(ordered_at=["2024-04-01", "yesterday", "2024-05-02"])})
-    assert (violations[0].column, violations[0].rule, violations[0].count) == ("ordered_at", "must be an ISO 8601 timestamp", 1)
+    violations, text = _violations(
+        {"members": _members(), "orders": _orders(ordered_at=["2024-04-01", "yesterday", "2024-05-02"])}
+    )
+    assert (violations[0].column, violations[0].rule, violations[0].count) == (
+        "ordered_at",
+        "must be an ISO 8601 timestamp",
+        1,
+    )
     assert "yesterday" in text
 
 
@@ -119,11 +135,17 @@ def test_optional_table_rules_checked():
     found = {(v.table, v.column, v.rule) for v in violations}
     assert ("posts", "platform", "must be one of xhs, douyin, weibo, wechat, other") in found
     assert ("posts", "likes_7d", "must be >= 0") in found
-    assert ("program", "status", "must be one of invited, declined, enrolled, upgraded, eliminated, blacklisted") in found
+    assert (
+        "program",
+        "status",
+        "must be one of invited, declined, enrolled, upgraded, eliminated, blacklisted",
+    ) in found
 
 
 def test_labels_must_be_binary_and_unique_per_cutoff():
-    labels = pd.DataFrame({"member_id": ["000123", "000123", "000456"], "as_of": ["2024-06-01"] * 3, "label": [1, 0, 2]})
+    labels = pd.DataFrame(
+        {"member_id": ["000123", "000123", "000456"], "as_of": ["2024-06-01"] * 3, "label": [1, 0, 2]}
+    )
     violations, _ = _violations({"members": _members(), "orders": _orders(), "labels": labels})
     found = {(v.table, v.column, v.rule) for v in violations}
     assert ("labels", "label", "must be one of 0, 1") in found
@@ -200,7 +222,11 @@ def test_marketing_consent_false_is_kept():
 def test_all_violations_are_reported_together():
     frames = {
         "members": _members(member_id=["1", "1", "2"], gender=["F", "X", None]),
-        "orders": _orders(member_id=["1", "NOBODY", "2"], amount=[-1.0, 5.0, 6.0], ordered_at=["2024-04-01", "yesterday", "2024-05-02"]),
+        "orders": _orders(
+            member_id=["1", "NOBODY", "2"],
+            amount=[-1.0, 5.0, 6.0],
+            ordered_at=["2024-04-01", "yesterday", "2024-05-02"],
+        ),
         "events": pd.DataFrame({"member_id": ["1"], "event_type": ["share"]}),  # no event_at column
     }
     violations, _ = _violations(frames)
@@ -269,7 +295,9 @@ def test_unreadable_files_are_contract_violations(tmp_path):
     (tmp_path / "orders.csv").write_text("")
     with pytest.raises(ContractError, match="orders: file is empty"):
         load_data(tmp_path)
-    (tmp_path / "orders.csv").write_bytes("order_id,member_id,ordered_at,amount\no1,000123,2024-01-01,9\n备注".encode("gbk"))
+    (tmp_path / "orders.csv").write_bytes(
+        "order_id,member_id,ordered_at,amount\no1,000123,2024-01-01,9\n备注".encode("gbk")
+    )
     with pytest.raises(ContractError, match="orders: file is not UTF-8"):
         load_data(tmp_path)
 
@@ -277,3 +305,151 @@ def test_unreadable_files_are_contract_violations(tmp_path):
 def test_unknown_time_zone_is_refused():
     with pytest.raises(ValueError, match="unknown time zone 'Mars/Olympus'"):
         from_frames({"members": _members(), "orders": _orders()}, timezone="Mars/Olympus")
+
+
+# --------------------------------------------------------------------------- plausible time (issue 9 item 4)
+
+
+@pytest.mark.parametrize("when", ["0001-01-01", "1960-05-01 10:00:00", "1999-12-31T23:59:59"])
+def test_orders_before_the_time_floor_are_rejected(when):
+    violations, text = _violations(
+        {"members": _members(), "orders": _orders(ordered_at=[when, "2024-05-01", "2024-05-02"])}
+    )
+    assert [(v.table, v.column, v.rule, v.count) for v in violations] == [
+        ("orders", "ordered_at", "must not be before 2000-01-01 (the time floor)", 1)
+    ]
+    assert "row 0" in text and "order_id='o1'" in text
+
+
+def test_timestamps_after_the_export_time_are_rejected():
+    members = _members(joined_at=["2024-01-01", "2199-01-01", "2024-03-01"])
+    violations, text = _violations({"members": members, "orders": _orders()}, export_time="2024-06-30")
+    assert [(v.table, v.column, v.rule, v.count) for v in violations] == [
+        ("members", "joined_at", "must not be after the export time plus one day (2024-07-01 00:00)", 1)
+    ]
+    assert "member_id='000456'" in text and "2199-01-01" in text
+
+
+def test_export_time_defaults_to_now_and_allows_a_day_of_skew():
+    tomorrow = pd.Timestamp.now(tz="Asia/Shanghai").tz_localize(None) + pd.Timedelta(hours=20)
+    members = _members(joined_at=["2024-01-01", str(tomorrow), "2199-01-01"])
+    violations, _ = _violations({"members": members, "orders": _orders()})
+    assert [(v.column, v.count) for v in violations] == [("joined_at", 1)]  # 2199 only
+
+
+def test_time_floor_is_configurable_and_bounds_apply_to_every_time_column():
+    referrals = pd.DataFrame(
+        {"referrer_id": ["000123"], "referred_at": ["2024-01-05"], "referee_joined_at": ["1970-01-01"]}
+    )
+    labels = pd.DataFrame({"member_id": ["000123"], "as_of": ["2030-01-01"], "label": [1]})
+    frames = {"members": _members(), "orders": _orders(), "referrals": referrals, "labels": labels}
+    violations, _ = _violations(frames, export_time="2024-12-31", time_floor="2024-01-10")
+    found = {(v.table, v.column, v.rule.split(" (")[0]) for v in violations}
+    assert found == {
+        ("members", "joined_at", "must not be before 2024-01-10"),
+        ("referrals", "referred_at", "must not be before 2024-01-10"),
+        ("referrals", "referee_joined_at", "must not be before 2024-01-10"),
+        ("labels", "as_of", "must not be after the export time plus one day"),
+    }
+    data = from_frames(
+        frames | {"labels": labels.assign(as_of="2024-06-01"), "referrals": referrals.iloc[:0]},
+        current_year=2026,
+        time_floor="1990-01-01",
+        export_time="2024-12-31",
+    )
+    assert data.data_end == pd.Timestamp("2024-05-02 12:00:00")
+
+
+# --------------------------------------------------------------------------- clear failures (issue 9 item 7)
+
+
+def test_every_unreadable_file_is_reported_with_line_and_byte(tmp_path):
+    _members().to_csv(tmp_path / "members.csv", index=False)
+    good = "order_id,member_id,ordered_at,amount\no1,000123,2024-01-01,9\n"
+    (tmp_path / "orders.csv").write_bytes(good.encode() + "o2,000123,2024-01-02,5,备注\n".encode("gbk"))
+    (tmp_path / "events.csv").write_text("")
+    (tmp_path / "posts.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(ContractError) as info:
+        load_data(tmp_path)
+    found = {v.table: v.rule for v in info.value.violations}
+    assert set(found) == {"orders", "events", "posts"}
+    offset = len(good.encode()) + len("o2,000123,2024-01-02,5,")
+    assert f"line 3, byte {offset} starts" in found["orders"]
+    assert found["events"].startswith("file is empty")
+    assert found["posts"].startswith("file cannot be read")
+
+
+def test_a_huge_bad_value_is_shown_shortened(tmp_path):
+    huge = "9" * 5_000_000
+    violations, text = _violations({"members": _members(), "orders": _orders(member_id=["000123", huge, "000456"])})
+    assert violations[0].rule == "must exist in members.member_id"
+    assert len(text) < 1000 and "(5,000,002 characters)" in text
+    _members().to_csv(tmp_path / "members.csv", index=False)
+    _orders(member_id=["000123", huge, "000456"]).to_csv(tmp_path / "orders.csv", index=False)
+    with pytest.raises(ContractError) as info:  # a 5 MB CSV field still gets its line number
+        load_data(tmp_path)
+    assert info.value.violations[0].examples[0].startswith("orders.csv line 3: order_id='o2'")
+
+
+def test_a_dangling_symlink_is_reported_as_such(tmp_path):
+    _members().to_csv(tmp_path / "members.csv", index=False)
+    (tmp_path / "orders.csv").symlink_to(tmp_path / "gone" / "orders.csv")
+    with pytest.raises(ContractError) as info:
+        load_data(tmp_path)
+    (v,) = info.value.violations
+    assert v.table == "orders" and "symbolic link to" in v.rule and "does not exist" in v.rule
+    assert "required table is missing" not in str(info.value)
+
+
+def test_a_label_as_of_with_a_time_of_day_is_rejected():
+    labels = pd.DataFrame(
+        {"member_id": ["000123", "000456"], "as_of": ["2024-06-01", "2024-06-01 13:45:00"], "label": [1, 0]}
+    )
+    violations, text = _violations({"members": _members(), "orders": _orders(), "labels": labels})
+    assert [(v.table, v.column, v.rule, v.count) for v in violations] == [
+        ("labels", "as_of", "must be a date without a time of day", 1)
+    ]
+    assert "'2024-06-01 13:45:00'" in text
+    aware_midnight = labels.assign(as_of=["2024-06-01T00:00:00+08:00", "2024-05-31T16:00:00Z"])
+    data = from_frames({"members": _members(), "orders": _orders(), "labels": aware_midnight}, current_year=2026)
+    assert data.labels["as_of"].tolist() == [pd.Timestamp("2024-06-01")] * 2
+
+
+def test_ids_with_surrounding_spaces_are_rejected_not_merged():
+    members = _members(member_id=["000123", " 000123", "789 "])
+    violations, text = _violations({"members": members, "orders": _orders(member_id=["000123", "000123", "789"])})
+    (v,) = [v for v in violations if v.table == "members"]
+    assert (v.column, v.rule, v.count) == (
+        "member_id",
+        "must not start or end with whitespace (ids are compared exactly)",
+        2,
+    )
+    assert "member_id=' 000123'" in text and "member_id='789 '" in text
+
+
+def test_examples_name_the_csv_line_and_parquet_row(tmp_path):
+    members = _members()
+    members.to_csv(tmp_path / "members.csv", index=False)
+    orders = _orders(amount=[1.0, 2.0, -3.0], category=["multi\nline", None, None])
+    orders.to_csv(tmp_path / "orders.csv", index=False)
+    with pytest.raises(ContractError) as info:
+        load_data(tmp_path)
+    (v,) = info.value.violations
+    assert (v.table, v.column, v.rule) == ("orders", "amount", "must be >= 0")
+    assert v.examples[0].startswith("orders.csv line 5: order_id='o3'")  # header, o1 over two lines, o2
+    (tmp_path / "orders.csv").unlink()
+    orders.to_parquet(tmp_path / "orders.parquet")
+    with pytest.raises(ContractError) as info:
+        load_data(tmp_path)
+    assert info.value.violations[0].examples[0].startswith("orders.parquet row 2: order_id='o3'")
+
+
+def test_a_column_given_twice_in_a_csv_header_is_rejected(tmp_path):
+    _members().to_csv(tmp_path / "members.csv", index=False)
+    (tmp_path / "orders.csv").write_text(
+        "order_id,member_id,member_id,ordered_at,amount\no1,000123,000456,2024-01-01,1\n"
+    )
+    with pytest.raises(ContractError) as info:
+        load_data(tmp_path)
+    (v,) = info.value.violations
+    assert (v.table, v.column, v.rule) == ("orders", "member_id", "column given twice in the header")
