@@ -83,6 +83,23 @@ class TrainConfig(BaseModel):
         1.0, gt=0, le=1, description="Share of label-0 training rows kept (weighted 1/rate); 1 keeps all"
     )
 
+    # --- target -------------------------------------------------------------------------
+    target: Literal["if_invited", "observed", "uplift"] = Field(
+        "observed",
+        description=(
+            "What the score means: `if_invited` P(productive KOC within H | invited now), `observed` P(enrolled "
+            "and productive within H) under the past policy, `uplift` P(productive | invited) - "
+            "P(productive | not invited); see training/targets.py. Without logged invitations and enrolments "
+            "the run falls back to `observed` and says so"
+        ),
+    )
+    target_method: Literal["two_stage", "ipw", "auxiliary", "blend"] = Field(
+        "two_stage", description="How `if_invited` (and uplift's treated arm) is learnt; see training/targets.py"
+    )
+    propensity_clip: float = Field(
+        0.002, gt=0, lt=1, description="Lower clip of P(invited | x) for inverse-propensity weights"
+    )
+
     # --- model --------------------------------------------------------------------------
     seed: int = 7
     num_threads: int = Field(

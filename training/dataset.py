@@ -30,6 +30,7 @@ from features.build import build_features
 from features.contract import BrandData
 from features.labels import INTERACTIONS_KNOWN_AFTER, LabelConfig, label_window_complete, labels_for
 from features.registry import feature_names
+from features.targets import OUTCOME_COLUMNS, outcomes_for
 from training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -156,7 +157,8 @@ def split_cutoffs(
 
 @dataclass(frozen=True)
 class SnapshotDataset:
-    """One row per eligible (member, cutoff): `member_id, as_of, split, label, weight, relevance` + features."""
+    """One row per eligible (member, cutoff): `member_id, as_of, split, label, relevance, weight`, the
+    outcome columns of `features.targets` (`invited, accepted, enrolled, productive`) + features."""
 
     frame: pd.DataFrame
     split: CutoffSplit
@@ -235,13 +237,14 @@ def build_snapshots(data: BrandData, label_cfg: LabelConfig, train_cfg: TrainCon
     else:
         relevance = merged["label"]
     merged.insert(4, "relevance", relevance.astype("int64").to_numpy())
+    merged = outcomes_for(data, merged, label_cfg)
 
     train_rows = merged.loc[merged["split"] == "train"]
     kept_train = downsample_negatives(train_rows, train_cfg.negative_sample_rate, train_cfg.seed)
     others = merged.loc[merged["split"] != "train"].assign(weight=1.0)
     frame = pd.concat([kept_train, others], ignore_index=True)
     frame = frame.sort_values(["as_of", "member_id"], kind="stable", ignore_index=True)
-    ordered_columns = ["member_id", "as_of", "split", "label", "relevance", "weight", *names]
+    ordered_columns = ["member_id", "as_of", "split", "label", "relevance", "weight", *OUTCOME_COLUMNS, *names]
     frame = frame[ordered_columns]
     downsampling = {
         "negative_sample_rate": float(train_cfg.negative_sample_rate),

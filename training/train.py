@@ -43,6 +43,7 @@ from training.evaluate import (
 )
 from training.model import KocModel
 from training.pyfunc import CODE_PATHS, MODEL_ARTIFACT_KEY, KocPyfunc, signature_for, to_pyfunc_input
+from training.targets import FittedTarget, TargetUnavailable, components_for, fit_components, target_params
 
 logger = logging.getLogger(__name__)
 
@@ -103,20 +104,25 @@ def _query_groups(frame: pd.DataFrame) -> list[int]:
     return sizes
 
 
-def fit_model(dataset: SnapshotDataset, train_cfg: TrainConfig, label_cfg: LabelConfig) -> KocModel:
-    """Fit KocModel on the train cutoffs, early-stopping and calibrating on the validation cutoff."""
-    train = dataset.part("train")
-    valid = dataset.part("validation")
-    names = dataset.feature_names
-    params = train_cfg.lgbm.model_dump()
-    model = KocModel(
-        params,
-        seed=train_cfg.seed,
-        objective=train_cfg.objective,
-        calibration=train_cfg.calibration,
-        num_threads=train_cfg.num_threads,
-        label_config=label_cfg.model_dump(),
-    )
+def model_factory(train_cfg: TrainConfig, label_cfg: LabelConfig) -> Callable[[], KocModel]:
+    """A function returning a fresh, unfitted KocModel with the run's parameters (LightGBM overrides allowed)."""
+
+    def make(**overrides: Any) -> KocModel:
+        return KocModel(
+            train_cfg.lgbm.model_dump() | overrides,
+            seed=train_cfg.seed,
+            objective=train_cfg.objective,
+            calibration=train_cfg.calibration,
+            num_threads=train_cfg.num_threads,
+            label_config=label_cfg.model_dump(),
+        )
+
+    return make
+
+
+def _fit_observed(
+    train: pd.DataFrame, valid: pd.DataFrame, names: list[str], train_cfg: TrainConfig, label_cfg: LabelConfig
+) -> FittedTarget:
     ranking: dict[str, Any] = {}
     if train_cfg.objective == "lambdarank":
         ranking = {
@@ -125,7 +131,7 @@ def fit_model(dataset: SnapshotDataset, train_cfg: TrainConfig, label_cfg: Label
             "group": _query_groups(train),
             "group_val": _query_groups(valid),
         }
-    return model.fit(
+    model = model_factory(train_cfg, label_cfg)().fit(
         train[names],
         train["label"].to_numpy(),
         valid[names],
@@ -133,6 +139,57 @@ def fit_model(dataset: SnapshotDataset, train_cfg: TrainConfig, label_cfg: Label
         sample_weight=train["weight"].to_numpy(),
         **ranking,
     )
+    counts = {
+        "train_rows": len(train),
+        "train_positives": int(train["label"].sum()),
+        "validation_rows": len(valid),
+        "validation_positives": int(valid["label"].sum()),
+    }
+    return FittedTarget(components={"observed": model}, rows={"observed": counts})
+
+
+def fit_target(
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+    names: list[str],
+    train_cfg: TrainConfig,
+    label_cfg: LabelConfig,
+    *,
+    issued: pd.DataFrame | None = None,
+) -> tuple[KocModel, FittedTarget, str | None]:
+    """The configured target's model fitted on `train`, early-stopped and calibrated on `valid`.
+
+    Returns (model, its components, why it fell back to `observed` or None). A treatment-aware
+    target needs logged invitations and enrolments; without enough of them the run learns the
+    observed label instead and says why.
+    """
+    if train_cfg.target != "observed":
+        try:
+            fitted = fit_components(
+                train,
+                valid,
+                names,
+                components_for(train_cfg.target, train_cfg.target_method),
+                model_factory(train_cfg, label_cfg),
+                propensity_clip=train_cfg.propensity_clip,
+                issued=issued,
+            )
+            return fitted.model(train_cfg.target, train_cfg.target_method), fitted, None
+        except TargetUnavailable as err:
+            fallback = f"target {train_cfg.target!r} unavailable, learnt 'observed' instead: {err}"
+            logger.warning(fallback)
+    else:
+        fallback = None
+    fitted = _fit_observed(train, valid, names, train_cfg, label_cfg)
+    return fitted.model("observed", "single"), fitted, fallback
+
+
+def fit_model(dataset: SnapshotDataset, train_cfg: TrainConfig, label_cfg: LabelConfig) -> KocModel:
+    """Fit the configured target on the train cutoffs, early-stopping and calibrating on the validation cutoff."""
+    model, _, _ = fit_target(
+        dataset.part("train"), dataset.part("validation"), dataset.feature_names, train_cfg, label_cfg
+    )
+    return model
 
 
 def evaluate_all(
@@ -143,7 +200,7 @@ def evaluate_all(
     test = dataset.part("test")
     names = dataset.feature_names
     scores: dict[str, np.ndarray] = {MODEL_ROW: model.predict_proba(test[names])}
-    probabilistic = {MODEL_ROW}
+    probabilistic = {MODEL_ROW} if getattr(model, "target_", "observed") != "uplift" else set()
     for baseline in baseline_module.all_baselines(
         train, test, names, seed=train_cfg.seed, value_weights=train_cfg.value_weights
     ):
@@ -404,8 +461,18 @@ def run_training(
                 mlflow.log_dict(dataset.downsampling, "downsampling.json")
 
                 step("fit model")
-                model = fit_model(dataset, train_cfg, label_cfg)
+                model, fitted, fallback = fit_target(
+                    dataset.part("train"), dataset.part("validation"), dataset.feature_names, train_cfg, label_cfg
+                )
                 lap("fit_model")
+                mlflow.log_params(target_params(model.target_, model.target_method_, fitted))
+                mlflow.set_tags(
+                    {"koc.target": model.target_, "koc.target_method": model.target_method_}
+                    | ({"koc.target_fallback": fallback[:500]} if fallback else {})
+                )
+                if fitted.propensity is not None:
+                    mlflow.log_metrics(fitted.propensity.as_metrics())
+                    mlflow.set_tag("koc.propensity_source", fitted.propensity.source)
                 mlflow.log_params(
                     {"model.best_iteration": str(model.best_iteration_), "model.trained_at": model.trained_at_}
                 )
