@@ -79,6 +79,24 @@ class TrainConfig(BaseModel):
             "for fitting, early stopping or calibration was unknown at the cutoff it is judged on"
         ),
     )
+    max_cutoffs: int = Field(
+        36,
+        ge=3,
+        description=(
+            "At most this many cutoffs (the latest ones) are built; older history still feeds the features. "
+            "Bounds the work when a stray early timestamp would otherwise make thousands of monthly cutoffs"
+        ),
+    )
+    backtest_cutoffs: int = Field(
+        3, ge=1, description="Test cutoffs of the rolling-origin backtest (the latest ones, each with its own split)"
+    )
+    refit: bool = Field(
+        True,
+        description=(
+            "Serve a model refit on every cutoff used with the backtest's median iteration count, calibrated on the "
+            "backtest's out-of-time scores; false serves the latest fold's model (lambdarank always does)"
+        ),
+    )
     negative_sample_rate: float = Field(
         1.0, gt=0, le=1, description="Share of label-0 training rows kept (weighted 1/rate); 1 keeps all"
     )
