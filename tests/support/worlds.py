@@ -60,40 +60,17 @@ def build_world(n_crowd: int = 40, seed: int = 3) -> BrandData:
                 }
             )
     # an order at exactly the cutoff must be ignored by features and the trial category
-    orders.append(
-        {
-            "order_id": "o_at_cutoff",
-            "member_id": "c000",
-            "ordered_at": AS_OF,
-            "amount": 9999.0,
-            "category": "fragrance",
-            "refunded": False,
-        }
-    )
+    orders.append({"order_id": "o_at_cutoff", "member_id": "c000", "ordered_at": AS_OF, "amount": 9999.0,
+                   "category": "fragrance", "refunded": False})
     events, posts = [], []
     for i, member in enumerate(ids[:-1]):
         for j in range(i % 6):
-            events.append(
-                {
-                    "member_id": member,
-                    "event_at": AS_OF - pd.Timedelta(days=int(3 + 11 * j)),
-                    "event_type": ("group_message", "share", "campaign_join")[j % 3],
-                    "campaign_id": f"cmp{j}",
-                }
-            )
+            events.append({"member_id": member, "event_at": AS_OF - pd.Timedelta(days=int(3 + 11 * j)),
+                           "event_type": ("group_message", "share", "campaign_join")[j % 3], "campaign_id": f"cmp{j}"})
         for j in range(i % 3):
-            posts.append(
-                {
-                    "post_id": f"p{i:03d}_{j}",
-                    "member_id": member,
-                    "posted_at": AS_OF - pd.Timedelta(days=int(20 + 30 * j)),
-                    "platform": "xhs",
-                    "likes_7d": int(10 * (i % 5) + j),
-                    "comments_7d": 2,
-                    "saves_7d": 1,
-                    "campaign_id": None,
-                }
-            )
+            posts.append({"post_id": f"p{i:03d}_{j}", "member_id": member,
+                          "posted_at": AS_OF - pd.Timedelta(days=int(20 + 30 * j)), "platform": "xhs",
+                          "likes_7d": int(10 * (i % 5) + j), "comments_7d": 2, "saves_7d": 1, "campaign_id": None})
     program = pd.DataFrame(
         [
             ("m_black", "2025-05-01", "invited"),
@@ -157,16 +134,9 @@ DEFAULT_WEIGHTS = {"orders_365d": 0.3, "posts_180d": 0.5, "events_90d": 0.1, "re
 
 def fake_loaded(weights: dict[str, float] | None = None, version: str = "1") -> LoadedModel:
     model = LinearFakeModel(weights or DEFAULT_WEIGHTS)
-    info = ModelInfo(
-        uri="models:/koc-potential@champion",
-        name="koc-potential",
-        version=version,
-        alias="champion",
-        run_id=f"run{version}",
-        trained_at=model.trained_at_,
-        feature_set_version="test",
-        test_metrics={"test_precision_at_100": 0.5},
-    )
+    info = ModelInfo(uri="models:/koc-potential@champion", name="koc-potential", version=version,
+                     alias="champion", run_id=f"run{version}", trained_at=model.trained_at_,
+                     feature_set_version="test", test_metrics={"test_precision_at_100": 0.5})
     return LoadedModel(model, info)
 
 
@@ -193,13 +163,8 @@ def fit_tiny_koc_model(seed: int = 0, n_rows: int = 600):
 
     X, y = frame(n_rows)
     X_val, y_val = frame(n_rows // 2)
-    params = {
-        "learning_rate": 0.2,
-        "num_leaves": 7,
-        "min_data_in_leaf": 10,
-        "num_boost_round": 30,
-        "early_stopping_rounds": 10,
-    }
+    params = {"learning_rate": 0.2, "num_leaves": 7, "min_data_in_leaf": 10, "num_boost_round": 30,
+              "early_stopping_rounds": 10}
     return KocModel(params, seed=seed, num_threads=1).fit(X, y, X_val, y_val)
 
 
@@ -222,11 +187,7 @@ def train_simulated_store(root, members: int = 1500, months: int = 12, seed: int
     data = from_frames(world.tables)
     tracking_uri = f"sqlite:///{root / 'mlruns.db'}"
     cfg = TrainConfig(
-        min_history_months=3,
-        embargo=False,
-        k_list=(50,),
-        primary_k=50,
-        num_threads=1,
+        min_history_months=3, embargo=False, k_list=(50,), primary_k=50, num_threads=1,
         lgbm=LgbmParams(num_boost_round=40, min_data_in_leaf=20, early_stopping_rounds=10),
     )
     result = run_training(data, cfg, tracking_uri=tracking_uri)

@@ -69,18 +69,10 @@ def world():
 
 def _client(world, registry=None, clock=None, background=None, **rank_overrides):
     registry = registry or FakeRegistry()
-    rank = RankConfig(
-        score_batch_limit=3, exploration_share=0.0, default_top=10, alias_check_seconds=30, **rank_overrides
-    )
+    rank = RankConfig(score_batch_limit=3, exploration_share=0.0, default_top=10, alias_check_seconds=30, **rank_overrides)
     settings = ServeSettings(api_token=TOKEN, as_of=str(AS_OF.date()), rank=rank)
-    service = RankingService(
-        settings,
-        loader=registry.load,
-        data=world,
-        version_resolver=registry.resolve,
-        clock=clock or FakeClock(),
-        background=background or ManualRunner(),
-    )
+    service = RankingService(settings, loader=registry.load, data=world, version_resolver=registry.resolve,
+                             clock=clock or FakeClock(), background=background or ManualRunner())
     return TestClient(create_app(settings, service))
 
 
@@ -92,12 +84,8 @@ def client(world):
 
 def test_health_is_open_everything_else_needs_the_token(client):
     assert client.get("/health").json() == {"status": "ok", "model_loaded": True, "ranking_available": True}
-    for method, path, body in (
-        ("get", "/model", None),
-        ("get", "/candidates", None),
-        ("post", "/score", {"member_ids": ["c001"]}),
-        ("post", "/reload", None),
-    ):
+    for method, path, body in (("get", "/model", None), ("get", "/candidates", None),
+                               ("post", "/score", {"member_ids": ["c001"]}), ("post", "/reload", None)):
         assert client.request(method, path, json=body).status_code == 401
         wrong = client.request(method, path, json=body, headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
@@ -144,18 +132,10 @@ def test_score_known_unknown_and_ineligible(client):
 
 
 def test_score_validation_and_batch_limit(client):
-    for bad in (
-        {"ids": ["c001"]},
-        {"member_ids": []},
-        {"member_ids": "c001"},
-        {"member_ids": [""]},
-        {"member_ids": ["c001"], "extra": 1},
-    ):
+    for bad in ({"ids": ["c001"]}, {"member_ids": []}, {"member_ids": "c001"}, {"member_ids": [""]},
+                {"member_ids": ["c001"], "extra": 1}):
         assert client.post("/score", json=bad, headers=AUTH).status_code == 422, bad
-    assert (
-        client.post("/score", content=b"not json", headers={**AUTH, "content-type": "application/json"}).status_code
-        == 422
-    )
+    assert client.post("/score", content=b"not json", headers={**AUTH, "content-type": "application/json"}).status_code == 422
     too_many = client.post("/score", json={"member_ids": ["c001", "c002", "c003", "c004"]}, headers=AUTH)
     assert too_many.status_code == 413 and too_many.json()["detail"] == "at most 3 member ids per request, got 4"
     # the limit is part of the request schema
@@ -166,9 +146,7 @@ def test_score_validation_and_batch_limit(client):
     response = client.post("/score", content=huge, headers={**AUTH, "content-type": "application/json"})
     assert response.status_code == 413
     # ... also when it arrives without a Content-Length (chunked)
-    chunks = (
-        b'{"member_ids": [' + b" " * 1000 if i == 0 else b" " * 1000 for i in range(score_body_limit(3) // 1000 + 2)
-    )
+    chunks = (b'{"member_ids": [' + b" " * 1000 if i == 0 else b" " * 1000 for i in range(score_body_limit(3) // 1000 + 2))
     response = client.post("/score", content=chunks, headers={**AUTH, "content-type": "application/json"})
     assert response.status_code == 413
     # long but legitimate bodies (three 128-character ids, escaped) are accepted
@@ -188,10 +166,7 @@ def test_reload_and_alias_check_pick_up_a_new_champion(world):
     with _client(world, registry, clock, runner) as client:
         assert registry.loads == 1
         assert client.post("/reload", params={"force": False}, headers=AUTH).json() == {
-            "reloaded": False,
-            "previous_version": "1",
-            "version": "1",
-        }
+            "reloaded": False, "previous_version": "1", "version": "1"}
         registry.version = "2"
         # within the check interval the old model keeps serving and no check is started
         clock.now += 10
@@ -209,11 +184,7 @@ def test_reload_and_alias_check_pick_up_a_new_champion(world):
         # the interval counts from the end of the last check
         assert runner.tasks == []
         registry.version = "3"
-        assert client.post("/reload", headers=AUTH).json() == {
-            "reloaded": True,
-            "previous_version": "2",
-            "version": "3",
-        }
+        assert client.post("/reload", headers=AUTH).json() == {"reloaded": True, "previous_version": "2", "version": "3"}
 
 
 def test_alias_check_ranks_in_a_thread_while_requests_are_answered(world):
@@ -229,11 +200,8 @@ def test_alias_check_ranks_in_a_thread_while_requests_are_answered(world):
         return plain_load(uri, tracking_uri)
 
     registry.load = slow_load
-    settings = ServeSettings(
-        api_token=TOKEN,
-        as_of=str(AS_OF.date()),
-        rank=RankConfig(exploration_share=0.0, default_top=10, alias_check_seconds=30),
-    )
+    settings = ServeSettings(api_token=TOKEN, as_of=str(AS_OF.date()),
+                             rank=RankConfig(exploration_share=0.0, default_top=10, alias_check_seconds=30))
     service = RankingService(settings, loader=registry.load, data=world, version_resolver=registry.resolve, clock=clock)
     with TestClient(create_app(settings, service)) as client:
         registry.version = "2"
@@ -257,9 +225,7 @@ def test_incompatible_model_is_refused_and_the_old_one_keeps_serving(world):
 
     def load(uri, tracking_uri):
         if registry.version == "2":
-            raise IncompatibleModelError(
-                "model v2 was trained on feature set version 0.9.0 ...; retrain with `koc train`"
-            )
+            raise IncompatibleModelError("model v2 was trained on feature set version 0.9.0 ...; retrain with `koc train`")
         return plain_load(uri, tracking_uri)
 
     registry.load = load

@@ -28,22 +28,8 @@ def store(tmp_path_factory):
 
 def _rank(store, out: Path, *extra: str):
     data_dir, tracking_uri, _, _ = store
-    args = [
-        "rank",
-        "--data",
-        str(data_dir),
-        "--as-of",
-        SIM_AS_OF,
-        "--top",
-        "30",
-        "--out",
-        str(out),
-        "--tracking-uri",
-        tracking_uri,
-        "--show",
-        "3",
-        *extra,
-    ]
+    args = ["rank", "--data", str(data_dir), "--as-of", SIM_AS_OF, "--top", "30", "--out", str(out),
+            "--tracking-uri", tracking_uri, "--show", "3", *extra]
     result = CliRunner().invoke(_standalone(), args)
     assert result.exit_code == 0, result.output
     return result
@@ -70,22 +56,8 @@ def test_koc_rank_xlsx_and_bad_suffix(store, tmp_path):
     _rank(store, tmp_path / "list.xlsx")
     assert set(pd.read_excel(tmp_path / "list.xlsx", sheet_name=None)) == {"candidates", "meta"}
     data_dir, tracking_uri, _, _ = store
-    bad = CliRunner().invoke(
-        _standalone(),
-        [
-            "rank",
-            "--data",
-            str(data_dir),
-            "--as-of",
-            SIM_AS_OF,
-            "--top",
-            "5",
-            "--out",
-            str(tmp_path / "list.txt"),
-            "--tracking-uri",
-            tracking_uri,
-        ],
-    )
+    bad = CliRunner().invoke(_standalone(), ["rank", "--data", str(data_dir), "--as-of", SIM_AS_OF, "--top", "5",
+                                             "--out", str(tmp_path / "list.txt"), "--tracking-uri", tracking_uri])
     assert bad.exit_code != 0 and not (tmp_path / "list.txt").exists()
 
 
@@ -93,37 +65,14 @@ def test_real_uvicorn_server_over_http(store, tmp_path):
     data_dir, tracking_uri, data, _ = store
     port = free_port()
     root = str(Path(__file__).resolve().parents[2])
-    env = {
-        **os.environ,
-        "KOC_API_TOKEN": TOKEN,
-        "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
-    }
+    env = {**os.environ, "KOC_API_TOKEN": TOKEN,
+           "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     env.pop("MLFLOW_TRACKING_URI", None)
     log = (tmp_path / "serve.log").open("wb")
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "kocrank.cli_serving",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--tracking-uri",
-            tracking_uri,
-            "--data",
-            str(data_dir),
-            "--as-of",
-            SIM_AS_OF,
-            "--top",
-            "20",
-        ],
-        env=env,
-        cwd=tmp_path,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+        [sys.executable, "-m", "kocrank.cli_serving", "serve", "--host", "127.0.0.1", "--port", str(port),
+         "--tracking-uri", tracking_uri, "--data", str(data_dir), "--as-of", SIM_AS_OF, "--top", "20"],
+        env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
     auth = {"Authorization": f"Bearer {TOKEN}"}

@@ -70,17 +70,7 @@ def test_validate_rejects_a_broken_copy_naming_table_column_and_rule(workdir: Pa
 
 def test_features_for_two_cutoffs(workdir: Path) -> None:
     out_file = workdir / "features.parquet"
-    invoke(
-        "features",
-        "--data",
-        str(workdir / "data"),
-        "--as-of",
-        "2025-06-01",
-        "--as-of",
-        "2025-07-01",
-        "--out",
-        str(out_file),
-    )
+    invoke("features", "--data", str(workdir / "data"), "--as-of", "2025-06-01", "--as-of", "2025-07-01", "--out", str(out_file))
     feats = pd.read_parquet(out_file)
     members = load_data(workdir / "data").members
     for cutoff in ("2025-06-01", "2025-07-01"):
@@ -102,21 +92,8 @@ def test_train_then_rank_lists_only_eligible_members_with_reasons(workdir: Path)
     assert "registered koc-potential v1" in out and "champion" in out
 
     listed = workdir / "list.csv"
-    invoke(
-        "rank",
-        "--data",
-        str(workdir / "data"),
-        "--as-of",
-        AS_OF,
-        "--top",
-        "50",
-        "--out",
-        str(listed),
-        "--config",
-        config,
-        "--tracking-uri",
-        uri,
-    )
+    invoke("rank", "--data", str(workdir / "data"), "--as-of", AS_OF, "--top", "50", "--out", str(listed),
+           "--config", config, "--tracking-uri", uri)
     ranked = pd.read_csv(listed, dtype={"member_id": str})
     assert len(ranked) == 50 and ranked["rank"].tolist() == list(range(1, 51))
     elig = eligibility(load_data(workdir / "data"), AS_OF).set_index("member_id")

@@ -31,34 +31,13 @@ def test_mlflow_models_serve_champion(tmp_path):
 
     port = free_port()
     venv_bin = str(Path(sys.executable).parent)
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": tracking_uri,
-        "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH")]))
     log = (tmp_path / "mlflow-serve.log").open("wb")
     process = subprocess.Popen(
-        [
-            str(Path(venv_bin) / "mlflow"),
-            "models",
-            "serve",
-            "-m",
-            "models:/koc-potential@champion",
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        env=env,
-        cwd=tmp_path,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+        [str(Path(venv_bin) / "mlflow"), "models", "serve", "-m", "models:/koc-potential@champion",
+         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "--workers", "1"],
+        env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
         wait_until_up(f"http://127.0.0.1:{port}/ping", process, timeout=120)

@@ -92,30 +92,19 @@ def test_every_registry_feature_has_a_phrase_and_directions_differ():
 
 def test_top_reasons_follow_the_largest_positive_contributions():
     values = pd.DataFrame(
-        {
-            "posts_90d": [9.0, 0.0, 1.0],
-            "recency_days": [2.0, 300.0, np.nan],
-            "spend_365d": [5.0, 1.0, 3.0],
-            "channel": pd.Categorical(["store", None, "ads"]),
-        },
+        {"posts_90d": [9.0, 0.0, 1.0], "recency_days": [2.0, 300.0, np.nan], "spend_365d": [5.0, 1.0, 3.0],
+         "channel": pd.Categorical(["store", None, "ads"])},
         index=[10, 11, 12],
     )
     contributions = pd.DataFrame(
-        {
-            "posts_90d": [0.9, -0.2, 0.0],
-            "recency_days": [0.5, 0.4, 0.3],
-            "spend_365d": [0.1, -0.3, 0.0],
-            "channel": [0.2, 0.7, -0.1],
-        },
+        {"posts_90d": [0.9, -0.2, 0.0], "recency_days": [0.5, 0.4, 0.3], "spend_365d": [0.1, -0.3, 0.0],
+         "channel": [0.2, 0.7, -0.1]},
         index=[10, 11, 12],
     )
     out = top_reasons(contributions, values, 3, categorical=["channel"])
     assert out.index.tolist() == [10, 11, 12]
     assert out.loc[10, ["reason_feature_1", "reason_feature_2", "reason_feature_3"]].tolist() == [
-        "posts_90d",
-        "recency_days",
-        "channel",
-    ]
+        "posts_90d", "recency_days", "channel"]
     assert out.loc[10, "reason_1"] == PHRASES["posts_90d"].high
     # recency 2 days is low within the population -> "recent purchase"
     assert out.loc[10, "reason_2"] == PHRASES["recency_days"].low
@@ -132,15 +121,10 @@ def test_top_reasons_follow_the_largest_positive_contributions():
 
 def test_a_feature_in_two_windows_gives_one_reason():
     values = pd.DataFrame({"posts_30d": [3.0], "posts_90d": [9.0], "orders_90d": [2.0], "spend_365d": [5.0]}, index=[1])
-    contributions = pd.DataFrame(
-        {"posts_30d": [0.8], "posts_90d": [0.9], "orders_90d": [0.3], "spend_365d": [0.2]}, index=[1]
-    )
+    contributions = pd.DataFrame({"posts_30d": [0.8], "posts_90d": [0.9], "orders_90d": [0.3], "spend_365d": [0.2]}, index=[1])
     out = top_reasons(contributions, values, 3)
     assert out.loc[1, ["reason_feature_1", "reason_feature_2", "reason_feature_3"]].tolist() == [
-        "posts_90d",
-        "orders_90d",
-        "spend_365d",
-    ]
+        "posts_90d", "orders_90d", "spend_365d"]
 
 
 def test_ranked_reasons_match_model_contributions(world, ranked):
@@ -152,9 +136,7 @@ def test_ranked_reasons_match_model_contributions(world, ranked):
     explained = explain_members(loaded.model, ranked.features, ranked.scored["member_id"])
     # the list shows the same phrases as explaining its members one by one
     listed = ranked.candidates.set_index("member_id")
-    assert listed[["reason_1", "reason_2", "reason_3"]].equals(
-        explained.loc[listed.index, ["reason_1", "reason_2", "reason_3"]]
-    )
+    assert listed[["reason_1", "reason_2", "reason_3"]].equals(explained.loc[listed.index, ["reason_1", "reason_2", "reason_3"]])
     for row in explained.reset_index(names="member_id").itertuples():
         member_contrib = contrib.loc[row.member_id]
         positive = member_contrib[member_contrib > 0].sort_values(ascending=False, kind="stable")
@@ -265,10 +247,7 @@ def test_exploration_draw_depends_on_the_cutoff_not_only_the_seed():
     assert counts.min() > 50 and counts.max() < 110
     assert len(set(draws)) > 30
     # a time of day is part of the cutoff
-    assert (
-        _explored_positions(pool, select_candidates(pool, 10, cfg, as_of=cutoffs[0] + pd.Timedelta(hours=9)))
-        != draws[0]
-    )
+    assert _explored_positions(pool, select_candidates(pool, 10, cfg, as_of=cutoffs[0] + pd.Timedelta(hours=9))) != draws[0]
     # the same inputs give the same picks
     first = select_candidates(pool, 10, cfg, as_of=cutoffs[7])
     assert first.equals(select_candidates(pool, 10, cfg, as_of=pd.Timestamp(cutoffs[7])))
@@ -341,9 +320,8 @@ def test_trial_category_is_point_in_time():
     orders = pd.DataFrame(
         {
             "member_id": ["a", "a", "a", "a", "b", "b", "c"],
-            "ordered_at": pd.to_datetime(
-                ["2026-05-01", "2026-05-02", "2026-06-01", "2025-05-01", "2026-01-01", "2026-01-02", "2026-02-01"]
-            ),
+            "ordered_at": pd.to_datetime(["2026-05-01", "2026-05-02", "2026-06-01", "2025-05-01",
+                                          "2026-01-01", "2026-01-02", "2026-02-01"]),
             "amount": [50.0, 60.0, 1000.0, 900.0, 100.0, 100.0, 500.0],
             "category": ["lip", "eye", "fragrance", "hair", "zeta", "alpha", None],
             "refunded": [False, False, False, False, False, False, False],

@@ -53,22 +53,8 @@ def test_koc_rank_refuses_an_incompatible_model(world, tmp_path):
 
     write_tables(world.tables, tmp_path / "data")
     uri = _dump(_model(feature_set_version="0.9.0"), tmp_path / "old.joblib")
-    result = CliRunner().invoke(
-        _standalone(),
-        [
-            "rank",
-            "--data",
-            str(tmp_path / "data"),
-            "--as-of",
-            str(AS_OF.date()),
-            "--top",
-            "5",
-            "--out",
-            str(tmp_path / "list.csv"),
-            "--model",
-            uri,
-        ],
-    )
+    result = CliRunner().invoke(_standalone(), ["rank", "--data", str(tmp_path / "data"), "--as-of", str(AS_OF.date()),
+                                                "--top", "5", "--out", str(tmp_path / "list.csv"), "--model", uri])
     assert result.exit_code == 2 and "retrain" in result.output
     assert not (tmp_path / "list.csv").exists()
 
@@ -94,11 +80,7 @@ def test_label_horizon_mismatch_is_logged_and_recorded(world, tmp_path, caplog):
 
 def test_alias_is_loaded_as_the_version_it_resolved_to(monkeypatch):
     # the alias moves from version 7 to 8 between resolving it and loading the model
-    models = {
-        "models:/koc-potential/7": _model(),
-        "models:/koc-potential@champion": _model(),
-        "models:/koc-potential/8": _model(),
-    }
+    models = {"models:/koc-potential/7": _model(), "models:/koc-potential@champion": _model(), "models:/koc-potential/8": _model()}
     models["models:/koc-potential@champion"].trained_at_ = "version 8"
     models["models:/koc-potential/7"].trained_at_ = "version 7"
     requested: list[str] = []

@@ -59,40 +59,24 @@ def test_missing_required_table():
 
 def test_missing_required_column_names_table_and_column():
     violations, text = _violations({"members": _members(), "orders": _orders().drop(columns=["amount"])})
-    assert (violations[0].table, violations[0].column, violations[0].rule) == (
-        "orders",
-        "amount",
-        "required column is missing",
-    )
+    assert (violations[0].table, violations[0].column, violations[0].rule) == ("orders", "amount", "required column is missing")
 
 
 def test_unique_ids():
-    violations, text = _violations(
-        {"members": _members(member_id=["1", "1", "2"]), "orders": _orders(member_id=["1", "1", "2"])}
-    )
+    violations, text = _violations({"members": _members(member_id=["1", "1", "2"]), "orders": _orders(member_id=["1", "1", "2"])})
     v = violations[0]
     assert (v.table, v.column, v.rule, v.count) == ("members", "member_id", "must be unique", 2)
     assert "row 0" in text and "member_id='1'" in text
 
 
 def test_non_null_timestamp():
-    violations, _ = _violations(
-        {"members": _members(joined_at=["2024-01-01", None, "2024-01-01"]), "orders": _orders()}
-    )
-    assert [(v.table, v.column, v.rule, v.count) for v in violations] == [
-        ("members", "joined_at", "must not be null", 1)
-    ]
+    violations, _ = _violations({"members": _members(joined_at=["2024-01-01", None, "2024-01-01"]), "orders": _orders()})
+    assert [(v.table, v.column, v.rule, v.count) for v in violations] == [("members", "joined_at", "must not be null", 1)]
 
 
 def test_unparseable_timestamp():
-    violations, text = _violations(
-        {"members": _members(), "orders": _orders(ordered_at=["2024-04-01", "yesterday", "2024-05-02"])}
-    )
-    assert (violations[0].column, violations[0].rule, violations[0].count) == (
-        "ordered_at",
-        "must be an ISO 8601 timestamp",
-        1,
-    )
+    violations, text = _violations({"members": _members(), "orders": _orders(ordered_at=["2024-04-01", "yesterday", "2024-05-02"])})
+    assert (violations[0].column, violations[0].rule, violations[0].count) == ("ordered_at", "must be an ISO 8601 timestamp", 1)
     assert "yesterday" in text
 
 
@@ -135,17 +119,11 @@ def test_optional_table_rules_checked():
     found = {(v.table, v.column, v.rule) for v in violations}
     assert ("posts", "platform", "must be one of xhs, douyin, weibo, wechat, other") in found
     assert ("posts", "likes_7d", "must be >= 0") in found
-    assert (
-        "program",
-        "status",
-        "must be one of invited, declined, enrolled, upgraded, eliminated, blacklisted",
-    ) in found
+    assert ("program", "status", "must be one of invited, declined, enrolled, upgraded, eliminated, blacklisted") in found
 
 
 def test_labels_must_be_binary_and_unique_per_cutoff():
-    labels = pd.DataFrame(
-        {"member_id": ["000123", "000123", "000456"], "as_of": ["2024-06-01"] * 3, "label": [1, 0, 2]}
-    )
+    labels = pd.DataFrame({"member_id": ["000123", "000123", "000456"], "as_of": ["2024-06-01"] * 3, "label": [1, 0, 2]})
     violations, _ = _violations({"members": _members(), "orders": _orders(), "labels": labels})
     found = {(v.table, v.column, v.rule) for v in violations}
     assert ("labels", "label", "must be one of 0, 1") in found
@@ -222,11 +200,7 @@ def test_marketing_consent_false_is_kept():
 def test_all_violations_are_reported_together():
     frames = {
         "members": _members(member_id=["1", "1", "2"], gender=["F", "X", None]),
-        "orders": _orders(
-            member_id=["1", "NOBODY", "2"],
-            amount=[-1.0, 5.0, 6.0],
-            ordered_at=["2024-04-01", "yesterday", "2024-05-02"],
-        ),
+        "orders": _orders(member_id=["1", "NOBODY", "2"], amount=[-1.0, 5.0, 6.0], ordered_at=["2024-04-01", "yesterday", "2024-05-02"]),
         "events": pd.DataFrame({"member_id": ["1"], "event_type": ["share"]}),  # no event_at column
     }
     violations, _ = _violations(frames)
@@ -295,9 +269,7 @@ def test_unreadable_files_are_contract_violations(tmp_path):
     (tmp_path / "orders.csv").write_text("")
     with pytest.raises(ContractError, match="orders: file is empty"):
         load_data(tmp_path)
-    (tmp_path / "orders.csv").write_bytes(
-        "order_id,member_id,ordered_at,amount\no1,000123,2024-01-01,9\n备注".encode("gbk")
-    )
+    (tmp_path / "orders.csv").write_bytes("order_id,member_id,ordered_at,amount\no1,000123,2024-01-01,9\n备注".encode("gbk"))
     with pytest.raises(ContractError, match="orders: file is not UTF-8"):
         load_data(tmp_path)
 

@@ -30,18 +30,11 @@ def _world(program_rows=(), post_rows=(), members=None, labels=None, consent=Non
             }
         ),
         "orders": pd.DataFrame(
-            {
-                "order_id": ["o1"],
-                "member_id": [ids[0]],
-                "ordered_at": ["2026-01-01"],
-                "amount": [1.0],
-                "category": ["x"],
-            }
+            {"order_id": ["o1"], "member_id": [ids[0]], "ordered_at": ["2026-01-01"], "amount": [1.0], "category": ["x"]}
         ),
         "program": pd.DataFrame(list(program_rows), columns=["member_id", "event_at", "status"]),
         "posts": pd.DataFrame(
-            list(post_rows),
-            columns=["post_id", "member_id", "posted_at", "platform", "likes_7d", "comments_7d", "saves_7d"],
+            list(post_rows), columns=["post_id", "member_id", "posted_at", "platform", "likes_7d", "comments_7d", "saves_7d"]
         ),
     }
     if labels is not None:
@@ -74,21 +67,10 @@ def test_each_exclusion_rule():
     assert _flags(elig, "f") == {"excl_cooldown"}
     assert _flags(elig, "g") == set()
     assert elig.set_index("member_id")["eligible"].to_dict() == {
-        "a": False,
-        "b": False,
-        "c": False,
-        "d": True,
-        "e": False,
-        "f": False,
-        "g": True,
+        "a": False, "b": False, "c": False, "d": True, "e": False, "f": False, "g": True
     }
     assert exclusion_counts(elig) == {
-        "no_consent": 1,
-        "blacklisted": 1,
-        "active_koc": 1,
-        "cooldown": 2,
-        "members": 7,
-        "eligible": 2,
+        "no_consent": 1, "blacklisted": 1, "active_koc": 1, "cooldown": 2, "members": 7, "eligible": 2
     }
 
 
@@ -170,12 +152,7 @@ _statuses = st.sampled_from(["invited", "declined", "enrolled", "upgraded", "eli
     program=st.lists(st.tuples(st.sampled_from("abcd"), _offsets, _statuses), max_size=8),
     posts=st.lists(st.tuples(st.sampled_from("abcd"), _offsets, st.integers(0, 80)), max_size=10),
     extra=st.lists(
-        st.tuples(
-            st.sampled_from("abcd"),
-            st.one_of(st.integers(-400, -1), st.integers(90, 400)),
-            _statuses,
-            st.integers(0, 80),
-        ),
+        st.tuples(st.sampled_from("abcd"), st.one_of(st.integers(-400, -1), st.integers(90, 400)), _statuses, st.integers(0, 80)),
         min_size=1,
         max_size=4,
     ),
