@@ -57,6 +57,13 @@ class LgbmParams(BaseModel):
     cat_smooth: float = Field(10.0, ge=0)
     num_boost_round: int = Field(1000, ge=1)
     early_stopping_rounds: int = Field(50, ge=1)
+    monotone_increasing: tuple[str, ...] = Field(
+        ("post_interactions_mean", "post_interactions_median", "post_interactions_max"),
+        description=(
+            "Name prefixes of features the score may only rise with (LightGBM monotone constraints): more "
+            "interactions on a member's posts never lower the score, all else equal"
+        ),
+    )
 
 
 class TrainConfig(BaseModel):

@@ -15,12 +15,16 @@ test cutoff: early stopping and calibration use the validation cutoff only.
 
 from __future__ import annotations
 
+import json
 import logging
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import lightgbm as lgb
+import mlflow
 import numpy as np
 import pandas as pd
 
@@ -73,10 +77,10 @@ def fit_ceiling(dataset: SnapshotDataset, truth: pd.DataFrame, train_cfg: TrainC
         target = truth_column(truth, rows, column)
         parts[part] = (rows.loc[~np.isnan(target)] if part != "test" else rows, target[~np.isnan(target)])
     model = model_factory(train_cfg, LabelConfig())()
+    model._remember_columns(parts["train"][0][names])
     params, rounds, stopping = model._lgb_params()
     regression = column != "p_productive_if_invited"
     params.update({"objective": "regression" if regression else "cross_entropy", "metric": ["l2"]})
-    model._remember_columns(parts["train"][0][names])
     train_set = lgb.Dataset(model._model_input(parts["train"][0][names]), label=parts["train"][1])
     valid_set = lgb.Dataset(
         model._model_input(parts["validation"][0][names]), label=parts["validation"][1], reference=train_set
@@ -177,3 +181,56 @@ def evaluate_world(
     table = pd.DataFrame(rows).set_index("scorer")
     table.attrs.update({"test_cutoff": str(dataset.split.test.date()), "k": top, "rows": len(test)})
     return WorldResult(table=table, seconds={k: round(v, 1) for k, v in seconds.items()})
+
+
+def run_grid(
+    worlds: Iterable[tuple[str, int, BrandData]],
+    train_cfg: TrainConfig,
+    label_cfg: LabelConfig,
+    *,
+    scorers: Sequence[str] = DEFAULT_SCORERS,
+    k: KSpec = "1%",
+    tracking_uri: str | None = None,
+    experiment: str = "kocrank-eval",
+    on_cell: Callable[[str, int, WorldResult], None] | None = None,
+) -> pd.DataFrame:
+    """Every (scenario, seed) world through `evaluate_world`; one long table, logged as one MLflow run.
+
+    `worlds` yields `(scenario, seed, data)` lazily, so one world is in memory at a time.
+    """
+    from training import tracking
+
+    frames = []
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    with tracking.tracking_context(uri) as client:
+        experiment_id = tracking.ensure_experiment(client, experiment, uri)
+        with mlflow.start_run(experiment_id=experiment_id):
+            mlflow.log_params(
+                {
+                    "k": str(k),
+                    "scorers": ",".join(scorers),
+                    "lgbm": json.dumps(train_cfg.lgbm.model_dump()),
+                    "horizon_days": str(label_cfg.horizon_days),
+                }
+            )
+            for scenario, seed, data in worlds:
+                result = evaluate_world(data, train_cfg, label_cfg, scorers=scorers, k=k)
+                cell = result.table.reset_index().assign(scenario=scenario, seed=seed)
+                frames.append(cell)
+                mlflow.log_metrics(
+                    {
+                        f"{scenario}.seed{seed}.{row.scorer.replace(':', '.')}.{metric}": float(getattr(row, metric))
+                        for row in cell.itertuples()
+                        for metric in result.table.columns
+                        if not np.isnan(getattr(row, metric))
+                    }
+                )
+                if on_cell is not None:
+                    on_cell(scenario, seed, result)
+            table = pd.concat(frames, ignore_index=True)
+            table = table[["scenario", "seed", "scorer", *[c for c in table.columns if c.endswith(k_label(k))]]]
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "eval_grid.csv"
+                table.to_csv(path, index=False)
+                mlflow.log_artifact(str(path))
+    return table

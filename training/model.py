@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 Objective = Literal["binary", "lambdarank"]
 Calibration = Literal["platt", "isotonic"]
 
-_ROUND_KEYS = ("num_boost_round", "early_stopping_rounds")
+_ROUND_KEYS = ("num_boost_round", "early_stopping_rounds", "monotone_increasing")
 
 
 class NotFittedError(RuntimeError):
@@ -85,6 +85,11 @@ class KocModel:
                 "verbosity": -1,
             }
         )
+        prefixes = tuple(self.params.get("monotone_increasing", ()))
+        names = getattr(self, "feature_names_", [])
+        if prefixes and any(name.startswith(prefixes) for name in names):
+            params["monotone_constraints"] = [int(name.startswith(prefixes)) for name in names]
+            params["monotone_constraints_method"] = "advanced"
         if self.objective == "binary":
             params["metric"] = ["binary_logloss", "average_precision"]
         else:
