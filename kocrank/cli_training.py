@@ -145,6 +145,17 @@ def register(app: typer.Typer) -> None:
 
         title = f"test cutoff {split['test']} (full table: run artifact reports/metrics.csv)"
         console.print(metrics_rich_table(result.metrics, title, k_label(cfg.training.primary_k)))
+        model = result.model
+        console.print(f"target: [bold]{model.target_}[/] ({model.target_method_})")
+        if result.backtest is not None:
+            summary = result.backtest.summary()
+            tests = ", ".join(f.split.test.date().isoformat() for f in result.backtest.folds)
+            console.print(
+                f"backtest over {summary['n_cutoffs']} test cutoffs ({tests}): {summary['primary']} "
+                f"{_format(summary['mean'])} ± {_format(summary['std'])}, PR AUC {_format(summary['pr_auc_mean'])}"
+            )
+            if result.backtest.fallback:
+                console.print(f"[yellow]{escape(result.backtest.fallback)}[/]")
         console.print(f"MLflow run [bold]{result.run_id}[/] in {result.tracking_uri}")
         decision = result.decision
         verdict = "[bold green]champion[/]" if decision.promoted else "[yellow]challenger only[/]"

@@ -114,7 +114,8 @@ def model_factory(train_cfg: TrainConfig, label_cfg: LabelConfig) -> Callable[[]
             objective=train_cfg.objective,
             calibration=train_cfg.calibration,
             num_threads=train_cfg.num_threads,
-            label_config=label_cfg.model_dump(),
+            # a treatment-aware target is part of the label definition: never auto-compared with another
+            label_config=label_cfg.model_dump() | ({"target": train_cfg.target} if train_cfg.target != "observed" else {}),
         )
 
     return make
@@ -180,7 +181,7 @@ def fit_target(
             logger.warning(fallback)
     else:
         fallback = None
-    fitted = _fit_observed(train, valid, names, train_cfg, label_cfg)
+    fitted = _fit_observed(train, valid, names, train_cfg.model_copy(update={"target": "observed"}), label_cfg)
     return fitted.model("observed", "single"), fitted, fallback
 
 
