@@ -83,6 +83,7 @@ def assemble(world: World, end: int | None = None) -> tuple[dict[str, pd.DataFra
     )
     blacklisted = np.flatnonzero(p["blacklisted_at"] < end)
     blacklisted_at = p["blacklisted_at"][blacklisted]
+    trap = p["trap"].copy()
     if final:
         for trait in [k for k in p if k != "joined_at"]:
             del p[trait]  # only join times are needed from here on
@@ -200,7 +201,7 @@ def assemble(world: World, end: int | None = None) -> tuple[dict[str, pd.DataFra
     if final:
         tables["truth"] = _truth(world, mid)
     q["interactions"] = np.where(unknown, 0, q["interactions"])  # unknown counts add nothing
-    internals = {"posts": q, "program": g}
+    internals = {"posts": q, "program": g, "trap": {"code": trap}}
     return tables, internals
 
 

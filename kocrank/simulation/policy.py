@@ -76,7 +76,7 @@ def invitation_probability(score: np.ndarray, budget: Budget) -> np.ndarray:
         w = np.maximum(w, 1e-300)
 
         lo, hi = -np.log(w.max()) - 40.0, -np.log(w.min()) + 40.0  # bracket for log(lam)
-        for _ in range(100):  # bisection: sum of probabilities is increasing in lam
+        for _ in range(60):  # bisection: sum of probabilities is increasing in lam
             mid = 0.5 * (lo + hi)
             lo, hi = (mid, hi) if (-np.expm1(-np.exp(mid) * w)).sum() < top else (lo, mid)
         exploit = -np.expm1(-np.exp(0.5 * (lo + hi)) * w)

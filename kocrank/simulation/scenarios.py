@@ -67,7 +67,7 @@ SCENARIOS: dict[str, Scenario] = {
             "(about 20%); 3% heavy spenders/resellers who never post and 3% campaign regulars without reach.",
             policy="spend",
             explore_share=0.05,
-            self_enrol_rate=0.12,
+            self_enrol_rate=0.05,
             self_enrol_min_campaigns=3,
             spender_trap_share=0.03,
             regular_trap_share=0.03,
@@ -92,10 +92,11 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "mixed_quiet",
-            "A blended rule on spend, activity and posts with half the slots random; few organic creators "
-            "(0.4x posting outside the programme); both traps at 2%.",
+            "A blended rule on spend, activity and posts with half the slots random; self-enrolment at 40% of "
+            "the default rate; few organic creators (0.4x posting outside the programme); both traps at 2%.",
             policy="mixed",
             explore_share=0.5,
+            self_enrol_rate=0.4,
             organic_posting=0.4,
             spender_trap_share=0.02,
             regular_trap_share=0.02,

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import gammaln
 
 from kocrank.simulation.config import INTERACTION_SIGMA, INVITE_DELAY_H, MONTH_DAYS, TRUTH_DELAYS_D, SimConfig
 from kocrank.simulation.population import accept_prob, event_rates, koc_post_rate, log_interactions, post_rate
@@ -20,6 +21,7 @@ from kocrank.simulation.population import accept_prob, event_rates, koc_post_rat
 SELF_ENROL_HAZARD = 0.09  # per campaign join of the last three months, before the member's own factor
 _MOOD_SHAPE = 4.0  # monthly mood ~ Gamma(4, 1/4): campaign joins are negative binomial
 _MAX_JOINS = 15  # campaign joins per month tracked exactly; the tail is lumped into the last count
+_NEGLIGIBLE = 1e-9  # self-enrolment probabilities below this are not worth the posting calculation
 
 
 def self_enrol_hazard(pop: Mapping[str, np.ndarray], joins: np.ndarray, rate: float) -> np.ndarray:
@@ -49,23 +51,42 @@ def _success_table(min_interactions: int, max_posts: int = 60) -> tuple[np.ndarr
     return grid, table
 
 
-def _p_productive(expected_posts: np.ndarray, mu: np.ndarray, min_posts: int, min_interactions: int) -> np.ndarray:
-    """P(N >= min_posts and the N posts' interactions reach min_interactions), N ~ Poisson."""
+@functools.lru_cache(maxsize=8)
+def _productive_table(min_interactions: int, min_posts: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """P(N >= min_posts and N posts reach the threshold), N ~ Poisson(lam), on a (mu, log lam) grid.
+
+    Counts beyond the success table's last column count as that many posts.
+    """
     grid, table = _success_table(min_interactions)
-    max_posts = table.shape[1] - 1
-    pos = np.clip((mu - grid[0]) / (grid[1] - grid[0]), 0, len(grid) - 1.000001)
-    lo = pos.astype(np.int64)
-    w = pos - lo
-    pmf = np.exp(-expected_posts)
-    cdf = pmf.copy()
-    acc = np.zeros_like(expected_posts)
-    for n in range(1, max_posts + 1):
-        pmf = pmf * expected_posts / n
-        cdf += pmf
-        if n >= min_posts:
-            acc += pmf * ((1 - w) * table[lo, n] + w * table[lo + 1, n])
-    acc += np.clip(1 - cdf, 0, 1) * ((1 - w) * table[lo, max_posts] + w * table[lo + 1, max_posts])
-    return np.clip(acc, 0.0, 1.0)
+    log_lam = np.arange(np.log(1e-4), np.log(400.0) + 1e-9, 0.01)
+    lam = np.exp(log_lam)[None, :]
+    n = np.arange(table.shape[1])[:, None]
+    pmf = np.exp(n * np.log(lam) - lam - gammaln(n + 1))  # [posts, lam]
+    pmf[-1] += np.clip(1.0 - pmf.sum(axis=0), 0.0, 1.0)
+    pmf[:min_posts] = 0.0
+    return grid, log_lam, np.clip(table @ pmf, 0.0, 1.0)
+
+
+def _p_productive(expected_posts: np.ndarray, mu: np.ndarray, min_posts: int, min_interactions: int) -> np.ndarray:
+    """P(N >= min_posts and the N posts' interactions reach min_interactions), N ~ Poisson(expected_posts).
+
+    Bilinear interpolation in `_productive_table` (median log interactions `mu`, log of the expected posts).
+    """
+    grid, log_lam, table = _productive_table(min_interactions, min_posts)
+
+    def position(values: np.ndarray, axis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pos = np.clip((values - axis[0]) / (axis[1] - axis[0]), 0, len(axis) - 1.000001)
+        lo = pos.astype(np.int64)
+        return lo, pos - lo
+
+    i, u = position(mu, grid)
+    j, v = position(np.log(np.maximum(expected_posts, 1e-300)), log_lam)
+    return (
+        (1 - u) * (1 - v) * table[i, j]
+        + u * (1 - v) * table[i + 1, j]
+        + (1 - u) * v * table[i, j + 1]
+        + u * v * table[i + 1, j + 1]
+    )
 
 
 @dataclass(frozen=True)
@@ -75,7 +96,7 @@ class CutoffContext:
     `month_starts_days`: start of the cutoff's month and the following ones, in days after
     the cutoff (the first is 0), enough to cover the horizon; `intensities`: campaign
     intensity of each of those months; `recent_joins`: each member's campaign joins in the
-    three months before the cutoff (oldest first, indexed like the population).
+    three months before the cutoff (oldest first, aligned with the members scored).
     """
 
     month_starts_days: Sequence[float]
@@ -84,11 +105,9 @@ class CutoffContext:
 
 
 def _posting_success(
-    sub: Mapping[str, np.ndarray], enrol_day: np.ndarray, pre_rate: np.ndarray, cfg: SimConfig
+    koc_rate: np.ndarray, pre_rate: np.ndarray, mu: np.ndarray, enrol_day: float, cfg: SimConfig
 ) -> np.ndarray:
     """P(productive | enrolled `enrol_day` days after the cutoff): enough posts and interactions in the window."""
-    koc_rate = koc_post_rate(sub)
-    mu = log_interactions(sub["creativity"], sub["followers"], sub["trap"])
     expected = (koc_rate * (cfg.horizon_days - enrol_day) + pre_rate * enrol_day) / MONTH_DAYS
     return _p_productive(expected, mu, cfg.min_posts, cfg.min_interactions)
 
@@ -117,46 +136,54 @@ def _self_enrolment_paths(
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """P(first self-enrolment in month j), j < n_months, counting from month 0 and from month 1.
 
-    A member self-enrols in a month with probability `1 - exp(-factor * c)` when `c`, the
-    campaign joins of the three months before, is at least the scenario's minimum; she
-    must be alive (churn strikes at each month end). Months 1 and 2 are exact over the
-    joins of the months after the cutoff; later months (horizons beyond three months)
-    treat their join counts as independent of the earlier months'.
+    A member self-enrols in a month with probability `1 - exp(-hazard)` (`self_enrol_hazard`
+    of `c`, the campaign joins of the three months before) when `c` is at least the
+    scenario's minimum; she must be alive (churn strikes at each month end). Months 1 and
+    2 are exact over the joins of the months after the cutoff; later months (horizons
+    beyond three months) treat their join counts as independent of the earlier months'.
     Returns (from_0, from_1): `from_1` is for a member who could not enrol in month 0
     (she was invited and declined).
     """
     spec = cfg.spec
     n = len(sub["creativity"])
     rate = event_rates(sub)["campaign_join"]
-    counts = np.arange(_MAX_JOINS + 1)
+    k = np.arange(_MAX_JOINS + 1)
+    a1, a2, a3 = (np.asarray(j, dtype=np.int64) for j in ctx.recent_joins)
+    grid = np.arange(int((a1 + a2 + a3).max(initial=0)) + 3 * _MAX_JOINS + 1)
+    q = -np.expm1(-self_enrol_hazard(sub, grid[None, :], spec.self_enrol_rate)) * (
+        grid >= spec.self_enrol_min_campaigns
+    )
 
-    def q(c: np.ndarray) -> np.ndarray:
-        return -np.expm1(-self_enrol_hazard(sub, c, spec.self_enrol_rate)) * (c >= spec.self_enrol_min_campaigns)
+    def q_at(c: np.ndarray) -> np.ndarray:  # q for join counts c[n, ...]
+        return np.take_along_axis(q, c.reshape(n, -1), axis=1).reshape(c.shape)
 
-    a1, a2, a3 = (np.asarray(j, dtype=np.float64) for j in ctx.recent_joins)
     pmfs = [_join_pmf(rate * ctx.intensities[j]) for j in range(n_months)]
     survive = (1.0 - sub["churn_hazard"]) ** np.arange(n_months)[:, None] * sub["alive"]
-    q0 = q(a1 + a2 + a3)
+    q0 = q_at(a1 + a2 + a3)
     from_0, from_1 = [survive[0] * q0], [np.zeros(n)]
     if n_months > 1:
-        q1 = q((a2 + a3)[:, None] + counts[None, :])  # [n, k0]
+        q1 = q_at((a2 + a3)[:, None] + k[None, :])  # [n, joins in month 0]
         enrol1 = (pmfs[0] * q1).sum(axis=1)
         from_0.append(survive[1] * (1.0 - q0) * enrol1)
         from_1.append(survive[1] * enrol1)
-    if n_months > 2:
-        joint = np.zeros(n)  # sum over k0, k1 of P(k0) P(k1) (1 - q1(k0)) q2(k0 + k1)
-        for k0 in range(_MAX_JOINS + 1):
-            q2 = q((a3 + k0)[:, None] + counts[None, :])
-            joint += pmfs[0][:, k0] * (1.0 - q1[:, k0]) * (pmfs[1] * q2).sum(axis=1)
+    if n_months > 2:  # sum over joins k0, k1 of P(k0) (1 - q1(k0)) P(k1) q(a3 + k0 + k1), by s = k0 + k1
+        by_sum = _sum_pmf(pmfs[0] * (1.0 - q1), pmfs[1])
+        joint = (by_sum * q_at(a3[:, None] + np.arange(by_sum.shape[1])[None, :])).sum(axis=1)
         from_0.append(survive[2] * (1.0 - q0) * joint)
         from_1.append(survive[2] * joint)
     for j in range(3, n_months):
         c = _sum_pmf(_sum_pmf(pmfs[j - 3], pmfs[j - 2]), pmfs[j - 1])
-        qj = (c * q(np.broadcast_to(np.arange(c.shape[1], dtype=np.float64), c.shape))).sum(axis=1)
+        qj = (c * q[:, : c.shape[1]]).sum(axis=1)
         none_1 = np.clip(1.0 - sum(from_1[i] / np.maximum(survive[i], 1e-12) for i in range(1, j)), 0.0, 1.0)
         from_0.append(survive[j] * (1.0 - q0) * none_1 * qj)
         from_1.append(survive[j] * none_1 * qj)
     return from_0, from_1
+
+
+def _spread(values: np.ndarray, at: np.ndarray, n: int) -> np.ndarray:
+    out = np.zeros(n)
+    out[at] = values
+    return out
 
 
 def productive_probabilities(
@@ -180,28 +207,36 @@ def productive_probabilities(
     organic = post_rate(sub, cfg.spec.organic_posting) * sub["alive"]
     pre_rate = organic * (1 + 0.6 * rates["campaign_join"] * ctx.intensities[0])
 
+    koc_rate = koc_post_rate(sub)
+    mu = log_interactions(sub["creativity"], sub["followers"], sub["trap"])
     invite_delay = np.mean(INVITE_DELAY_H) / 24
     on_acceptance = np.zeros(len(idx))
     for delay in TRUTH_DELAYS_D:
-        on_acceptance += _posting_success(sub, np.full(len(idx), invite_delay + delay), pre_rate, cfg)
+        on_acceptance += _posting_success(koc_rate, pre_rate, mu, invite_delay + delay, cfg)
     on_acceptance /= len(TRUTH_DELAYS_D)
 
     starts = list(ctx.month_starts_days)
     n_months = sum(1 for s in starts[:-1] if s < cfg.horizon_days)
-    from_0, from_1 = _self_enrolment_paths(sub, ctx, cfg, n_months)
+    alive = np.flatnonzero(sub["alive"])  # a lapsed member never self-enrols
+    alive_ctx = CutoffContext(ctx.month_starts_days, ctx.intensities, [j[alive] for j in ctx.recent_joins])
+    paths = _self_enrolment_paths({k: v[alive] for k, v in sub.items()}, alive_ctx, cfg, n_months)
+    from_0, from_1 = ([_spread(p, alive, len(idx)) for p in months] for months in paths)
     not_invited = np.zeros(len(idx))
     after_decline = np.zeros(len(idx))
     for j in range(n_months):
+        some = np.flatnonzero((from_0[j] > _NEGLIGIBLE) | (from_1[j] > _NEGLIGIBLE))  # the rest add nothing
+        month_pre = organic[some] * (1 + 0.6 * rates["campaign_join"][some] * ctx.intensities[j])
         lo, hi = starts[j], starts[j + 1]
-        success = np.zeros(len(idx))
-        for point in (1 / 6, 1 / 2, 5 / 6):
-            day = lo + point * (hi - lo)
-            if day < cfg.horizon_days:
-                month_pre = organic * (1 + 0.6 * rates["campaign_join"] * ctx.intensities[j])
-                success += _posting_success(sub, np.full(len(idx), day), month_pre, cfg)
-        success /= 3
-        not_invited += from_0[j] * success
-        after_decline += from_1[j] * success
+        days = [day for day in (lo + point * (hi - lo) for point in (1 / 6, 1 / 2, 5 / 6)) if day < cfg.horizon_days]
+        productive = (
+            sum(
+                (_posting_success(koc_rate[some], month_pre, mu[some], day, cfg) for day in days),
+                np.zeros(len(some)),
+            )
+            / 3
+        )
+        not_invited[some] += from_0[j][some] * productive
+        after_decline[some] += from_1[j][some] * productive
     accept = accept_prob(sub)
     invited = accept * on_acceptance + (1.0 - accept) * after_decline
     return np.clip(invited, 0.0, 1.0), np.clip(not_invited, 0.0, 1.0)

@@ -33,7 +33,7 @@ import copy
 import logging
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -63,6 +63,7 @@ from kocrank.simulation.config import (
 )
 from kocrank.simulation.policy import Budget, invitation_probability, invite, rule_score
 from kocrank.simulation.population import (
+    SPENDER_TRAP,
     accept_prob,
     assign_traps,
     event_rates,
@@ -106,10 +107,12 @@ class SimulatedWorld:
     `member_id, as_of, eligible, productive, window_complete` — `productive` is the
     default label as the simulator booked it; `window_complete` says whether
     `as_of + horizon + 7 days` lies within the data (only those labels are final).
+    `traps`: the scenario's planted traps, `member_id, trap` (`spender` or `regular`).
     """
 
     tables: dict[str, pd.DataFrame]
     outcomes: pd.DataFrame
+    traps: pd.DataFrame = field(default_factory=lambda: pd.DataFrame({"member_id": [], "trap": []}, dtype="str"))
 
     @property
     def base_rate(self) -> float:
@@ -609,6 +612,15 @@ class Simulation:
         world.finish_blacklist()
         tables, internals = assemble(world)
         outcomes = outcomes_table(world, tables, internals)
+        trap = internals["trap"]["code"]
+        planted = np.flatnonzero(trap > 0)
+        traps = pd.DataFrame(
+            {
+                "member_id": tables["members"]["member_id"].to_numpy()[planted],
+                "trap": np.where(trap[planted] == SPENDER_TRAP, "spender", "regular"),
+            },
+            dtype="str",
+        )
         if cfg.dirty:
             tables = dirty_copy(tables, cfg.seed)
         logger.info(
@@ -618,7 +630,7 @@ class Simulation:
             cfg.seed,
             cfg.scenario,
         )
-        return SimulatedWorld(tables=tables, outcomes=outcomes)
+        return SimulatedWorld(tables=tables, outcomes=outcomes, traps=traps)
 
 
 def simulate(cfg: SimConfig, progress: Callable[[int, int], None] | None = None) -> SimulatedWorld:
