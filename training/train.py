@@ -29,7 +29,7 @@ from features.contract import DEFAULT_TIMEZONE, BrandData, load_data
 from features.labels import LabelConfig
 from features.registry import FEATURE_SET_VERSION, categorical_features
 from training import baselines as baseline_module
-from training import plots, tracking
+from training import faults, plots, tracking
 from training.config import TrainConfig
 from training.dataset import SnapshotDataset, build_snapshots
 from training.evaluate import (
@@ -423,7 +423,9 @@ def run_training(
 
                 step("register model")
                 test = dataset.part("test")
+                faults.checkpoint("before_register")
                 version = _log_model(model, test, model_name, workdir)
+                faults.checkpoint("after_register")
                 mlflow.set_tag("koc.model_version", version)
                 lap("register")
 
@@ -456,13 +458,14 @@ def run_training(
                 if labels_differ is not None:
                     logger.warning("v%s not promoted: %s", version, decision.reason)
                 # moves the aliases, then tags the version and appends the promotion log
-                tracking.apply_promotion(client, uri, decision)
+                decision = tracking.apply_promotion(client, uri, decision)
                 recorded = decision
                 # the run's own record only once the registry says the same
                 mlflow.log_dict(decision.to_record(), "promotion.json")
                 mlflow.set_tag("koc.promoted", str(decision.promoted).lower())
                 lap("promotion")
                 mlflow.set_tags({f"koc.seconds.{k}": f"{v:.3f}" for k, v in timings.items()})
+                faults.checkpoint("after_promotion")
             except BaseException as err:
                 if promotion_before is not None:
                     _roll_back_run_promotion(client, uri, model_name, promotion_before, err, recorded)
