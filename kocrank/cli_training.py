@@ -91,10 +91,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train on time-split snapshots, compare with baselines, log an MLflow run and register the model."""
         from features.contract import ContractError
+        from training.promotion import recover
         from training.train import STAGES, run_training
 
         console = make_console()
         cfg = _load_config(config, console)
+        recover(tracking_uri, cfg.training.registered_model_name)  # after a killed run: see training.promotion
         with Progress(
             SpinnerColumn(),
             TextColumn("[progress.description]{task.description}"),
@@ -241,7 +243,7 @@ def register(app: typer.Typer) -> None:
 
         Versions from a failed training run are refused unless --force is given.
         """
-        from training.tracking import promote
+        from training.promotion import promote
 
         console = make_console()
         model_name = _load_config(config, console).training.registered_model_name
@@ -260,7 +262,8 @@ def register(app: typer.Typer) -> None:
         tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow store.")] = None,
     ) -> None:
         """List the registered model's versions, aliases and promotion figures, then the recent promotion history."""
-        from training.tracking import list_versions, promotion_history, resolve_tracking_uri
+        from training.promotion import promotion_history
+        from training.store import list_versions, resolve_tracking_uri
 
         console = make_console()
         model_name = _load_config(config, console).training.registered_model_name

@@ -138,11 +138,19 @@ class TrainConfig(BaseModel):
 
     # --- evaluation ---------------------------------------------------------------------
     k_list: tuple[KSpec, ...] = (100, 500, "1%", "5%")
-    primary_k: KSpec = Field(100, description="K whose test precision decides champion promotion")
+    primary_k: KSpec = Field(100, description="K whose backtest mean precision decides champion promotion")
     value_weights: dict[str, float] | None = Field(
         None, description="Weights for the value-score baseline; None uses features.scores defaults"
     )
     reliability_bins: int = Field(10, ge=2)
+    promotion_margin: float = Field(
+        0.005,
+        ge=0,
+        description=(
+            "A challenger must beat the champion's backtest mean of precision@primary_k by more than this; "
+            "within it, mean PR AUC must win by more than it too; an exact tie never promotes"
+        ),
+    )
 
     # --- tracking -----------------------------------------------------------------------
     experiment_name: str = "kocrank"

@@ -28,9 +28,9 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from features.contract import DEFAULT_TIMEZONE, BrandData, load_data
 from features.labels import LabelConfig
-from features.registry import FEATURE_SET_VERSION, categorical_features
+from features.registry import FEATURE_SET_VERSION
 from training import baselines as baseline_module
-from training import plots, tracking
+from training import faults, plots, promotion, tracking
 from training.backtest import BacktestResult, refit, run_backtest
 from training.config import TrainConfig
 from training.dataset import SnapshotDataset, build_snapshots
@@ -39,7 +39,6 @@ from training.evaluate import (
     evaluate_scores,
     flat_metrics,
     gains_curve,
-    k_label,
     metrics_table,
     truth_for,
 )
@@ -344,37 +343,6 @@ def _log_model(model: KocModel, test: pd.DataFrame, model_name: str, workdir: Pa
     return str(info.registered_model_version)
 
 
-def champion_label_config(model_name: str, champion_version: str) -> dict[str, Any] | None:
-    """The current champion's `label_config_` (None when it cannot be loaded or recorded none)."""
-    try:
-        champion = mlflow.pyfunc.load_model(f"models:/{model_name}@{tracking.CHAMPION}")
-        config = getattr(champion.unwrap_python_model().model, "label_config_", None)
-    except Exception as err:  # scoring will report why the champion is unusable
-        logger.warning("could not read champion v%s's label config: %s", champion_version, err)
-        return None
-    return dict(config) if config else None
-
-
-def score_champion(
-    model_name: str, test: pd.DataFrame, feature_names: list[str], primary_k: Any, champion_version: str
-) -> tuple[float | None, str | None]:
-    """(precision@K of the current champion on this run's test rows, error text if it cannot score them)."""
-    try:
-        champion = mlflow.pyfunc.load_model(f"models:/{model_name}@{tracking.CHAMPION}")
-        rows = to_pyfunc_input(test, feature_names, categorical_features())
-        predicted = champion.predict(rows)
-        probability = np.asarray(
-            predicted["probability"] if isinstance(predicted, pd.DataFrame) else predicted, dtype="float64"
-        )
-    except Exception as err:  # the champion may predate this feature set or code
-        logger.warning("champion v%s could not score this test cutoff: %s", champion_version, err)
-        return None, f"{type(err).__name__}: {err}"[:500]
-    result = evaluate_scores(
-        "champion", probability, test["label"].to_numpy(), test["member_id"], [primary_k], is_probability=True
-    )
-    return result.metrics[f"precision_at_{k_label(primary_k)}"], None
-
-
 def _roll_back_run_promotion(
     client: MlflowClient,
     uri: str,
@@ -524,43 +492,28 @@ def step_log(run: _Run, workdir: Path) -> None:
 
 def step_register(run: _Run, workdir: Path) -> None:
     """Log the served model as a pyfunc and register a new version."""
+    faults.checkpoint("before_register")
     run.version = _log_model(run.model, run.dataset.part("test"), run.model_name, workdir)
+    faults.checkpoint("after_register")
     mlflow.set_tag("koc.model_version", run.version)
 
 
 def step_promote(run: _Run, client: MlflowClient, run_id: str) -> None:
-    """Champion/challenger decision on the test cutoff, recorded in the registry and the run."""
-    model_name, train_cfg, test = run.model_name, run.train_cfg, run.dataset.part("test")
-    metric = f"precision_at_{k_label(train_cfg.primary_k)}"
-    run.promotion_before = tracking.current_aliases(client, model_name)
-    champion_version = run.promotion_before.get(tracking.CHAMPION)
-    champion_value, champion_error = (None, None)
-    champion_labels, labels_differ = None, None
-    if champion_version is not None:
-        champion_labels = champion_label_config(model_name, champion_version)
-        labels_differ = tracking.label_config_difference(champion_labels, run.model.label_config_)
-        if labels_differ is None:  # otherwise not comparable: leave the champion unscored
-            champion_value, champion_error = score_champion(
-                model_name, test, run.dataset.feature_names, train_cfg.primary_k, champion_version
-            )
-    decision = tracking.decide_promotion(
-        model_name=model_name,
-        version=run.version,
-        metric=metric,
-        challenger_value=float(run.table.loc[MODEL_ROW, metric]),
-        champion_version=champion_version,
-        champion_value=champion_value,
-        champion_error=champion_error,
-        test_cutoff=str(run.dataset.split.test.date()),
-        run_id=run_id,
-        champion_label_config=champion_labels,
-        challenger_label_config=run.model.label_config_,
+    """Champion/challenger on the backtest means (`training.promotion.promote_if_better`), recorded in the run."""
+    run.promotion_before = tracking.current_aliases(client, run.model_name)
+    decision = promotion.promote_if_better(
+        client,
+        run.uri,
+        run.model_name,
+        run.version,
+        run_id,
+        run.backtest.summary(),
+        margin=run.train_cfg.promotion_margin,
+        label_definition=run.model.label_config_,
     )
-    if labels_differ is not None:
-        logger.warning("v%s not promoted: %s", run.version, decision.reason)
-    # moves the aliases, then tags the version and appends the promotion log
-    tracking.apply_promotion(client, run.uri, decision)
     run.recorded = run.decision = decision
+    if not decision.promoted:
+        logger.info("v%s stays challenger: %s", run.version, decision.reason)
     # the run's own record only once the registry says the same
     mlflow.log_dict(decision.to_record(), "promotion.json")
     mlflow.set_tag("koc.promoted", str(decision.promoted).lower())
@@ -616,6 +569,7 @@ def run_training(
                 step("register model", lambda: step_register(state, workdir))
                 step("promotion", lambda: step_promote(state, client, run.info.run_id))
                 mlflow.set_tags({f"koc.seconds.{k}": f"{v:.3f}" for k, v in timings.items()})
+                faults.checkpoint("after_promotion")
             except BaseException as err:
                 if state.promotion_before is not None:
                     _roll_back_run_promotion(client, uri, state.model_name, state.promotion_before, err, state.recorded)
