@@ -73,6 +73,7 @@ class BacktestResult:
             "std": float(np.nanstd(primary)) if not np.isnan(primary).all() else float("nan"),
             "pr_auc_mean": float(np.nanmean(self._values("pr_auc"))),
             "n_cutoffs": len(self.folds),
+            "test_cutoff": self.latest.split.test.date().isoformat(),
         }
 
     def metrics(self) -> dict[str, float]:
