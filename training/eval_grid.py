@@ -118,7 +118,8 @@ def evaluate_world(
         raise ValueError("evaluate_world needs the simulator's truth table (simulate a world with `koc simulate`)")
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
-    dataset = build_snapshots(data, label_cfg, train_cfg)
+    # one split: the grid compares targets on the latest test cutoff, so no backtest folds are built
+    dataset = build_snapshots(data, label_cfg, train_cfg.model_copy(update={"backtest_cutoffs": 1}))
     seconds["snapshots"] = time.perf_counter() - clock
     train, valid, test = dataset.part("train"), dataset.part("validation"), dataset.part("test")
     names = dataset.feature_names
