@@ -89,7 +89,6 @@ class KocModel:
         names = getattr(self, "feature_names_", [])
         if prefixes and any(name.startswith(prefixes) for name in names):
             params["monotone_constraints"] = [int(name.startswith(prefixes)) for name in names]
-            params["monotone_constraints_method"] = "advanced"
         if self.objective == "binary":
             params["metric"] = ["binary_logloss", "average_precision"]
         else:
