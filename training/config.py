@@ -11,6 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 KSpec = int | str
 """A top-K size: an absolute count (`100`) or a share of eligible members (`"1%"`)."""
 
+REGISTERED_MODEL_NAME = "koc-potential"
+"""The one home of the registered model's default name (config, CLI and serving read it from here)."""
+
 _PERCENT_K = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 
 
@@ -154,7 +157,7 @@ class TrainConfig(BaseModel):
 
     # --- tracking -----------------------------------------------------------------------
     experiment_name: str = "kocrank"
-    registered_model_name: str = "koc-potential"
+    registered_model_name: str = REGISTERED_MODEL_NAME
 
     @field_validator("k_list")
     @classmethod
