@@ -107,6 +107,7 @@ TABLES: dict[str, TableSpec] = {
                 Col("amount", "float", ge=0),
                 Col("category", "str", nullable=True),
                 Col("refunded", "bool", nullable=True, optional=True, default=False),
+                Col("refunded_at", "ts", nullable=True, optional=True),  # v1.1: refunds point in time
             ),
             required=True,
             time_column="ordered_at",

@@ -8,13 +8,14 @@ which is why a label is only complete once `as_of + horizon + 7 days` has passed
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Iterable
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from features.contract import BrandData, parse_as_of
+from features.contract import DEFAULT_TIMEZONE, BrandData, parse_as_of
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +39,26 @@ class LabelConfig(BaseModel):
         return pd.Timedelta(days=self.horizon_days)
 
 
+def as_cutoff(value: pd.Timestamp, timezone: str = DEFAULT_TIMEZONE) -> pd.Timestamp:
+    """A cutoff given as a `pd.Timestamp` (or datetime), in naive business time, microseconds.
+
+    Text is parsed once at the edge (CLI, API, config) with `features.contract.parse_as_of`;
+    the feature and label code refuses it so a date is never read two ways.
+    """
+    if isinstance(value, str) or not isinstance(value, dt.datetime):
+        raise TypeError(
+            f"as_of must be a pd.Timestamp, got {type(value).__name__} {value!r}; "
+            "parse text at the edge with features.contract.parse_as_of"
+        )
+    return parse_as_of(pd.Timestamp(value), timezone)
+
+
 def _members_before(data: BrandData, as_of: pd.Timestamp) -> pd.DataFrame:
     members = data.members
     return members.loc[members["joined_at"] < as_of, ["member_id", "marketing_consent"]]
 
 
-def eligibility(data: BrandData, as_of: pd.Timestamp | str, cfg: LabelConfig | None = None) -> pd.DataFrame:
+def eligibility(data: BrandData, as_of: pd.Timestamp, cfg: LabelConfig | None = None) -> pd.DataFrame:
     """Who may be invited at `as_of`, with one flag per exclusion rule.
 
     Returns `member_id, as_of, eligible, excl_no_consent, excl_blacklisted,
@@ -51,7 +66,7 @@ def eligibility(data: BrandData, as_of: pd.Timestamp | str, cfg: LabelConfig | N
     sorted by member_id. A member can break several rules; each flag is reported.
     """
     cfg = cfg or LabelConfig()
-    as_of = parse_as_of(as_of, data.timezone)
+    as_of = as_cutoff(as_of, data.timezone)
     members = _members_before(data, as_of)
     program = data.program
     past = program.loc[program["event_at"] < as_of]
@@ -90,7 +105,7 @@ def exclusion_counts(elig: pd.DataFrame) -> dict[str, int]:
     return counts
 
 
-def default_labels(data: BrandData, as_of: pd.Timestamp | str, cfg: LabelConfig | None = None) -> pd.DataFrame:
+def default_labels(data: BrandData, as_of: pd.Timestamp, cfg: LabelConfig | None = None) -> pd.DataFrame:
     """The contract's default label for every member who joined before `as_of`.
 
     label = 1 when within `[as_of, as_of + H)` the member has an `enrolled` status
@@ -98,7 +113,7 @@ def default_labels(data: BrandData, as_of: pd.Timestamp | str, cfg: LabelConfig 
     saves reach `min_interactions` (unknown counts add nothing).
     """
     cfg = cfg or LabelConfig()
-    as_of = parse_as_of(as_of, data.timezone)
+    as_of = as_cutoff(as_of, data.timezone)
     end = as_of + cfg.horizon
     members = _members_before(data, as_of)["member_id"]
 
@@ -136,15 +151,15 @@ def label_data_end(data: BrandData) -> pd.Timestamp:
     return min(ends)
 
 
-def label_window_complete(data: BrandData, as_of: pd.Timestamp | str, cfg: LabelConfig | None = None) -> bool:
+def label_window_complete(data: BrandData, as_of: pd.Timestamp, cfg: LabelConfig | None = None) -> bool:
     """True once `as_of + H + 7 days` has passed in the label's evidence (all counts are known)."""
     cfg = cfg or LabelConfig()
-    as_of = parse_as_of(as_of, data.timezone)
+    as_of = as_cutoff(as_of, data.timezone)
     return bool(as_of + cfg.horizon + INTERACTIONS_KNOWN_AFTER <= label_data_end(data))
 
 
 def labels_for(
-    data: BrandData, as_ofs: Iterable[pd.Timestamp | str], cfg: LabelConfig | None = None
+    data: BrandData, as_ofs: Iterable[pd.Timestamp], cfg: LabelConfig | None = None
 ) -> pd.DataFrame:
     """Labels of eligible members at each cutoff: `member_id, as_of, label`.
 
@@ -156,7 +171,7 @@ def labels_for(
     user = None if "labels" in data.absent else data.labels
     frames = []
     for raw in as_ofs:
-        as_of = parse_as_of(raw, data.timezone)
+        as_of = as_cutoff(raw, data.timezone)
         elig = eligibility(data, as_of, cfg)
         eligible = elig.loc[elig["eligible"], ["member_id", "as_of"]]
         if user is None:

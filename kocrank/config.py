@@ -8,6 +8,8 @@ horizon_days = 90
 seed = 7
 [ranking]     # serving.config.RankConfig
 exploration_share = 0.1
+[engine]      # features.build.EngineConfig (DuckDB threads / memory, refund fallback)
+memory_limit = "2GB"
 ```
 """
 
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from features.build import EngineConfig
 from features.contract import DEFAULT_TIMEZONE, check_timezone
 from features.labels import LabelConfig
 from serving.config import RankConfig
@@ -35,6 +38,7 @@ class Config(BaseModel):
     labels: LabelConfig = LabelConfig()
     training: TrainConfig = TrainConfig()
     ranking: RankConfig = RankConfig()
+    engine: EngineConfig = EngineConfig()
 
     @field_validator("timezone")
     @classmethod

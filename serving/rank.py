@@ -24,7 +24,7 @@ from features.registry import categorical_features
 from features.scores import rfm_scores, value_scores
 from serving.config import QUOTA_COLUMNS, RankConfig
 from serving.model_store import LoadedModel, RankingModel, label_config_warnings
-from serving.reasons import Population, sorted_population, top_reasons
+from serving.reasons import Population, explain, sorted_population
 from serving.selection import assign_tiers, order_by_score, score_percentiles, segment_shares, select_candidates
 
 logger = logging.getLogger(__name__)
@@ -63,17 +63,11 @@ def explain_members(
     n_reasons: int = 3,
     population: Population | None = None,
 ) -> pd.DataFrame:
-    """Reasons (`reason_1..n`, `reason_feature_1..n`) for some members, indexed by member_id.
-
-    Contributions are computed only for these rows (LightGBM's pred_contrib is the costly
-    part of ranking); high/low phrasing is judged against all of `features` (or the
-    precomputed `population` of it).
-    """
-    rows = features.loc[list(member_ids)]
-    reference = population if population is not None else features
-    return top_reasons(
-        model.contributions(rows), rows, n_reasons, categorical=categorical_features(), reference=reference
-    )
+    """Reasons for some members, indexed by member_id (`serving.reasons.explain`)."""
+    if population is None:
+        numeric = [name for name in features.columns if name not in set(categorical_features())]
+        population = sorted_population(features, numeric)
+    return explain(model, features, member_ids, n_reasons, population)
 
 
 def trial_categories(orders: pd.DataFrame, as_of: pd.Timestamp, lookback_days: int = 365) -> pd.DataFrame:
@@ -140,6 +134,8 @@ def candidate_columns(n_reasons: int) -> list[str]:
         "percentile",
         "tier",
         *[f"reason_{i + 1}" for i in range(n_reasons)],
+        *[f"reason_{i + 1}_{lang}" for lang in ("zh", "en") for i in range(n_reasons)],
+        "why_not_higher",
         *VALUE_SCORE_COLUMNS,
         "rfm_segment",
         "trial_category",
@@ -176,7 +172,7 @@ def rank_members(
     numeric = [name for name in inputs.columns if name not in set(categorical_features())]
     population = sorted_population(inputs, numeric)
     reasons = explain_members(loaded.model, inputs, chosen["member_id"], cfg.n_reasons, population)
-    chosen = chosen.join(reasons.drop(columns=[c for c in reasons if c.startswith("reason_feature_")]), on="member_id")
+    chosen = chosen.join(reasons.drop(columns=["reasons", *[c for c in reasons if c.startswith("reason_feature_")]]), on="member_id")
     candidates = chosen[candidate_columns(cfg.n_reasons)].reset_index(drop=True)
     counts = exclusion_counts(scored[["eligible", *EXCLUSION_RULES]])
     exclusions = {rule.removeprefix("excl_"): counts[rule.removeprefix("excl_")] for rule in EXCLUSION_RULES}

@@ -27,6 +27,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
+from features.registry import coerce_features
 from features.scores import rfm_scores, value_scores
 
 logger = logging.getLogger(__name__)
@@ -150,17 +151,15 @@ def fit_logistic(
     categorical = [c for c in feature_names if isinstance(train[c].dtype, pd.CategoricalDtype)]
     numeric = [c for c in feature_names if c not in categorical]
     pipeline = logistic_pipeline(numeric, categorical, seed)
-    X = train[list(feature_names)].copy()
-    X[numeric] = X[numeric].astype("float64")
+    X = coerce_features(train, feature_names, {c: list(train[c].cat.categories) for c in categorical})
     pipeline.fit(X, train["label"].to_numpy(dtype="int64"), logistic__sample_weight=sample_weight)
     return pipeline
 
 
 def logistic_baseline(pipeline: Pipeline, test: pd.DataFrame, feature_names: Sequence[str]) -> BaselineScores:
     """Probabilities of the fitted logistic regression on the test rows."""
-    X = test[list(feature_names)].copy()
-    numeric = [c for c in feature_names if not isinstance(X[c].dtype, pd.CategoricalDtype)]
-    X[numeric] = X[numeric].astype("float64")
+    categorical = [c for c in feature_names if isinstance(test[c].dtype, pd.CategoricalDtype)]
+    X = coerce_features(test, feature_names, {c: list(test[c].cat.categories) for c in categorical})
     return BaselineScores("logistic", pipeline.predict_proba(X)[:, 1].astype("float64"), is_probability=True)
 
 

@@ -20,6 +20,7 @@ import pandas as pd
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
+from features.registry import coerce_features
 from training.config import LgbmParams
 
 logger = logging.getLogger(__name__)
@@ -256,18 +257,7 @@ class KocModel:
                 f"missing feature columns {missing}: build the rows with features.build.build_features "
                 f"(the model was trained on feature set version {version})"
             )
-        columns: dict[str, pd.Series] = {}
-        categories = getattr(self, "categories_", {})
-        for name in names:
-            column = X[name]
-            if name in categories:
-                dtype = pd.CategoricalDtype(categories[name])
-                if not isinstance(column.dtype, pd.CategoricalDtype) or list(column.cat.categories) != categories[name]:
-                    column = column.astype("object").where(column.notna(), None).astype(dtype)
-            else:
-                column = pd.to_numeric(column, errors="raise").astype("float64")
-            columns[name] = column
-        return pd.DataFrame(columns, index=X.index)
+        return coerce_features(X, names, getattr(self, "categories_", {}))
 
     def raw_score(self, X: pd.DataFrame) -> np.ndarray:
         """The booster's raw margin (log-odds for `binary`) at the best iteration."""

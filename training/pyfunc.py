@@ -18,6 +18,8 @@ import pandas as pd
 from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import ColSpec, Schema
 
+from features.registry import CATEGORY_LEVELS, coerce_features
+
 MODEL_ARTIFACT_KEY = "koc_model"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CODE_PATHS = [str(PROJECT_ROOT / "training"), str(PROJECT_ROOT / "features")]
@@ -32,23 +34,8 @@ def to_pyfunc_input(
     `build_features` output goes through this before `pyfunc.predict`. Defaults: the registry's
     feature names and categoricals.
     """
-    if feature_names is None or categorical is None:
-        from features.registry import categorical_features
-        from features.registry import feature_names as registry_names
-
-        feature_names = registry_names() if feature_names is None else feature_names
-        categorical = categorical_features() if categorical is None else categorical
-    missing = [c for c in feature_names if c not in frame.columns]
-    if missing:
-        raise ValueError(f"feature rows lack columns {missing}; build them with features.build.build_features")
-    columns: dict[str, pd.Series] = {}
-    for name in feature_names:
-        column = frame[name]
-        if name in categorical:
-            columns[name] = column.astype("object").where(column.notna(), None).astype("object")
-        else:
-            columns[name] = pd.to_numeric(column).astype("float64")
-    return pd.DataFrame(columns, index=frame.index)
+    levels = CATEGORY_LEVELS if categorical is None else {name: CATEGORY_LEVELS.get(name, []) for name in categorical}
+    return coerce_features(frame, feature_names, levels, as_text=True)
 
 
 def signature_for(feature_names: Sequence[str], categorical: Sequence[str]) -> ModelSignature:
@@ -85,12 +72,4 @@ class KocPyfunc(mlflow.pyfunc.PythonModel):
                 f"input lacks feature columns {missing}; send rows of feature set "
                 f"{model.feature_set_version_} built by features.build.build_features"
             )
-        columns: dict[str, pd.Series] = {}
-        for name in model.feature_names_:
-            column = frame[name]
-            if name in model.categories_:
-                text = column.astype("object").where(column.notna(), None)
-                columns[name] = text.astype(pd.CategoricalDtype(model.categories_[name]))
-            else:
-                columns[name] = pd.to_numeric(column, errors="raise").astype("float64")
-        return pd.DataFrame(columns, index=frame.index)
+        return coerce_features(frame, model.feature_names_, model.categories_)

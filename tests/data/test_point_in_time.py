@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from features.build import build_features
 from features.contract import EVENT_TYPES, PLATFORMS, PROGRAM_STATUSES, from_frames
 from features.labels import eligibility
+from features.registry import feature_names
 
 pytestmark = pytest.mark.slow
 
@@ -60,13 +61,16 @@ def _row(table: str, rng: np.random.Generator, members: list[str], key: str, whe
             "channel": maybe(str(rng.choice(["store", "ads", "referral", "livestream"]))),
         }
     if table == "orders":
+        refunded = bool(rng.random() < 0.3)
         return {
             "order_id": key,
             "member_id": member,
             "ordered_at": when,
             "amount": float(rng.integers(0, 50000)) / 100,
             "category": maybe(str(rng.choice(["skincare", "makeup", "hair"]))),
-            "refunded": bool(rng.random() < 0.2),
+            "refunded": refunded,
+            # v1.1: when the refund happened (sometimes unknown even for a refunded order)
+            "refunded_at": when + pd.Timedelta(days=int(rng.integers(0, 40))) if refunded and rng.random() < 0.7 else None,
         }
     if table == "events":
         return {
@@ -108,9 +112,10 @@ def _row(table: str, rng: np.random.Generator, members: list[str], key: str, whe
     raise ValueError(table)
 
 
-def random_world(seed: int) -> dict[str, pd.DataFrame]:
+def random_world(seed: int, large: bool = False) -> dict[str, pd.DataFrame]:
+    """A few members and rows per table; `large`: enough buyers (40 members) for the BG/NBD fit."""
     rng = np.random.default_rng(seed)
-    n_members = int(rng.integers(3, 7))
+    n_members = 40 if large else int(rng.integers(3, 7))
     joined = _offsets(rng, n_members)
     joined[0] = T - 400 * DAY  # at least one member before T
     members = [f"m{i:03d}" for i in range(n_members)]
@@ -120,11 +125,18 @@ def random_world(seed: int) -> dict[str, pd.DataFrame]:
     for table in TIME_COLUMN:
         if table == "members":
             continue
-        n = int(rng.integers(2, 9))
+        n = int(rng.integers(400, 600)) * (4 if table == "events" else 1) if large else int(rng.integers(2, 9))
         keys = [f"{table[0]}{i}" for i in range(n)]
         frames[table] = pd.DataFrame(
             [_row(table, rng, members, k, w) for k, w in zip(keys, _offsets(rng, n), strict=True)]
         )
+    if large:  # every third event a campaign join (monthly sequences are sparse otherwise)
+        events = frames["events"]
+        frames["events"] = events.assign(event_type=events["event_type"].where(events.index % 3 > 0, "campaign_join"))
+    if large:  # every third member stopped buying 200 days before T, so BG/NBD sees dropouts
+        orders = frames["orders"]
+        lapsed = orders["member_id"].isin(members[::3]) & orders["ordered_at"].between(T - 200 * DAY, T - US)
+        frames["orders"] = orders.assign(ordered_at=orders["ordered_at"].where(~lapsed, orders["ordered_at"] - 300 * DAY))
     return frames
 
 
@@ -175,9 +187,20 @@ def mutate_late_fields(
     """Change facts inside past rows that only become known at or after T.
 
     Post interactions while `posted_at + 7d >= T`; a referral's referee join / first
-    order timestamps at or after T.
+    order timestamps at or after T; an order before T refunded at or after T, or with no
+    known refund time (its `refunded` flag flips: the state at export says nothing about T).
     """
     out = dict(frames)
+    orders = frames["orders"]
+    flippable = orders.index[(orders["ordered_at"] < T) & ~(orders["refunded_at"] < T)].tolist()
+    if flippable and choice % 3 == 2:
+        changed = orders.copy()
+        index = flippable[choice % len(flippable)]
+        changed.at[index, "refunded"] = not bool(changed.at[index, "refunded"])
+        if pd.notna(changed.at[index, "refunded_at"]) or rng.random() < 0.5:
+            changed.at[index, "refunded_at"] = _offsets(rng, 1, future=True)[0]
+        out["orders"] = changed
+        return out
     posts = frames["posts"]
     immature = posts.index[(posts["posted_at"] < T) & (posts["posted_at"] + 7 * DAY >= T)].tolist()
     referrals = frames["referrals"]
@@ -217,24 +240,48 @@ def _features_and_eligibility(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return build_features(data, [T]).merge(eligibility(data, T), on=["member_id", "as_of"], validate="one_to_one")
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+def _assert_same_at_T(frames: dict[str, pd.DataFrame], mutated: dict[str, pd.DataFrame]) -> None:
+    """Every registry feature (taken from the registry, so new ones are covered) and eligibility agree."""
+    before, after = _features_and_eligibility(frames), _features_and_eligibility(mutated)
+    changed = [
+        name
+        for name in [*feature_names(), "eligible"]
+        if not before[name].equals(after[name])
+    ]
+    assert not changed, f"features changed by rows at or after as_of: {changed}"
+    pd.testing.assert_frame_equal(before, after, check_exact=True)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(
     seed=st.integers(0, 2**31 - 1),
     table=st.sampled_from([*TIME_COLUMN, "late_fields"]),
     action=st.sampled_from(["add", "change", "delete"]),
     choice=st.integers(0, 1000),
+    large=st.sampled_from([False, False, False, False, True]),
 )
-def test_rows_at_or_after_as_of_change_no_feature(seed, table, action, choice):
-    frames = random_world(seed)
+def test_rows_at_or_after_as_of_change_no_feature(seed, table, action, choice, large):
+    frames = random_world(seed, large)
     rng = np.random.default_rng(seed + 1)
     if table == "late_fields":
         mutated = mutate_late_fields(frames, choice, rng)
     else:
         mutated = mutate_future(frames, table, action, choice, rng)
     assume(mutated is not None)
-    pd.testing.assert_frame_equal(
-        _features_and_eligibility(frames), _features_and_eligibility(mutated), check_exact=True
-    )
+    _assert_same_at_T(frames, mutated)
+
+
+@pytest.fixture(scope="module")
+def property_world_features() -> pd.DataFrame:
+    """Features of a few large property-test worlds."""
+    return pd.concat([_features(random_world(seed, large=True)) for seed in (11, 12, 13)], ignore_index=True)
+
+
+@pytest.mark.parametrize("name", feature_names())
+def test_every_registry_feature_varies_in_the_property_worlds(property_world_features, name):
+    """The property above is not vacuous for any feature: each takes several values in its worlds."""
+    values = property_world_features[name].dropna()
+    assert values.nunique() >= 2, f"{name} is constant or null in the property-test worlds"
 
 
 def _edge_world(offset: pd.Timedelta) -> dict[str, pd.DataFrame]:

@@ -21,7 +21,7 @@ from serving.rank import (
     rank_members,
     trial_categories,
 )
-from serving.reasons import PHRASES, Phrase, missing_phrases, reason_concept, top_reasons
+from serving.reasons import reason_concept
 from serving.selection import assign_tiers, order_by_score, quota_caps, score_percentiles, select_candidates
 
 
@@ -80,53 +80,6 @@ def test_whole_list_with_everyone_eligible_is_ordered(world):
 # --------------------------------------------------------------------- reasons
 
 
-def test_every_registry_feature_has_a_phrase_and_directions_differ():
-    assert missing_phrases(feature_names()) == []
-    for name, phrase in PHRASES.items():
-        if name in categorical_features():
-            assert "{value}" in phrase.template
-        else:
-            assert phrase.high and phrase.low and phrase.high != phrase.low, name
-            assert " / " in phrase.high and " / " in phrase.low, name
-
-
-def test_top_reasons_follow_the_largest_positive_contributions():
-    values = pd.DataFrame(
-        {"posts_90d": [9.0, 0.0, 1.0], "recency_days": [2.0, 300.0, np.nan], "spend_365d": [5.0, 1.0, 3.0],
-         "channel": pd.Categorical(["store", None, "ads"])},
-        index=[10, 11, 12],
-    )
-    contributions = pd.DataFrame(
-        {"posts_90d": [0.9, -0.2, 0.0], "recency_days": [0.5, 0.4, 0.3], "spend_365d": [0.1, -0.3, 0.0],
-         "channel": [0.2, 0.7, -0.1]},
-        index=[10, 11, 12],
-    )
-    out = top_reasons(contributions, values, 3, categorical=["channel"])
-    assert out.index.tolist() == [10, 11, 12]
-    assert out.loc[10, ["reason_feature_1", "reason_feature_2", "reason_feature_3"]].tolist() == [
-        "posts_90d", "recency_days", "channel"]
-    assert out.loc[10, "reason_1"] == PHRASES["posts_90d"].high
-    # recency 2 days is low within the population -> "recent purchase"
-    assert out.loc[10, "reason_2"] == PHRASES["recency_days"].low
-    assert "recent purchase" in out.loc[10, "reason_2"]
-    assert out.loc[10, "reason_3"] == "获客渠道：store / acquisition channel: store"
-    # row 11: only two positive contributions; 300 days is high -> "no purchase for a long time"
-    assert out.loc[11, "reason_feature_1"] == "channel" and "unknown" in out.loc[11, "reason_1"]
-    assert out.loc[11, "reason_2"] == PHRASES["recency_days"].high
-    assert out.loc[11, "reason_3"] == "" and out.loc[11, "reason_feature_3"] == ""
-    # row 12: a missing recency means no purchases yet, not a recent one
-    assert out.loc[12, "reason_1"] == PHRASES["recency_days"].missing
-    assert out.loc[12, "reason_2"] == ""
-
-
-def test_a_feature_in_two_windows_gives_one_reason():
-    values = pd.DataFrame({"posts_30d": [3.0], "posts_90d": [9.0], "orders_90d": [2.0], "spend_365d": [5.0]}, index=[1])
-    contributions = pd.DataFrame({"posts_30d": [0.8], "posts_90d": [0.9], "orders_90d": [0.3], "spend_365d": [0.2]}, index=[1])
-    out = top_reasons(contributions, values, 3)
-    assert out.loc[1, ["reason_feature_1", "reason_feature_2", "reason_feature_3"]].tolist() == [
-        "posts_90d", "orders_90d", "spend_365d"]
-
-
 def test_ranked_reasons_match_model_contributions(world, ranked):
     loaded = fake_loaded()
     from features.build import build_features
@@ -143,12 +96,6 @@ def test_ranked_reasons_match_model_contributions(world, ranked):
         strongest_per_concept = positive.groupby(positive.index.map(reason_concept), sort=False).head(1)
         expected = list(strongest_per_concept.index[:3]) + [""] * (3 - min(3, len(strongest_per_concept)))
         assert [row.reason_feature_1, row.reason_feature_2, row.reason_feature_3] == expected, row.member_id
-
-
-def test_phrase_for_value_handles_missing_and_templates():
-    assert Phrase(template="渠道：{value} / channel: {value}").for_value(None, True).startswith("渠道：未知")
-    assert Phrase(high="h", low="l", missing="m").for_value(float("nan"), True) == "m"
-    assert Phrase(high="h", low="l").for_value(3.0, False) == "l"
 
 
 # ------------------------------------------------------------ tiers / selection

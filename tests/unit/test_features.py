@@ -61,6 +61,7 @@ def world_frames() -> dict[str, pd.DataFrame]:
             "amount": [100.0, 50.0, 999.0, 30.0, 500.0, 20.0],
             "category": ["skincare", "skincare", "skincare", "makeup", "makeup", None],
             "refunded": [False, False, True, False, False, False],
+            "refunded_at": [None, None, ts("2026-05-31"), None, None, None],  # o3 refunded before T
         }
     )
     events = pd.DataFrame(
@@ -220,6 +221,27 @@ def test_consumption_excludes_refunds_and_future_orders(feats):
     assert math.isnan(e["recency_days"]) and math.isnan(e["avg_order_value"]) and math.isnan(e["spend_trend_90d"])
 
 
+@pytest.mark.parametrize(
+    ("refunded", "refunded_at", "rule", "counted"),
+    [
+        (True, T - US, "count", False),  # refunded 1us before T: gone
+        (True, T, "count", True),  # refunded exactly at T: not yet known at T
+        (True, T + pd.Timedelta(days=3), "drop", True),  # refunded later: counts, whatever the fallback
+        (False, T - US, "count", False),  # refunded_at is the fact; the flag may lag
+        (True, None, "count", True),  # no refund time: the measured default counts every order
+        (True, None, "drop", False),  # the v1.0 rule, still selectable
+    ],
+)
+def test_refunds_count_point_in_time(refunded, refunded_at, rule, counted):
+    frames = world_frames()
+    orders = frames["orders"].copy()
+    orders.loc[orders["order_id"] == "o6", ["refunded", "refunded_at"]] = [refunded, refunded_at]
+    data = from_frames({**frames, "orders": orders})
+    b = row(build_features(data, [T], EngineConfig(refunds_without_time=rule)), "b2")
+    assert b["orders_total"] == (1.0 if counted else 0.0)
+    assert b["spend_30d"] == (20.0 if counted else 0.0)
+
+
 def test_loyalty_and_activity(feats):
     a = row(feats, "a1")
     assert a["tenure_days"] == 365.0
@@ -316,7 +338,7 @@ def test_missing_optional_tables_give_zero_counts_and_null_ratios():
 
 def test_multiple_cutoffs_equal_single_builds_and_are_deterministic(world):
     cutoffs = [T, pd.Timestamp("2026-04-15 12:00")]
-    both = build_features(world, ["2026-06-01", cutoffs[1]], EngineConfig(threads=1))
+    both = build_features(world, [pd.Timestamp("2026-06-01"), cutoffs[1]], EngineConfig(threads=1))
     assert both["as_of"].is_monotonic_increasing
     for cutoff in cutoffs:
         single = build_features(world, [cutoff])
@@ -409,3 +431,18 @@ def test_scores_on_real_features(feats):
     assert values.loc[feats["member_id"] == "a1", "content_value"].item() == 100.0
     # recency a1 10 days, b2 1 microsecond, e5 never ordered: 1 + floor(5 * (min rank - 1) / 3)
     assert rfm_scores(feats)["rfm_r"].tolist() == [2, 4, 1]
+
+
+def test_multi_scale_monthly_and_post_quality_exact(feats):
+    a = row(feats, "a1")
+    assert a["posts_7d"] == 1.0  # p1 exactly 7 days before T is inside; p5 at T is not
+    # months 1, 2 and 6 hold one counted order each (o1 10 days, o2 60 days, o4 180 days back)
+    assert [a[f"orders_m{k}"] for k in range(1, 7)] == [1.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    assert a["orders_trend_6m"] == pytest.approx(1.5 / 17.5)  # least-squares slope per month
+    # matured posts: p2 (15), p3 (30), p4 (100); p1's 7-day window closes exactly at T
+    assert a["post_log_interactions_mean_last10"] == pytest.approx(np.mean(np.log1p([15, 30, 100])))
+    assert a["post_log_interactions_std_last10"] == pytest.approx(np.std(np.log1p([15, 30, 100]), ddof=1))
+    assert a["post_share_above_bar_last10"] == pytest.approx(1 / 3)  # bar 100 / 3 per post
+    e = row(feats, "e5")
+    assert math.isnan(e["post_share_above_bar_last10"]) and e["posts_m1"] == 0.0
+    assert math.isnan(e["bgnbd_p_alive"])  # no orders (and too few buyers for a fit anyway)
