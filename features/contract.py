@@ -189,6 +189,8 @@ TABLES: dict[str, TableSpec] = {
                 Col("member_id", "id"),
                 Col("as_of", "date"),
                 Col("p_productive_if_invited", "float", ge=0, le=1),
+                Col("p_productive_if_not_invited", "float", ge=0, le=1, optional=True, nullable=True),
+                Col("p_invited", "float", ge=0, le=1, optional=True, nullable=True),
             ),
         ),
     )

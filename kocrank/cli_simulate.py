@@ -11,8 +11,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from features.io import write_tables
-from kocrank.simulation import SimConfig, SimulatedWorld, simulate
 from kocrank.console import make_console
+from kocrank.simulation import SCENARIOS, SimConfig, SimulatedWorld, simulate
+from kocrank.simulation.diagnostics import world_stats
 
 console = make_console()
 
@@ -30,7 +31,7 @@ def _run(cfg: SimConfig) -> SimulatedWorld:
     return world
 
 
-def _summary(world: SimulatedWorld, out: Path, fmt: str, seconds: float, dirty: bool) -> None:
+def _summary(world: SimulatedWorld, out: Path, fmt: str, seconds: float, dirty: bool, scenario: str) -> None:
     table = Table(title=f"simulated brand written to {out} ({fmt})")
     table.add_column("table")
     table.add_column("rows", justify="right")
@@ -44,6 +45,12 @@ def _summary(world: SimulatedWorld, out: Path, fmt: str, seconds: float, dirty: 
         f"default label base rate among eligible members: [bold]{world.base_rate:.2%}[/] "
         f"({eligible:,} eligible member-cutoffs over {complete['as_of'].nunique()} cutoffs with a complete window); "
         f"simulated in {seconds:.1f}s"
+    )
+    stats = world_stats(world.tables, world.outcomes)
+    console.print(
+        f"scenario [bold]{scenario}[/]: {stats['invitations_per_cutoff']:.0f} invitations per monthly cutoff "
+        f"(of {stats['eligible_per_cutoff']:,.0f} eligible); {stats['self_driven_share']:.0%} of "
+        f"{stats['enrolments']:,.0f} enrolments self-driven; {len(world.traps):,} planted trap members"
     )
     if dirty:
         console.print(
@@ -69,16 +76,23 @@ def register(app: typer.Typer) -> None:
         dirty: Annotated[
             bool, typer.Option("--dirty", help="Add realistic dirt so validation has something to reject.")
         ] = False,
+        scenario: Annotated[
+            str,
+            typer.Option(
+                "--scenario",
+                help=f"Named world ({', '.join(SCENARIOS)}); see the README's simulator scenarios.",
+            ),
+        ] = "default",
     ) -> None:
         """Simulate a brand's private domain and write every contract table plus `truth`."""
         if fmt not in ("parquet", "csv"):
             raise typer.BadParameter(f"unsupported format {fmt!r}: use parquet or csv", param_hint="--format")
         try:
-            cfg = SimConfig(members=members, seed=seed, start=start, months=months, dirty=dirty)
+            cfg = SimConfig(members=members, seed=seed, start=start, months=months, dirty=dirty, scenario=scenario)
         except ValueError as err:
             raise typer.BadParameter(str(err)) from None
         began = time.perf_counter()
         world = _run(cfg)
         seconds = time.perf_counter() - began
         write_tables(world.tables, out, fmt)
-        _summary(world, out, fmt, seconds, dirty)
+        _summary(world, out, fmt, seconds, dirty, scenario)

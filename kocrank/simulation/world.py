@@ -5,16 +5,18 @@ creativity, responsiveness to campaigns, reliability, audience size) that drive 
 behaviour month by month, with churn, shopping-festival seasonality (618 in June,
 Double 11 in November, year end / CNY) and members joining over time, some of them
 referred by other members. A historical programme policy invites a few eligible
-members at every monthly cutoff (mostly by recent spend and activity, partly at
-random); members also self-enrol after repeated campaign participation. Enrolled
-KOCs post more, get upgraded or eliminated, and trial takers who never deliver
-feedback are blacklisted.
+members at every monthly cutoff (the scenario's rule, partly at random; or an outside
+policy, see `Simulation.run`); members also self-enrol after repeated campaign
+participation. Enrolled KOCs post more, get upgraded or eliminated, and trial takers
+who never deliver feedback are blacklisted. `kocrank.simulation.scenarios` names
+worlds that differ in the policy, self-enrolment, organic posting and planted traps.
 
 Two things make the world usable for model work:
 
 * `truth` holds, for every member eligible at a cutoff, the probability that the
-  member becomes a productive KOC within the horizon *if invited* then
-  (see `_p_productive_if_invited` for the approximation used).
+  member becomes a productive KOC within the horizon if invited then and if not
+  (`kocrank.simulation.truth`), and the probability that the historical policy invited
+  her (`kocrank.simulation.policy`).
 * `outcomes` is the simulator's own bookkeeping of the default label and eligibility
   at every cutoff, computed from its internal arrays (independently of
   `features.labels`), so tests can check that the label code agrees with it.
@@ -27,110 +29,72 @@ members (one Python iteration per month, never per member or row) and driven by 
 
 from __future__ import annotations
 
-import functools
+import copy
 import logging
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from features.contract import EVENT_TYPES, PLATFORMS
+from kocrank.simulation.assemble import assemble, dirty_copy, outcomes_table, snapshot_tables
+from kocrank.simulation.config import (
+    BLACKLISTED,
+    CATEGORIES,
+    DAY,
+    DECLINED,
+    ELIMINATE_AFTER_D,
+    ELIMINATED,
+    ENROLLED,
+    FESTIVAL_DAYS,
+    HOUR,
+    HOUR_WEIGHTS,
+    INTERACTION_SIGMA,
+    INVITE_DELAY_H,
+    INVITED,
+    MONTH_DAYS,
+    ORDER_SEASON,
+    RESPONSE_DELAY_D,
+    SIM_CHANNELS,
+    UPGRADED,
+    SimConfig,
+)
+from kocrank.simulation.policy import Budget, invitation_probability, invite, rule_score
+from kocrank.simulation.population import (
+    SPENDER_TRAP,
+    accept_prob,
+    assign_traps,
+    event_rates,
+    koc_post_rate,
+    log_interactions,
+    make_calendar,
+    new_members,
+    post_rate,
+    sigmoid,
+)
+from kocrank.simulation.truth import CutoffContext, productive_probabilities, self_enrol_hazard
 
 logger = logging.getLogger(__name__)
 
-DAY = 86_400
-HOUR = 3_600
-MONTH_DAYS = 30.4375
-_NEVER = np.iinfo(np.int64).max // 4
-_LONG_AGO = -_NEVER
 
-CHANNELS = ("store", "mini_program", "official_account", "ads", "referral")
-CATEGORIES = (
-    "serum",
-    "cleanser",
-    "moisturizer",
-    "sunscreen",
-    "face_mask",
-    "lipstick",
-    "foundation",
-    "eye_makeup",
-    "fragrance",
-    "body_care",
-    "hair_care",
-    "gift_set",
-)
-PROGRAM_STATUSES = ("invited", "declined", "enrolled", "upgraded", "eliminated", "blacklisted")
-INVITED, DECLINED, ENROLLED, UPGRADED, ELIMINATED, BLACKLISTED = range(6)
-SIM_TABLES = ("members", "orders", "events", "posts", "referrals", "program", "social", "truth")
+@dataclass
+class TruthRows:
+    """Truth at one cutoff for the eligible members `idx` (indices into the population)."""
 
-# month-of-year multipliers: orders peak at 618 (June) and Double 11 (November), plus year end / CNY
-_ORDER_SEASON = {1: 1.25, 2: 1.15, 3: 0.9, 4: 0.9, 5: 1.0, 6: 1.5, 7: 0.9, 8: 0.9, 9: 1.0, 10: 1.0, 11: 1.9, 12: 1.3}
-_CAMPAIGNS_PER_MONTH = {1: 3, 2: 2, 3: 2, 4: 2, 5: 3, 6: 4, 7: 2, 8: 2, 9: 2, 10: 3, 11: 4, 12: 3}
-_FESTIVAL_DAYS = {6: (1, 19), 11: (1, 12)}  # presale + main days, where orders concentrate
-_HOUR_WEIGHTS = np.array(
-    [
-        0.5,
-        0.3,
-        0.2,
-        0.15,
-        0.15,
-        0.2,
-        0.4,
-        0.8,
-        1.2,
-        1.4,
-        1.5,
-        1.6,
-        1.8,
-        1.5,
-        1.3,
-        1.3,
-        1.4,
-        1.5,
-        1.7,
-        2.0,
-        2.3,
-        2.4,
-        2.0,
-        1.2,
-    ]
-)
-
-# programme policy
-_INVITE_SHARE = 0.01  # invitations per cutoff, as a share of eligible members
-_EXPLORE_SHARE = 0.2  # of those, chosen uniformly at random
-_CHURNED_ACCEPT_FACTOR = 0.15  # a churned member rarely answers an invitation
-_INVITE_DELAY_H = (2.0, 12.0)  # `invited` this many hours after the cutoff
-_RESPONSE_DELAY_D = (1.0, 7.0)  # `enrolled` / `declined` this many days after the invitation
-_ELIMINATE_AFTER_D = 100  # a KOC is judged only after this many days in the programme
-_INTERACTION_SIGMA = 1.0  # log-scale spread of a post's 7-day interactions
-_TRUTH_DELAYS_D = (2.0, 4.0, 6.0)  # midpoint rule over the uniform response delay
+    idx: np.ndarray
+    if_invited: np.ndarray
+    if_not_invited: np.ndarray
+    p_invited: np.ndarray  # P(invited) under the policy that chose this cutoff's invitations; NaN if unknown
 
 
 @dataclass(frozen=True)
-class SimConfig:
-    """Size, seed and calendar of the simulated world, plus the default label settings."""
+class Invitations:
+    """An outside policy's invitations at one cutoff: member indices, and P(invited) per eligible member if known."""
 
-    members: int = 5000
-    seed: int = 0
-    start: str = "2024-01-01"  # first day of history (local business time); must be a month start
-    months: int = 24
-    dirty: bool = False
-    horizon_days: int = 90
-    min_posts: int = 3
-    min_interactions: int = 100
-    cooldown_days: int = 60
-
-    def __post_init__(self) -> None:
-        if self.members < 1 or self.months < 1:
-            raise ValueError("members and months must be positive")
-        start = pd.Timestamp(self.start)
-        if start != start.normalize() or start.day != 1:
-            raise ValueError(f"start must be the first day of a month, got {self.start!r}")
+    members: np.ndarray
+    probability: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -143,148 +107,18 @@ class SimulatedWorld:
     `member_id, as_of, eligible, productive, window_complete` — `productive` is the
     default label as the simulator booked it; `window_complete` says whether
     `as_of + horizon + 7 days` lies within the data (only those labels are final).
+    `traps`: the scenario's planted traps, `member_id, trap` (`spender` or `regular`).
     """
 
     tables: dict[str, pd.DataFrame]
     outcomes: pd.DataFrame
+    traps: pd.DataFrame = field(default_factory=lambda: pd.DataFrame({"member_id": [], "trap": []}, dtype="str"))
 
     @property
     def base_rate(self) -> float:
         """Share of productive members among eligible ones, over cutoffs with a complete window."""
         done = self.outcomes.loc[self.outcomes["eligible"] & self.outcomes["window_complete"], "productive"]
         return float(done.mean()) if len(done) else float("nan")
-
-
-# --------------------------------------------------------------------------- calendar
-
-
-@dataclass(frozen=True)
-class _Calendar:
-    starts: np.ndarray  # month start (cutoff) in seconds since epoch, months + 1 values
-    month_of_year: np.ndarray
-    campaigns: tuple[str, ...]  # every campaign id; codes index into it
-    seeding: tuple[np.ndarray, ...]  # per month: codes of its seeding campaigns
-    trial: np.ndarray  # per month: code of its product-trial campaign
-
-    @property
-    def end(self) -> int:
-        return int(self.starts[-1])
-
-    def intensity(self, m: int) -> float:
-        return len(self.seeding[m]) / 2.5
-
-
-def _calendar(cfg: SimConfig) -> _Calendar:
-    stamps = pd.date_range(pd.Timestamp(cfg.start), periods=cfg.months + 1, freq="MS")
-    starts = stamps.to_numpy().astype("datetime64[s]").astype(np.int64)
-    campaigns: list[str] = []
-    seeding, trial = [], []
-    for stamp in stamps[:-1]:
-        tag = stamp.strftime("%y%m")
-        first = len(campaigns)
-        campaigns += [f"C{tag}{k + 1:02d}" for k in range(_CAMPAIGNS_PER_MONTH[stamp.month])]
-        seeding.append(np.arange(first, len(campaigns)))
-        trial.append(len(campaigns))
-        campaigns.append(f"T{tag}01")
-    return _Calendar(starts, stamps.month.to_numpy()[:-1], tuple(campaigns), tuple(seeding), np.array(trial))
-
-
-# --------------------------------------------------------------------------- members
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-def _new_members(
-    rng: np.random.Generator,
-    joined_at: np.ndarray,
-    channel: np.ndarray,
-    start: int,
-    anchor_affinity: np.ndarray | None = None,
-) -> dict[str, np.ndarray]:
-    """Latent traits, profile and initial programme state of `len(joined_at)` new members."""
-    n = len(joined_at)
-    z = rng.standard_normal((9, n))
-    affinity = z[0] if anchor_affinity is None else 0.35 * anchor_affinity + 0.94 * z[0]
-    sociability = 0.3 * affinity + 0.95 * z[1]
-    creativity = 0.25 * sociability + 0.15 * affinity + 0.95 * z[2]
-    responsiveness = 0.4 * affinity + 0.92 * z[3]
-    city_tier = rng.choice(6, size=n, p=[0.15, 0.25, 0.2, 0.15, 0.15, 0.1]) + 1
-    log_spend = np.log(160.0) + 0.45 * z[4] + 0.1 * affinity + 0.08 * (3 - city_tier)
-    churn_hazard = _sigmoid(-3.4 - 0.7 * affinity)
-    followers = np.exp(4.0 + 0.9 * creativity + 0.6 * sociability + 1.0 * z[5])
-    linked = rng.random(n) < _sigmoid(-1.2 + 0.35 * (np.log(followers) - 4.0) + 0.4 * sociability)
-    preferred = rng.choice(len(PLATFORMS), size=n, p=[0.45, 0.25, 0.1, 0.15, 0.05])
-    second = np.where(rng.random(n) < 0.3, (preferred + rng.integers(1, len(PLATFORMS), n)) % len(PLATFORMS), -1)
-    # members who joined before the history may already have lapsed
-    tenure_months = np.maximum(start - joined_at, 0) / (MONTH_DAYS * DAY)
-    alive = rng.random(n) < np.exp(-0.5 * churn_hazard * tenure_months)
-    birth_year = np.clip(np.round(1992 + 8 * z[6]), 1950, 2008)
-    return {
-        "joined_at": joined_at.astype(np.int64),
-        "channel": channel.astype(np.int8),
-        "gender": rng.choice(3, size=n, p=[0.68, 0.27, 0.05]).astype(np.int8),
-        "gender_missing": rng.random(n) < 0.01,
-        "birth_year": np.where(rng.random(n) < 0.03, -1, birth_year).astype(np.int32),
-        "city_tier": np.where(rng.random(n) < 0.02, -1, city_tier).astype(np.int8),
-        "consent": rng.random(n) >= 0.06,
-        "affinity": affinity,
-        "sociability": sociability,
-        "creativity": creativity,
-        "responsiveness": responsiveness,
-        "log_spend": log_spend,
-        "order_rate": np.exp(-1.3 + 0.45 * affinity + 0.35 * z[7]),
-        "feedback_prob": _sigmoid(2.3 + 1.2 * z[8]),
-        "churn_hazard": churn_hazard,
-        "favourite_category": rng.integers(len(CATEGORIES), size=n).astype(np.int8),
-        "followers": followers,
-        "linked": linked,
-        "platform": preferred.astype(np.int8),
-        "second_platform": second.astype(np.int8),
-        "alive": alive,
-        "koc_active": np.zeros(n, dtype=bool),
-        "enrolled_at": np.full(n, _LONG_AGO, dtype=np.int64),
-        "upgraded": np.zeros(n, dtype=bool),
-        "blacklisted_at": np.full(n, _NEVER, dtype=np.int64),
-        "cooldown_from": np.full(n, _LONG_AGO, dtype=np.int64),
-    }
-
-
-# behavioural rates (per month, before mood, season and exposure) as functions of the traits
-def _event_rates(pop: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    aff, soc, cre, resp = pop["affinity"], pop["sociability"], pop["creativity"], pop["responsiveness"]
-    return {
-        "campaign_join": np.exp(-2.3 + 0.8 * resp + 0.35 * aff + 0.35 * cre),
-        "trial_apply": np.exp(-3.7 + 0.7 * resp + 0.3 * aff),
-        "group_message": np.exp(-1.5 + 0.8 * soc + 0.3 * aff),
-        "checkin": np.exp(-1.5 + 0.6 * aff),
-        "survey": np.exp(-2.6 + 0.5 * resp + 0.3 * aff),
-        "content_like": np.exp(-1.3 + 0.5 * aff + 0.3 * resp),
-        "content_comment": np.exp(-2.0 + 0.5 * soc + 0.5 * cre + 0.2 * aff),
-        "share": np.exp(-2.2 + 0.8 * soc + 0.3 * aff),
-        "referral_invite": np.exp(-3.6 + 0.9 * soc + 0.4 * aff),
-    }
-
-
-def _post_rate(pop: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Posts per month of a member outside the programme (before mood and campaign boost)."""
-    return np.exp(-3.5 + 1.0 * pop["creativity"] + 0.3 * pop["affinity"] + 0.2 * pop["sociability"])
-
-
-def _koc_post_rate(pop: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Posts per month of an enrolled KOC (a Poisson process, no mood, no churn)."""
-    return np.exp(0.3 + 0.6 * pop["creativity"] + 0.3 * pop["affinity"] + 0.2 * pop["responsiveness"])
-
-
-def _log_interactions(creativity: np.ndarray, followers: np.ndarray) -> np.ndarray:
-    """Median log 7-day interactions of one post."""
-    return 1.6 + 0.55 * creativity + 0.3 * np.log1p(followers)
-
-
-def _accept_prob(pop: Mapping[str, np.ndarray]) -> np.ndarray:
-    p = _sigmoid(-0.4 + 0.9 * pop["affinity"] + 0.7 * pop["responsiveness"])
-    return np.where(pop["alive"], p, _CHURNED_ACCEPT_FACTOR * p)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -297,7 +131,7 @@ def _pad(values: np.ndarray, n: int) -> np.ndarray:
 def _uniform_times(rng: np.random.Generator, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Times in `[lo, hi)` with a day/night rhythm (kept uniform where the rhythm would leave the range)."""
     t = lo + np.floor(rng.random(len(lo)) * (hi - lo)).astype(np.int64)
-    hour = rng.choice(24, size=len(lo), p=_HOUR_WEIGHTS / _HOUR_WEIGHTS.sum())
+    hour = rng.choice(24, size=len(lo), p=HOUR_WEIGHTS / HOUR_WEIGHTS.sum())
     shifted = t - t % DAY + hour * HOUR + rng.integers(0, HOUR, len(lo))
     keep = (shifted >= lo) & (shifted < hi)
     return np.where(keep, shifted, t)
@@ -328,6 +162,11 @@ class _Rows:
             compact = {k: v.astype(np.int32) if k in ("member", "referrer") else v for k, v in columns.items()}
             self.chunks.setdefault(table, []).append(compact)
 
+    def peek(self, table: str, columns: Mapping[str, type]) -> dict[str, np.ndarray]:
+        """All rows of `table` so far as one array per column; the chunks stay."""
+        parts = self.chunks.get(table, [])
+        return {c: np.concatenate([p[c] for p in parts]) if parts else np.zeros(0, dt) for c, dt in columns.items()}
+
     def take(self, table: str, columns: Mapping[str, type]) -> dict[str, np.ndarray]:
         """All rows of `table` as one array per column; the chunks are released."""
         parts = self.chunks.pop(table, [])
@@ -337,90 +176,27 @@ class _Rows:
         return out
 
 
-# --------------------------------------------------------------------------- truth
-
-
-@functools.lru_cache(maxsize=8)
-def _success_table(min_interactions: int, max_posts: int = 60) -> tuple[np.ndarray, np.ndarray]:
-    """P(sum of n posts' interactions >= threshold) on a grid of median log interactions.
-
-    Monte Carlo with common random numbers and a fixed seed (independent of the
-    world's seed), so truth is a deterministic function of the traits.
-    Returns (grid of mu, table[len(grid), max_posts + 1]) with table[:, n] for n posts.
-    """
-    grid = np.arange(-2.0, 9.0001, 0.05)
-    z = np.random.default_rng(20240601).standard_normal((4000, max_posts))
-    table = np.zeros((len(grid), max_posts + 1))
-    for i, mu in enumerate(grid):
-        total = np.cumsum(np.floor(np.exp(mu + _INTERACTION_SIGMA * z)), axis=1)
-        table[i, 1:] = (total >= min_interactions).mean(axis=0)
-    return grid, table
-
-
-def _p_productive(expected_posts: np.ndarray, mu: np.ndarray, min_posts: int, min_interactions: int) -> np.ndarray:
-    """P(N >= min_posts and the N posts' interactions reach min_interactions), N ~ Poisson."""
-    grid, table = _success_table(min_interactions)
-    max_posts = table.shape[1] - 1
-    pos = np.clip((mu - grid[0]) / (grid[1] - grid[0]), 0, len(grid) - 1.000001)
-    lo = pos.astype(np.int64)
-    w = pos - lo
-    pmf = np.exp(-expected_posts)
-    cdf = pmf.copy()
-    acc = np.zeros_like(expected_posts)
-    for n in range(1, max_posts + 1):
-        pmf = pmf * expected_posts / n
-        cdf += pmf
-        if n >= min_posts:
-            acc += pmf * ((1 - w) * table[lo, n] + w * table[lo + 1, n])
-    acc += np.clip(1 - cdf, 0, 1) * ((1 - w) * table[lo, max_posts] + w * table[lo + 1, max_posts])
-    return np.clip(acc, 0.0, 1.0)
-
-
-def _p_productive_if_invited(
-    pop: Mapping[str, np.ndarray], idx: np.ndarray, intensity: float, cfg: SimConfig
-) -> np.ndarray:
-    """The true probability that member `idx` becomes a productive KOC if invited at this cutoff.
-
-    = P(accept) x P(>= min_posts posts in the window whose interactions reach the threshold).
-    After accepting, a KOC posts as a Poisson process at `_koc_post_rate` for the rest of
-    the window (KOCs neither churn nor get eliminated within 100 days); before, at the
-    ordinary rate with mood and campaign boost at their expected values. Each post's
-    interactions are floor(lognormal(mu, 1)) with mu from creativity and the current
-    audience (its growth within the window is ignored). The response delay is averaged
-    by the midpoint rule; the sum of interactions comes from `_success_table`.
-    """
-    sub = {k: v[idx] for k, v in pop.items()}
-    rates = _event_rates(sub)
-    pre_rate = _post_rate(sub) * sub["alive"] * (1 + 0.6 * rates["campaign_join"] * intensity)
-    koc_rate = _koc_post_rate(sub)
-    mu = _log_interactions(sub["creativity"], sub["followers"])
-    invite_delay = np.mean(_INVITE_DELAY_H) / 24
-    p_posts = np.zeros(len(idx))
-    for delay in _TRUTH_DELAYS_D:
-        before = invite_delay + delay
-        expected = (koc_rate * (cfg.horizon_days - before) + pre_rate * before) / MONTH_DAYS
-        p_posts += _p_productive(expected, mu, cfg.min_posts, cfg.min_interactions)
-    return _accept_prob(sub) * p_posts / len(_TRUTH_DELAYS_D)
-
-
 # --------------------------------------------------------------------------- the world
 
 
-class _World:
+class World:
     """Mutable simulation state; `simulate` drives it one month at a time."""
 
     def __init__(self, cfg: SimConfig) -> None:
         self.cfg = cfg
         self.rng = np.random.default_rng(cfg.seed)
-        self.cal = _calendar(cfg)
+        self.cal = make_calendar(cfg)
         self.rows = _Rows()
         self.recent: deque[dict[str, np.ndarray]] = deque(maxlen=3)  # last 3 months' aggregates
         self.eligible_at: dict[int, np.ndarray] = {}
-        self.truth: list[tuple[int, np.ndarray, np.ndarray]] = []
+        self.spec = cfg.spec
+        self.trap_rng = np.random.default_rng([cfg.seed, 31])  # traps draw from their own stream
+        self.truth: dict[int, TruthRows] = {}
         self.pending: list[
             tuple[np.ndarray, np.ndarray]
         ] = []  # referees (referrer, joined_at) admitted after the month
         self.pop = self._initial_members()
+        assign_traps(self.trap_rng, self.pop, self.spec)
 
     @property
     def size(self) -> int:
@@ -439,8 +215,8 @@ class _World:
         early = start - np.floor(rng.random(n) * 730 * DAY).astype(np.int64) - 1
         joined = np.sort(np.where(before, early, during))
         joined = np.minimum(joined, end - 1)
-        channel = rng.choice(len(CHANNELS), size=n, p=[0.3, 0.32, 0.18, 0.15, 0.05])
-        return _new_members(rng, joined, channel, start)
+        channel = rng.choice(len(SIM_CHANNELS), size=n, p=[0.3, 0.32, 0.18, 0.15, 0.05])
+        return new_members(rng, joined, channel, start)
 
     def _aggregate(self, name: str) -> np.ndarray:
         n = self.size
@@ -461,17 +237,32 @@ class _World:
         )
 
     def cutoff(self, m: int) -> None:
+        """Eligibility and truth at cutoff `m` (before its invitations)."""
         idx = np.flatnonzero(self.eligible(int(self.cal.starts[m])))
         self.eligible_at[m] = idx
-        intensity = self.cal.intensity(min(m, self.cfg.months - 1))
-        self.truth.append((m, idx, _p_productive_if_invited(self.pop, idx, intensity, self.cfg)))
+        n = self.size
+        joins = [np.zeros(n)] * (3 - len(self.recent)) + [_pad(month["campaign_joins"], n) for month in self.recent]
+        after = self.cal.ahead(m, months=max(4, int(np.ceil(self.cfg.horizon_days / 28)) + 1))
+        ctx = CutoffContext(after[0], after[1], [j[idx] for j in joins])
+        if_invited, if_not = productive_probabilities(self.pop, idx, ctx, self.cfg)
+        self.truth[m] = TruthRows(idx, if_invited, if_not, np.full(len(idx), np.nan))
 
-    def programme(self, m: int, eligible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Eliminations, upgrades and invitations at cutoff `m`; returns (invited, eliminated) masks."""
+    def recent_aggregates(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """Last three months' spend, orders, activity, campaign joins and posts of members `idx`."""
+        return {name: self._aggregate(name)[idx] for name in ("spend", "orders", "activity", "campaign_joins", "posts")}
+
+    def programme(
+        self, m: int, eligible: np.ndarray, outside: Invitations | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Eliminations, upgrades and invitations at cutoff `m`; returns (invited, eliminated) masks.
+
+        The scenario's historical rule picks the invitations unless `outside` (another
+        policy's decision at this cutoff) is given.
+        """
         rng, p, n, t = self.rng, self.pop, self.size, int(self.cal.starts[m])
         posts, interactions = self._aggregate("posts"), self._aggregate("interactions")
         # never judged within the label horizon, so an invited KOC keeps posting through the window (truth relies on it)
-        judge_after = max(_ELIMINATE_AFTER_D, self.cfg.horizon_days + 10) * DAY
+        judge_after = max(ELIMINATE_AFTER_D, self.cfg.horizon_days + 10) * DAY
         judged = p["koc_active"] & (p["enrolled_at"] < t - judge_after)
         poor = judged & ((posts < 2) | (interactions < 60))
         eliminated = poor & (rng.random(n) < 0.6)
@@ -485,20 +276,27 @@ class _World:
         p["upgraded"] |= upgraded
 
         invited = np.zeros(n, dtype=bool)
-        if len(eligible):
-            k = max(1, round(_INVITE_SHARE * len(eligible)))
-            explore = round(_EXPLORE_SHARE * k)
-            score = np.log1p(self._aggregate("spend")[eligible]) + 0.5 * np.log1p(self._aggregate("activity")[eligible])
-            score = score + 0.3 * rng.gumbel(size=len(eligible))
-            ranked = eligible[np.argsort(-score, kind="stable")]
-            chosen = ranked[: k - explore]
-            rest = ranked[k - explore :]
-            chosen = np.concatenate([chosen, rng.choice(rest, size=min(explore, len(rest)), replace=False)])
+        if outside is not None:
+            chosen = np.asarray(outside.members, dtype=np.int64)
+            stray = np.setdiff1d(chosen, eligible)
+            if len(stray) or len(np.unique(chosen)) != len(chosen):
+                raise ValueError(
+                    f"the outside policy invited {len(stray)} member(s) not eligible at cutoff {m} "
+                    f"(e.g. {stray[:5].tolist()}) or the same member twice"
+                )
             invited[chosen] = True
+            if outside.probability is not None:
+                self.truth[m].p_invited[:] = outside.probability
+        elif len(eligible):
+            budget = Budget.for_eligible(len(eligible), self.spec)
+            score = rule_score(self.spec.policy, self.recent_aggregates(eligible))
+            invited[invite(rng, eligible, score, budget)] = True
+            if m in self.truth:
+                self.truth[m].p_invited[:] = invitation_probability(score, budget)
         idx = np.flatnonzero(invited)
-        invited_at = t + np.floor(rng.uniform(*_INVITE_DELAY_H, len(idx)) * HOUR).astype(np.int64)
-        answered_at = invited_at + np.floor(rng.uniform(*_RESPONSE_DELAY_D, len(idx)) * DAY).astype(np.int64)
-        accepts = rng.random(len(idx)) < _accept_prob(p)[idx]
+        invited_at = t + np.floor(rng.uniform(*INVITE_DELAY_H, len(idx)) * HOUR).astype(np.int64)
+        answered_at = invited_at + np.floor(rng.uniform(*RESPONSE_DELAY_D, len(idx)) * DAY).astype(np.int64)
+        accepts = rng.random(len(idx)) < accept_prob(p)[idx]
         self._status(idx, invited_at, INVITED)
         self._status(idx[accepts], answered_at[accepts], ENROLLED)
         self._status(idx[~accepts], answered_at[~accepts], DECLINED)
@@ -537,9 +335,9 @@ class _World:
             & ~invited
             & ~eliminated
             & p["alive"]
-            & (campaigns_3m >= 2)
+            & (campaigns_3m >= self.spec.self_enrol_min_campaigns)
         )
-        hazard = 0.09 * campaigns_3m * np.exp(0.5 * p["creativity"] + 0.2 * p["affinity"])
+        hazard = self_enrol_hazard(p, campaigns_3m, self.spec.self_enrol_rate)
         self_enrol = np.flatnonzero(candidates & (rng.random(n) < 1 - np.exp(-hazard)))
         self_at = t0 + np.floor(rng.random(len(self_enrol)) * (span - HOUR)).astype(np.int64)
         self._status(self_enrol, self_at, ENROLLED)
@@ -555,7 +353,7 @@ class _World:
         mood = rng.gamma(4.0, 0.25, n)
         level = mood * p["alive"] * share
 
-        spend, orders = self._orders(m, level * _ORDER_SEASON[month_of_year], active_from, t1)
+        spend, orders = self._orders(m, level * ORDER_SEASON[month_of_year], active_from, t1)
         event_counts = self._events(m, level, koc_share, intensity, active_from, t1)
         posts, interactions = self._posts(
             m, mood, before_koc / span, active_from, koc_from, t1, event_counts["campaign_join"]
@@ -584,7 +382,7 @@ class _World:
         counts = rng.poisson(self.pop["order_rate"] * expected)
         member = np.repeat(np.arange(len(counts)), counts)
         at = _uniform_times(rng, lo[member], np.full(len(member), t1))
-        festival = _FESTIVAL_DAYS.get(int(self.cal.month_of_year[m]))
+        festival = FESTIVAL_DAYS.get(int(self.cal.month_of_year[m]))
         if festival is not None:
             t0 = int(self.cal.starts[m])
             f_lo = np.maximum(lo[member], t0 + (festival[0] - 1) * DAY)
@@ -615,7 +413,7 @@ class _World:
         rng, cal, p = self.rng, self.cal, self.pop
         n = self.size
         counts: dict[str, np.ndarray] = {}
-        for name, rate in _event_rates(p).items():
+        for name, rate in event_rates(p).items():
             boost = 1.0
             if name in ("campaign_join", "trial_apply"):
                 boost = intensity * (1 + 1.5 * koc_share if name == "campaign_join" else 1.0)
@@ -662,7 +460,7 @@ class _World:
     def _referrals(self, referrer: np.ndarray, referred_at: np.ndarray) -> None:
         rng, p = self.rng, self.pop
         k = len(referrer)
-        converts = rng.random(k) < _sigmoid(-2.0 + 0.5 * p["sociability"][referrer] + 0.4 * p["affinity"][referrer])
+        converts = rng.random(k) < sigmoid(-2.0 + 0.5 * p["sociability"][referrer] + 0.4 * p["affinity"][referrer])
         joined_at = referred_at + HOUR + np.floor(rng.exponential(3.0, k) * DAY).astype(np.int64)
         converts &= joined_at < self.cal.end
         referee = np.full(k, -1, dtype=np.int64)
@@ -681,13 +479,14 @@ class _World:
         joined_at = np.concatenate([j for _, j in self.pending])
         self.pending.clear()
         first_index = self.size
-        fresh = _new_members(
+        fresh = new_members(
             rng,
             joined_at,
-            np.full(len(joined_at), CHANNELS.index("referral")),
+            np.full(len(joined_at), SIM_CHANNELS.index("referral")),
             int(self.cal.starts[0]),
             p["affinity"][referrer],
         )
+        assign_traps(self.trap_rng, fresh, self.spec)
         for key, values in fresh.items():
             p[key] = np.concatenate([p[key], values])
         # a welcome order for most referees, shortly after joining
@@ -707,8 +506,10 @@ class _World:
     ) -> tuple[np.ndarray, np.ndarray]:
         rng, cal, p = self.rng, self.cal, self.pop
         n = len(mood)
-        ordinary = rng.poisson(_post_rate(p) * mood * p["alive"] * before_share * (1 + 0.6 * campaign_joins))
-        koc = rng.poisson(_koc_post_rate(p) * (t1 - koc_from) / (MONTH_DAYS * DAY))
+        ordinary = rng.poisson(
+            post_rate(p, self.spec.organic_posting) * mood * p["alive"] * before_share * (1 + 0.6 * campaign_joins)
+        )
+        koc = rng.poisson(koc_post_rate(p) * (t1 - koc_from) / (MONTH_DAYS * DAY))
         member_o = np.repeat(np.arange(n), ordinary)
         member_k = np.repeat(np.arange(n), koc)
         at = np.concatenate(
@@ -721,8 +522,8 @@ class _World:
         is_koc = np.concatenate([np.zeros(len(member_o), bool), np.ones(len(member_k), bool)])
         k = len(member)
         platform = np.where(rng.random(k) < 0.75, p["platform"][member], rng.integers(len(PLATFORMS), size=k))
-        mu = _log_interactions(p["creativity"][member], p["followers"][member])
-        total = np.floor(np.exp(mu + _INTERACTION_SIGMA * rng.standard_normal(k))).astype(np.int64)
+        mu = log_interactions(p["creativity"][member], p["followers"][member], p["trap"][member])
+        total = np.floor(np.exp(mu + INTERACTION_SIGMA * rng.standard_normal(k))).astype(np.int64)
         with_campaign = np.where(is_koc, rng.random(k) < 0.6, (campaign_joins[member] > 0) & (rng.random(k) < 0.5))
         campaign = np.where(with_campaign, rng.choice(cal.seeding[m], size=k), -1).astype(np.int32)
         self.rows.add(
@@ -753,316 +554,85 @@ class _World:
         self._status(idx, p["blacklisted_at"][idx], BLACKLISTED)
 
 
-# --------------------------------------------------------------------------- assembly
-
-
-def _timestamps(seconds: np.ndarray) -> np.ndarray:
-    return seconds.astype("datetime64[s]").astype("datetime64[us]")
-
-
-def _text(values: pa.Array) -> pd.Series:
-    return pd.Series(values, dtype="str")
-
-
-def _codes_to_text(codes: np.ndarray, labels: tuple[str, ...]) -> pd.Series:
-    """Text column from integer codes; negative codes are null."""
-    indices = pa.array(codes.astype(np.int64), mask=codes < 0)
-    return _text(pa.array(labels, type=pa.string()).take(indices))
-
-
-def _ids(prefix: str, count: int) -> pa.Array:
-    width = max(7, len(str(max(count - 1, 0))))
-    digits = pc.utf8_lpad(pc.cast(pa.array(np.arange(count)), pa.string()), width=width, padding="0")
-    return pc.binary_join_element_wise(prefix, digits, "") if prefix else digits
-
-
-def _nullable_int(values: np.ndarray, missing: np.ndarray) -> pd.Series:
-    return pd.Series(pd.array(np.where(missing, 0, values), dtype="Int64")).mask(missing)
-
-
-def _assemble(world: _World) -> tuple[dict[str, pd.DataFrame], dict[str, dict[str, np.ndarray]]]:
-    """Canonical contract tables from the simulator's arrays, plus the sorted post and programme arrays."""
-    p, rows, cal = world.pop, world.rows, world.cal
-    member_ids = _ids("", world.size)
-
-    def mid(idx: np.ndarray) -> pd.Series:
-        return _text(member_ids.take(pa.array(idx.astype(np.int64), mask=idx < 0)))
-
-    members = pd.DataFrame(
-        {
-            "member_id": mid(np.arange(world.size)),
-            "joined_at": _timestamps(p["joined_at"]),
-            "birth_year": _nullable_int(p["birth_year"], p["birth_year"] < 0),
-            "gender": _codes_to_text(np.where(p["gender_missing"], -1, p["gender"]), ("F", "M", "U")),
-            "city_tier": _nullable_int(p["city_tier"], p["city_tier"] < 0),
-            "channel": _codes_to_text(p["channel"], CHANNELS),
-            "marketing_consent": p["consent"].copy(),
-        }
-    )
-    for trait in [k for k in p if k != "joined_at"]:
-        del p[trait]  # only join times are needed from here on
-
-    o = rows.take(
-        "orders", {"member": np.int64, "at": np.int64, "amount": float, "category": np.int8, "refunded": bool}
-    )
-    keep = o["at"] < cal.end
-    o = {k: v[keep] for k, v in o.items()}
-    order = np.lexsort((o["member"], o["at"]))
-    for key in list(o):
-        o[key] = o[key][order]
-    orders = pd.DataFrame(
-        {
-            "order_id": _text(_ids("O", len(order))),
-            "member_id": mid(o["member"]),
-            "ordered_at": _timestamps(o["at"]),
-            "amount": o["amount"].astype(np.float64),
-            "category": _codes_to_text(o["category"], CATEGORIES),
-            "refunded": o["refunded"],
-        }
-    )
-
-    e = rows.take("events", {"member": np.int32, "at": np.int64, "type": np.int8, "campaign": np.int32})
-    order = np.lexsort((e["type"], e["member"], e["at"]))
-    events = pd.DataFrame(
-        {
-            "member_id": mid(e.pop("member")[order]),
-            "event_at": _timestamps(e.pop("at")[order]),
-            "event_type": _codes_to_text(e.pop("type")[order], EVENT_TYPES),
-            "campaign_id": _codes_to_text(e.pop("campaign")[order], cal.campaigns),
-        },
-        copy=False,
-    )
-    del order
-
-    q = rows.take(
-        "posts",
-        {"member": np.int64, "at": np.int64, "platform": np.int8, "interactions": np.int64, "campaign": np.int32},
-    )
-    order = np.lexsort((q["member"], q["at"]))
-    for key in list(q):
-        q[key] = q[key][order]
-    rng = np.random.default_rng([world.cfg.seed, 7])  # the split is cosmetic; keep it off the main stream
-    likes = rng.binomial(q["interactions"], 0.72)
-    comments = rng.binomial(q["interactions"] - likes, 0.3)
-    saves = q["interactions"] - likes - comments
-    unknown = q["at"] + 7 * DAY > cal.end
-    posts = pd.DataFrame(
-        {
-            "post_id": _text(_ids("P", len(order))),
-            "member_id": mid(q["member"]),
-            "posted_at": _timestamps(q["at"]),
-            "platform": _codes_to_text(q["platform"], PLATFORMS),
-            "likes_7d": _nullable_int(likes, unknown),
-            "comments_7d": _nullable_int(comments, unknown),
-            "saves_7d": _nullable_int(saves, unknown),
-            "campaign_id": _codes_to_text(q["campaign"], cal.campaigns),
-        }
-    )
-
-    first_order = np.full(world.size, _NEVER, dtype=np.int64)
-    np.minimum.at(first_order, o["member"], o["at"])
-    r = rows.take("referrals", {"referrer": np.int64, "at": np.int64, "referee": np.int64})
-    order = np.lexsort((r["referrer"], r["at"]))
-    r = {k: v[order] for k, v in r.items()}
-    has = r["referee"] >= 0
-    safe = np.where(has, r["referee"], 0)
-    joined = np.where(has, p["joined_at"][safe], 0)
-    first = np.where(has, first_order[safe], _NEVER)
-    referrals = pd.DataFrame(
-        {
-            "referrer_id": mid(r["referrer"]),
-            "referred_at": _timestamps(r["at"]),
-            "referee_id": mid(r["referee"]),
-            "referee_joined_at": pd.Series(_timestamps(joined)).where(has),
-            "referee_first_order_at": pd.Series(_timestamps(np.where(first == _NEVER, 0, first))).where(
-                first != _NEVER
-            ),
-        }
-    )
-
-    g = rows.take("program", {"member": np.int64, "at": np.int64, "status": np.int8})
-    keep = g["at"] < cal.end
-    g = {k: v[keep] for k, v in g.items()}
-    order = np.lexsort((g["status"], g["member"], g["at"]))
-    g = {k: v[order] for k, v in g.items()}
-    program = pd.DataFrame(
-        {
-            "member_id": mid(g["member"]),
-            "event_at": _timestamps(g["at"]),
-            "status": _codes_to_text(g["status"], PROGRAM_STATUSES),
-        }
-    )
-
-    s = rows.take("social", {"member": np.int64, "at": np.int64, "platform": np.int8, "followers": np.int64})
-    order = np.lexsort((s["platform"], s["member"], s["at"]))
-    social = pd.DataFrame(
-        {
-            "member_id": mid(s["member"][order]),
-            "platform": _codes_to_text(s["platform"][order], PLATFORMS),
-            "followers": s["followers"][order].astype(np.int64),
-            "observed_at": _timestamps(s["at"][order]),
-        }
-    )
-
-    truth_m = np.concatenate([np.full(len(idx), m) for m, idx, _ in world.truth])
-    truth_idx = np.concatenate([idx for _, idx, _ in world.truth])
-    truth_p = np.concatenate([prob for _, _, prob in world.truth])
-    truth = pd.DataFrame(
-        {
-            "member_id": mid(truth_idx),
-            "as_of": _timestamps(cal.starts[truth_m]),
-            "p_productive_if_invited": truth_p.astype(np.float64),
-        }
-    )
-    tables = {
-        "members": members,
-        "orders": orders,
-        "events": events,
-        "posts": posts,
-        "referrals": referrals,
-        "program": program,
-        "social": social,
-        "truth": truth,
-    }
-    q["interactions"] = np.where(unknown, 0, q["interactions"])  # unknown counts add nothing
-    internals = {"posts": q, "program": g}
-    return tables, internals
-
-
-def _data_end(tables: Mapping[str, pd.DataFrame]) -> int:
-    """Latest timestamp in any behavioural table, in seconds (as `BrandData.data_end`)."""
-    latest = []
-    for df in tables.values():
-        for col in df.columns:
-            if col != "as_of" and pd.api.types.is_datetime64_any_dtype(df[col].dtype) and df[col].notna().any():
-                latest.append(int(np.datetime64(df[col].max(), "s").astype(np.int64)))
-    return max(latest)
-
-
-def _outcomes(
-    world: _World, tables: dict[str, pd.DataFrame], internals: dict[str, dict[str, np.ndarray]]
-) -> pd.DataFrame:
-    """The simulator's own bookkeeping of eligibility and the default label at every cutoff."""
-    cfg, cal, p = world.cfg, world.cal, world.pop
-    posts, program = internals["posts"], internals["program"]
-    post_at, post_member = posts["at"], posts["member"]
-    post_interactions = posts["interactions"]  # sorted by time
-    enrolled = program["status"] == ENROLLED
-    enrol_at, enrol_member = program["at"][enrolled], program["member"][enrolled]
-    data_end = _data_end(tables)
-    horizon = cfg.horizon_days * DAY
-    cutoffs = cal.starts[1:]
-    joined_counts = np.array([np.count_nonzero(p["joined_at"] < t) for t in cutoffs])
-    bounds = np.concatenate([[0], np.cumsum(joined_counts)])
-    member = np.empty(bounds[-1], dtype=np.int64)
-    as_of = np.empty(bounds[-1], dtype=np.int64)
-    eligible_col = np.empty(bounds[-1], dtype=bool)
-    productive_col = np.empty(bounds[-1], dtype=bool)
-    complete_col = np.empty(bounds[-1], dtype=bool)
-    for m, t in enumerate(cutoffs.tolist(), start=1):
-        rows = slice(bounds[m - 1], bounds[m])
-        joined = np.flatnonzero(p["joined_at"] < t)
-        lo, hi = np.searchsorted(post_at, [t, t + horizon])
-        n_posts = np.bincount(post_member[lo:hi], minlength=world.size)
-        n_interactions = np.bincount(post_member[lo:hi], weights=post_interactions[lo:hi], minlength=world.size)
-        in_window = (enrol_at >= t) & (enrol_at < t + horizon)
-        was_enrolled = np.zeros(world.size, dtype=bool)
-        was_enrolled[enrol_member[in_window]] = True
-        productive = was_enrolled & (n_posts >= cfg.min_posts) & (n_interactions >= cfg.min_interactions)
-        eligible = np.zeros(world.size, dtype=bool)
-        eligible[world.eligible_at[m]] = True
-        member[rows] = joined
-        as_of[rows] = t
-        eligible_col[rows] = eligible[joined]
-        productive_col[rows] = productive[joined]
-        complete_col[rows] = t + horizon + 7 * DAY <= data_end
-    member_ids = pa.array(tables["members"]["member_id"].array)
-    out = pd.DataFrame(
-        {
-            "member_id": _text(member_ids.take(pa.array(member))),
-            "as_of": _timestamps(as_of),
-            "eligible": eligible_col,
-            "productive": productive_col,
-            "window_complete": complete_col,
-        },
-        copy=False,
-    )
-    return out
-
-
 # --------------------------------------------------------------------------- public API
 
 
-def simulate(cfg: SimConfig, progress: Callable[[int, int], None] | None = None) -> SimulatedWorld:
-    """Simulate a brand world; `progress(done, total)` is called after every month."""
-    world = _World(cfg)
-    for m in range(cfg.months + 1):
-        if m >= 1:
-            world.cutoff(m)
-        if m == cfg.months:
-            break
-        invited = eliminated = np.zeros(world.size, dtype=bool)
-        if m >= 1:
-            invited, eliminated = world.programme(m, world.eligible_at[m])
-        world.month(m, invited, eliminated)
-        if progress is not None:
-            progress(m + 1, cfg.months)
-    world.finish_blacklist()
-    tables, internals = _assemble(world)
-    outcomes = _outcomes(world, tables, internals)
-    if cfg.dirty:
-        tables = dirty_copy(tables, cfg.seed)
-    logger.info("simulated %d members over %d months (seed %d)", len(tables["members"]), cfg.months, cfg.seed)
-    return SimulatedWorld(tables=tables, outcomes=outcomes)
+OutsidePolicy = Callable[["Simulation", int, np.ndarray], Invitations]
 
 
-def _iso_text(stamps: pd.Series, aware: np.ndarray, utc_offset_hours: int = 8) -> pd.Series:
-    """Timestamps as ISO text: naive local time, or UTC with a `+00:00` offset where `aware`."""
-    naive = stamps.dt.strftime("%Y-%m-%d %H:%M:%S")
-    utc = (stamps - pd.Timedelta(hours=utc_offset_hours)).dt.strftime("%Y-%m-%dT%H:%M:%S+00:00")
-    return naive.where(~aware, utc).astype("str")
+class Simulation:
+    """A world advanced month by month, whose invitations may come from an outside policy.
 
-
-def dirty_copy(tables: Mapping[str, pd.DataFrame], seed: int) -> dict[str, pd.DataFrame]:
-    """A copy of `tables` with the dirt real exports carry; the inputs are not modified.
-
-    Adds exact duplicate event rows, unknown event types, orders of unknown members,
-    negative amounts, unknown post platforms, out-of-range birth years, and writes
-    order and event times as ISO text where ~1% carry a `+00:00` offset (the same
-    instant in UTC, assuming business time is UTC+8). Validation must reject the result
-    (unknown members, negative amounts, platforms, birth years) and report the rest.
+    `run(until, policy)` simulates months `[next_month, until)`; at each cutoff `m >= 1`
+    (the start of month `m`) `policy(simulation, m, eligible)` returns the `Invitations`,
+    or the scenario's historical rule decides when `policy` is None. `snapshot()` gives
+    the contract tables as a brand would export them just before the next cutoff, and
+    `branch()` an independent copy, so counterfactual policies can start from one history.
     """
-    rng = np.random.default_rng([seed, 99])
-    out = {name: df.copy() for name, df in tables.items()}
 
-    def pick(df: pd.DataFrame, share: float, minimum: int = 3) -> np.ndarray:
-        k = min(len(df), max(minimum, round(share * len(df))))
-        return np.sort(rng.choice(len(df), size=k, replace=False))
+    def __init__(self, cfg: SimConfig, progress: Callable[[int, int], None] | None = None) -> None:
+        self.cfg = cfg
+        self.world = World(cfg)
+        self.next_month = 0
+        self._progress = progress
 
-    members = out["members"]
-    bad_years = pick(members, 0.001)
-    members.loc[bad_years, "birth_year"] = rng.choice([1850, 1899, 2099, 3024], size=len(bad_years))
+    def as_of(self, m: int) -> pd.Timestamp:
+        """Cutoff `m` (the first instant of month `m`) as a naive local timestamp."""
+        return pd.Timestamp(int(self.world.cal.starts[m]), unit="s")
 
-    orders = out["orders"]
-    negative = pick(orders, 0.001)
-    orders.loc[negative, "amount"] = -orders.loc[negative, "amount"]
-    strangers = orders.iloc[pick(orders, 0.001)].copy()
-    strangers["order_id"] = [f"X{i:07d}" for i in range(len(strangers))]
-    strangers["member_id"] = [f"UNKNOWN{i:05d}" for i in range(len(strangers))]
-    orders = pd.concat([orders, strangers], ignore_index=True)
-    orders["ordered_at"] = _iso_text(orders["ordered_at"], rng.random(len(orders)) < 0.01)
-    out["orders"] = orders
+    def run(self, until: int, policy: OutsidePolicy | None = None) -> None:
+        """Simulate months up to (not including) `until`."""
+        world = self.world
+        if not self.next_month <= until <= self.cfg.months:
+            raise ValueError(f"cannot run to month {until}: at month {self.next_month} of {self.cfg.months}")
+        for m in range(self.next_month, until):
+            invited = eliminated = np.zeros(world.size, dtype=bool)
+            if m >= 1:
+                world.cutoff(m)
+                outside = policy(self, m, world.eligible_at[m]) if policy is not None else None
+                invited, eliminated = world.programme(m, world.eligible_at[m], outside)
+            world.month(m, invited, eliminated)
+            self.next_month = m + 1
+            if self._progress is not None:
+                self._progress(m + 1, self.cfg.months)
 
-    events = out["events"]
-    if len(events):
-        renamed = pick(events, 0.0005)
-        events.loc[renamed, "event_type"] = rng.choice(["page_view", "CAMPAIGN_JOIN", "live_stream"], size=len(renamed))
-        events = pd.concat([events, events.iloc[pick(events, 0.003)]], ignore_index=True)
-        events["event_at"] = _iso_text(events["event_at"], rng.random(len(events)) < 0.01)
-        out["events"] = events
+    def snapshot(self) -> dict[str, pd.DataFrame]:
+        """Contract tables of everything that happened before cutoff `next_month` (no truth)."""
+        return snapshot_tables(self.world, int(self.world.cal.starts[self.next_month]))
 
-    posts = out["posts"]
-    if len(posts):
-        odd = pick(posts, 0.002)
-        posts.loc[odd, "platform"] = rng.choice(["tiktok", "XHS", "instagram"], size=len(odd))
-    return out
+    def branch(self) -> Simulation:
+        """An independent copy: both continue from the same state and random stream."""
+        return copy.deepcopy(self)
+
+    def finish(self) -> SimulatedWorld:
+        """Run the remaining months with the historical rule, then assemble tables, truth and outcomes."""
+        self.run(self.cfg.months)
+        world, cfg = self.world, self.cfg
+        world.cutoff(cfg.months)
+        world.finish_blacklist()
+        tables, internals = assemble(world)
+        outcomes = outcomes_table(world, tables, internals)
+        trap = internals["trap"]["code"]
+        planted = np.flatnonzero(trap > 0)
+        traps = pd.DataFrame(
+            {
+                "member_id": tables["members"]["member_id"].to_numpy()[planted],
+                "trap": np.where(trap[planted] == SPENDER_TRAP, "spender", "regular"),
+            },
+            dtype="str",
+        )
+        if cfg.dirty:
+            tables = dirty_copy(tables, cfg.seed)
+        logger.info(
+            "simulated %d members over %d months (seed %d, scenario %s)",
+            len(tables["members"]),
+            cfg.months,
+            cfg.seed,
+            cfg.scenario,
+        )
+        return SimulatedWorld(tables=tables, outcomes=outcomes, traps=traps)
+
+
+def simulate(cfg: SimConfig, progress: Callable[[int, int], None] | None = None) -> SimulatedWorld:
+    """Simulate a brand world under its scenario's historical rule; `progress(done, total)` after every month."""
+    return Simulation(cfg, progress).finish()

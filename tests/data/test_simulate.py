@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from features.contract import CANONICAL_DTYPES, EVENT_TYPES, PLATFORMS, TABLES, ContractError, from_frames, load_data
 from features.io import write_tables
 from features.labels import LabelConfig, default_labels, eligibility, label_window_complete
-from kocrank.simulation import CHANNELS, PROGRAM_STATUSES, SIM_TABLES, SimConfig, dirty_copy, simulate
+from features.contract import PROGRAM_STATUSES
+from kocrank.simulation import SIM_CHANNELS, SIM_TABLES, SimConfig, dirty_copy, simulate
 from kocrank import cli_simulate
 
 pytestmark = pytest.mark.slow
@@ -145,7 +146,7 @@ def test_every_category_of_activity_appears(world):
     assert set(t["posts"]["platform"]) == set(PLATFORMS)
     assert set(t["social"]["platform"]) == set(PLATFORMS)
     assert set(t["program"]["status"]) == set(PROGRAM_STATUSES)
-    assert set(t["members"]["channel"]) == set(CHANNELS)
+    assert set(t["members"]["channel"]) == set(SIM_CHANNELS)
     assert t["orders"]["category"].nunique() >= 10
     assert 0.02 <= t["orders"]["refunded"].mean() <= 0.06
     assert 0.04 <= (~t["members"]["marketing_consent"]).mean() <= 0.09

@@ -1,5 +1,5 @@
-"""Model behaviour at the issue's scale: on a simulated world of 50,000 members (seed 7, default
-TrainConfig) the model beats every baseline on the test cutoff in PR AUC and in precision@K for
+"""Model behaviour at the issue's scale: on a simulated world of 50,000 members (seed 7, the
+observed-label target) the model beats every baseline on the test cutoff in PR AUC and in precision@K for
 every configured K. One training run (~45-60 s) with its own temporary MLflow store.
 """
 
@@ -18,8 +18,8 @@ pytestmark = pytest.mark.slow
 
 MEMBERS = 50_000
 SEED = 7
-BASELINES = ("rfm", "value", "logistic", "random")
-CONFIG = TrainConfig()
+BASELINES = ("rfm", "value", "logistic", "random", "source_rule", "bgnbd")
+CONFIG = TrainConfig(target="observed")  # precision and PR AUC below are on the observed label
 
 
 @pytest.fixture(scope="module")
