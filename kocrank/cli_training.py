@@ -91,10 +91,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train on time-split snapshots, compare with baselines, log an MLflow run and register the model."""
         from features.contract import ContractError
+        from training.promotion import recover
         from training.train import STAGES, run_training
 
         console = make_console()
         cfg = _load_config(config, console)
+        recover(tracking_uri, cfg.training.registered_model_name)  # after a killed run: see training.promotion
         with Progress(
             SpinnerColumn(),
             TextColumn("[progress.description]{task.description}"),
@@ -145,10 +147,87 @@ def register(app: typer.Typer) -> None:
 
         title = f"test cutoff {split['test']} (full table: run artifact reports/metrics.csv)"
         console.print(metrics_rich_table(result.metrics, title, k_label(cfg.training.primary_k)))
+        model = result.model
+        console.print(f"target: [bold]{model.target_}[/] ({model.target_method_})")
+        if result.backtest is not None:
+            summary = result.backtest.summary()
+            tests = ", ".join(f.split.test.date().isoformat() for f in result.backtest.folds)
+            console.print(
+                f"backtest over {summary['n_cutoffs']} test cutoffs ({tests}): {summary['primary']} "
+                f"{_format(summary['mean'])} ± {_format(summary['std'])}, PR AUC {_format(summary['pr_auc_mean'])}"
+            )
+            if result.backtest.fallback:
+                console.print(f"[yellow]{escape(result.backtest.fallback)}[/]")
         console.print(f"MLflow run [bold]{result.run_id}[/] in {result.tracking_uri}")
         decision = result.decision
         verdict = "[bold green]champion[/]" if decision.promoted else "[yellow]challenger only[/]"
         console.print(f"registered {result.model_name} v{result.model_version}: {verdict} — {escape(decision.reason)}")
+
+    @app.command("eval")
+    def eval_command(
+        members: Annotated[int, typer.Option("--members", help="Members per simulated world.")] = 30_000,
+        seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated world seeds.")] = "1,2",
+        scenarios: Annotated[
+            str, typer.Option("--scenarios", help="Comma-separated simulator scenarios ('default' = SimConfig's own).")
+        ] = "default",
+        scorers: Annotated[
+            str | None,
+            typer.Option("--scorers", help="Comma-separated targets: observed, if_invited:<method>, uplift:<method>."),
+        ] = None,
+        k: Annotated[str, typer.Option("--k", help="Top-K share for yield, precision and uplift.")] = "1%",
+        config: Annotated[Path | None, typer.Option("--config", help="TOML config file.")] = None,
+        tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow store.")] = None,
+    ) -> None:
+        """The grid scenario x seed x target on simulated worlds: yield@K / oracle, P@K, uplift@K and the ceiling.
+
+        The ceiling is the same LightGBM trained on the simulator's truth with the same features: a gap
+        between a target and the ceiling is the target's, the ceiling's gap to 1 is the features'.
+        """
+        import dataclasses
+
+        from features.contract import from_frames
+        from kocrank.simulation import SimConfig, simulate
+        from training.eval_grid import DEFAULT_SCORERS, run_grid
+
+        console = make_console()
+        cfg = _load_config(config, console)
+        scenario_names = [s.strip() for s in scenarios.split(",") if s.strip()]
+        seed_values = [int(s) for s in seeds.split(",") if s.strip()]
+        has_scenarios = "scenario" in {f.name for f in dataclasses.fields(SimConfig)}
+        if not has_scenarios and scenario_names != ["default"]:
+            console.print("[bold red]error:[/] this simulator has no scenarios; use --scenarios default")
+            raise typer.Exit(code=1)
+        labels = cfg.labels
+
+        def worlds():
+            for scenario in scenario_names:
+                for seed in seed_values:
+                    extra = {"scenario": scenario} if has_scenarios and scenario != "default" else {}
+                    sim = SimConfig(
+                        members=members,
+                        seed=seed,
+                        horizon_days=labels.horizon_days,
+                        min_posts=labels.min_posts,
+                        min_interactions=labels.min_interactions,
+                        cooldown_days=labels.cooldown_days,
+                        **extra,
+                    )
+                    console.print(f"simulating {scenario} seed {seed} ({members:,} members) ...")
+                    yield scenario, seed, from_frames(simulate(sim).tables, timezone=cfg.timezone)
+
+        def show(scenario: str, seed: int, result) -> None:  # noqa: ANN001
+            table = Table(title=f"{scenario} seed {seed}: test cutoff {result.table.attrs['test_cutoff']}, K={k}")
+            table.add_column("scorer", style="bold")
+            for column in result.table.columns:
+                table.add_column(column.replace("_at_", "@").replace("_ratio", "/oracle"), justify="right")
+            for scorer, row in result.table.iterrows():
+                table.add_row(str(scorer), *(_format(float(v)) for v in row))
+            console.print(table)
+            console.print(f"seconds: {result.seconds}")
+
+        chosen = tuple(s.strip() for s in scorers.split(",")) if scorers else DEFAULT_SCORERS
+        grid = run_grid(worlds(), cfg.training, labels, scorers=chosen, k=k, tracking_uri=tracking_uri, on_cell=show)
+        console.print(f"{len(grid)} rows logged to MLflow experiment kocrank-eval")
 
     @app.command("promote")
     def promote_command(
@@ -164,7 +243,7 @@ def register(app: typer.Typer) -> None:
 
         Versions from a failed training run are refused unless --force is given.
         """
-        from training.tracking import promote
+        from training.promotion import promote
 
         console = make_console()
         model_name = _load_config(config, console).training.registered_model_name
@@ -183,7 +262,8 @@ def register(app: typer.Typer) -> None:
         tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow store.")] = None,
     ) -> None:
         """List the registered model's versions, aliases and promotion figures, then the recent promotion history."""
-        from training.tracking import list_versions, promotion_history, resolve_tracking_uri
+        from training.promotion import promotion_history
+        from training.store import list_versions, resolve_tracking_uri
 
         console = make_console()
         model_name = _load_config(config, console).training.registered_model_name

@@ -4,7 +4,12 @@
 (b) `value`: weighted value score (`features.scores.value_scores`, weights from config);
 (c) `logistic`: logistic regression on the same features (impute + scale numerics,
     one-hot categoricals), fitted on the training cutoffs;
-(d) `random`: a seeded uniform score.
+(d) `random`: a seeded uniform score;
+(e) `source_rule`: the source material's own rule (the Miniso case's three criteria), the mean
+    percentile of activity (campaign participation), loyalty (repeat purchase) and content
+    ability (recent posts times their median interactions);
+(f) `bgnbd`: BG/NBD expected purchases within the horizon (the registry feature
+    `bgnbd_expected_purchases_h`), when the feature set has it.
 Only the logistic regression outputs probabilities.
 """
 
@@ -61,6 +66,41 @@ def random_baseline(test: pd.DataFrame, seed: int) -> BaselineScores:
     """Seeded uniform scores: what ranking without information achieves."""
     rng = np.random.default_rng(seed)
     return BaselineScores("random", rng.random(len(test)), is_probability=False)
+
+
+BGNBD_FEATURE = "bgnbd_expected_purchases_h"
+SOURCE_RULE_TERMS: dict[str, tuple[str, ...]] = {
+    "activity": ("events_campaign_join_90d", "campaign_join_months"),
+    "loyalty": ("orders_365d", "active_months_12m"),
+    "content": ("posts_180d", "post_interactions_median_180d"),
+}
+
+
+def _percentile(values: pd.Series) -> np.ndarray:
+    return values.fillna(0).astype("float64").rank(pct=True, method="average").to_numpy()
+
+
+def source_rule_baseline(test: pd.DataFrame) -> BaselineScores:
+    """Mean percentile of activity, loyalty and content ability, each the sum of its two columns' percentiles.
+
+    Content ability is posts x log(1 + median interactions), so posting often *and* being seen counts.
+    """
+    missing = [c for cols in SOURCE_RULE_TERMS.values() for c in cols if c not in test.columns]
+    if missing:
+        raise ValueError(f"source_rule baseline needs feature columns {missing}")
+    activity = _percentile(test["events_campaign_join_90d"]) + _percentile(test["campaign_join_months"])
+    loyalty = _percentile(test["orders_365d"]) + _percentile(test["active_months_12m"])
+    content_value = test["posts_180d"].fillna(0).astype("float64") * np.log1p(
+        test["post_interactions_median_180d"].fillna(0).astype("float64")
+    )
+    content = 2 * _percentile(content_value)
+    return BaselineScores("source_rule", (activity + loyalty + content) / 6.0, is_probability=False)
+
+
+def bgnbd_baseline(test: pd.DataFrame) -> BaselineScores:
+    """Expected purchases within the horizon from the BG/NBD feature (missing = 0)."""
+    values = test[BGNBD_FEATURE].astype("float64").fillna(0.0).to_numpy()
+    return BaselineScores("bgnbd", values, is_probability=False)
 
 
 def _categoricals_as_text(frame: pd.DataFrame) -> pd.DataFrame:
@@ -135,9 +175,14 @@ def all_baselines(
     """Every baseline scored on `test`; the logistic one is fitted on `train` (weights honoured)."""
     weights = train["weight"].to_numpy(dtype="float64") if "weight" in train.columns else None
     logistic = fit_logistic(train, feature_names, seed, sample_weight=weights)
-    return [
+    baselines = [
         rfm_baseline(test),
         value_baseline(test, value_weights),
         logistic_baseline(logistic, test, feature_names),
         random_baseline(test, seed),
     ]
+    if all(c in test.columns for cols in SOURCE_RULE_TERMS.values() for c in cols):
+        baselines.append(source_rule_baseline(test))
+    if BGNBD_FEATURE in test.columns:
+        baselines.append(bgnbd_baseline(test))
+    return baselines

@@ -57,6 +57,13 @@ class LgbmParams(BaseModel):
     cat_smooth: float = Field(10.0, ge=0)
     num_boost_round: int = Field(1000, ge=1)
     early_stopping_rounds: int = Field(50, ge=1)
+    monotone_increasing: tuple[str, ...] = Field(
+        ("post_interactions_mean", "post_interactions_median", "post_interactions_max"),
+        description=(
+            "Name prefixes of features the score may only rise with (LightGBM monotone constraints): more "
+            "interactions on a member's posts never lower the score, all else equal"
+        ),
+    )
 
 
 class TrainConfig(BaseModel):
@@ -79,8 +86,43 @@ class TrainConfig(BaseModel):
             "for fitting, early stopping or calibration was unknown at the cutoff it is judged on"
         ),
     )
+    max_cutoffs: int = Field(
+        36,
+        ge=3,
+        description=(
+            "At most this many cutoffs (the latest ones) are built; older history still feeds the features. "
+            "Bounds the work when a stray early timestamp would otherwise make thousands of monthly cutoffs"
+        ),
+    )
+    backtest_cutoffs: int = Field(
+        3, ge=1, description="Test cutoffs of the rolling-origin backtest (the latest ones, each with its own split)"
+    )
+    refit: bool = Field(
+        True,
+        description=(
+            "Serve a model refit on every cutoff used with the backtest's median iteration count, calibrated on the "
+            "backtest's out-of-time scores; false serves the latest fold's model (lambdarank always does)"
+        ),
+    )
     negative_sample_rate: float = Field(
         1.0, gt=0, le=1, description="Share of label-0 training rows kept (weighted 1/rate); 1 keeps all"
+    )
+
+    # --- target -------------------------------------------------------------------------
+    target: Literal["if_invited", "observed", "uplift"] = Field(
+        "observed",
+        description=(
+            "What the score means: `if_invited` P(productive KOC within H | invited now), `observed` P(enrolled "
+            "and productive within H) under the past policy, `uplift` P(productive | invited) - "
+            "P(productive | not invited); see training/targets.py. Without logged invitations and enrolments "
+            "the run falls back to `observed` and says so"
+        ),
+    )
+    target_method: Literal["two_stage", "ipw", "auxiliary", "blend"] = Field(
+        "two_stage", description="How `if_invited` (and uplift's treated arm) is learnt; see training/targets.py"
+    )
+    propensity_clip: float = Field(
+        0.002, gt=0, lt=1, description="Lower clip of P(invited | x) for inverse-propensity weights"
     )
 
     # --- model --------------------------------------------------------------------------
@@ -96,11 +138,19 @@ class TrainConfig(BaseModel):
 
     # --- evaluation ---------------------------------------------------------------------
     k_list: tuple[KSpec, ...] = (100, 500, "1%", "5%")
-    primary_k: KSpec = Field(100, description="K whose test precision decides champion promotion")
+    primary_k: KSpec = Field(100, description="K whose backtest mean precision decides champion promotion")
     value_weights: dict[str, float] | None = Field(
         None, description="Weights for the value-score baseline; None uses features.scores defaults"
     )
     reliability_bins: int = Field(10, ge=2)
+    promotion_margin: float = Field(
+        0.005,
+        ge=0,
+        description=(
+            "A challenger must beat the champion's backtest mean of precision@primary_k by more than this; "
+            "within it, mean PR AUC must win by more than it too; an exact tie never promotes"
+        ),
+    )
 
     # --- tracking -----------------------------------------------------------------------
     experiment_name: str = "kocrank"

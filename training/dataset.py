@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -30,6 +30,7 @@ from features.build import build_features
 from features.contract import BrandData
 from features.labels import INTERACTIONS_KNOWN_AFTER, LabelConfig, label_window_complete, labels_for
 from features.registry import feature_names
+from features.targets import OUTCOME_COLUMNS, outcomes_for
 from training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ def candidate_cutoffs(
 
     if "labels" not in data.absent:
         given = sorted(pd.Timestamp(v).as_unit("us") for v in data.labels["as_of"].dropna().unique())
-        return [c for c in given if in_range(c)], [], "labels_table"
+        return [c for c in given if in_range(c)][-train_cfg.max_cutoffs :], [], "labels_table"
 
     if len(data.orders) == 0:
         raise ValueError("the orders table is empty: there is no history to build cutoffs from")
@@ -96,10 +97,22 @@ def candidate_cutoffs(
     incomplete: list[pd.Timestamp] = []
     cutoff = pd.Timestamp(lower).as_unit("us")
     end = data.data_end
+    earliest_kept = end - pd.DateOffset(months=train_cfg.step_months * (train_cfg.max_cutoffs + 6))
+    if cutoff < earliest_kept:
+        skipped = (earliest_kept.year - cutoff.year) * 12 + earliest_kept.month - cutoff.month
+        steps = skipped // train_cfg.step_months
+        logger.warning(
+            "history reaches back to %s: %d monthly cutoff(s) before %s are not built (training.max_cutoffs = %d)",
+            cutoff.date(),
+            steps,
+            earliest_kept.date(),
+            train_cfg.max_cutoffs,
+        )
+        cutoff = (cutoff + pd.DateOffset(months=steps * train_cfg.step_months)).as_unit("us")
     while cutoff <= end and (upper is None or cutoff <= upper):
         (complete if label_window_complete(data, cutoff, label_cfg) else incomplete).append(cutoff)
         cutoff = (cutoff + pd.DateOffset(months=train_cfg.step_months)).as_unit("us")
-    return complete, incomplete, "default_label"
+    return complete[-train_cfg.max_cutoffs :], incomplete, "default_label"
 
 
 def split_cutoffs(
@@ -154,20 +167,79 @@ def split_cutoffs(
     )
 
 
+def backtest_splits(
+    cutoffs: Sequence[pd.Timestamp],
+    label_cfg: LabelConfig,
+    train_cfg: TrainConfig,
+    *,
+    incomplete: Sequence[pd.Timestamp] = (),
+    source: str = "default_label",
+) -> tuple[CutoffSplit, ...]:
+    """Rolling-origin folds, oldest first: the latest `backtest_cutoffs` cutoffs each test once.
+
+    Each fold is `split_cutoffs` on the cutoffs up to its test cutoff (same embargo rules), so
+    no fold fits, stops early or calibrates on labels unknown at its own test cutoff. Folds
+    that history cannot support are left out (the latest one must exist).
+    """
+    ordered = sorted(set(cutoffs))
+    folds: list[CutoffSplit] = []
+    for back in range(train_cfg.backtest_cutoffs):
+        upto = ordered[: len(ordered) - back]
+        try:
+            folds.append(split_cutoffs(upto, label_cfg, train_cfg, incomplete=incomplete, source=source))
+        except ValueError:
+            if not folds:
+                raise
+            logger.warning(
+                "backtest: only %d of %d test cutoffs have enough history before them",
+                len(folds),
+                train_cfg.backtest_cutoffs,
+            )
+            break
+    return tuple(reversed(folds))
+
+
 @dataclass(frozen=True)
 class SnapshotDataset:
-    """One row per eligible (member, cutoff): `member_id, as_of, split, label, weight, relevance` + features."""
+    """One row per eligible (member, cutoff) of every cutoff any backtest fold uses.
+
+    Columns: `member_id, as_of, split, label, relevance, weight`, the outcome columns of
+    `features.targets` (`invited, accepted, enrolled, productive`), then the features. `split`
+    names the latest fold's role of the row (`train`, `validation`, `test`, or `backtest` for
+    cutoffs only earlier folds use). Rows are not downsampled here: `part` and `fold_parts`
+    downsample training negatives (seeded, weight 1/rate).
+    """
 
     frame: pd.DataFrame
     split: CutoffSplit
     feature_names: list[str]
     downsampling: dict[str, float] = field(default_factory=dict)
+    folds: tuple[CutoffSplit, ...] = ()
+    negative_sample_rate: float = 1.0
+    seed: int = 0
+
+    def _rows(self, cutoffs: Sequence[pd.Timestamp]) -> pd.DataFrame:
+        return self.frame.loc[self.frame["as_of"].isin(list(cutoffs))].reset_index(drop=True)
+
+    def _train_rows(self, cutoffs: Sequence[pd.Timestamp]) -> pd.DataFrame:
+        rows = downsample_negatives(self._rows(cutoffs), self.negative_sample_rate, self.seed)
+        return rows.reset_index(drop=True)
 
     def part(self, name: str) -> pd.DataFrame:
-        """Rows of one split (`train`, `validation`, `test`), sorted by as_of then member_id."""
+        """Rows of one split of the latest fold (`train`, `validation`, `test`), sorted by as_of then member_id."""
         if name not in SPLITS:
             raise ValueError(f"unknown split {name!r}; use one of {SPLITS}")
-        return self.frame.loc[self.frame["split"] == name].reset_index(drop=True)
+        if name == "train":
+            return self._train_rows(self.split.train)
+        return self._rows([self.split.validation if name == "validation" else self.split.test])
+
+    def fold_parts(self, fold: CutoffSplit) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        """(train, validation, test) rows of one backtest fold."""
+        return self._train_rows(fold.train), self._rows([fold.validation]), self._rows([fold.test])
+
+    def all_rows(self) -> pd.DataFrame:
+        """Rows of every cutoff the latest fold uses (the refit's training rows), negatives downsampled."""
+        return self._train_rows(self.split.used)
 
     def counts(self) -> pd.DataFrame:
         """Rows and positives per split and cutoff."""
@@ -205,11 +277,13 @@ def downsample_negatives(frame: pd.DataFrame, rate: float, seed: int) -> pd.Data
 
 
 def build_snapshots(data: BrandData, label_cfg: LabelConfig, train_cfg: TrainConfig) -> SnapshotDataset:
-    """Features + labels of eligible members at every used cutoff, tagged with their split."""
+    """Features, labels and outcomes of eligible members at every cutoff a backtest fold uses."""
     cutoffs, incomplete, source = candidate_cutoffs(data, label_cfg, train_cfg)
-    split = split_cutoffs(cutoffs, label_cfg, train_cfg, incomplete=incomplete, source=source)
+    folds = backtest_splits(cutoffs, label_cfg, train_cfg, incomplete=incomplete, source=source)
+    split = folds[-1]
     logger.info(
-        "cutoffs: %d train (%s .. %s), validation %s, test %s; %d left out (incomplete window), %d embargoed",
+        "cutoffs: %d train (%s .. %s), validation %s, test %s; %d left out (incomplete window), %d embargoed; "
+        "backtest tests %s",
         len(split.train),
         split.train[0].date(),
         split.train[-1].date(),
@@ -217,8 +291,9 @@ def build_snapshots(data: BrandData, label_cfg: LabelConfig, train_cfg: TrainCon
         split.test.date(),
         len(split.incomplete),
         len(split.embargoed),
+        ", ".join(str(f.test.date()) for f in folds),
     )
-    used = list(split.used)
+    used = sorted({c for fold in folds for c in fold.used})
     labels = labels_for(data, used, label_cfg)
     feats = build_features(data, used)
     names = feature_names()
@@ -229,23 +304,28 @@ def build_snapshots(data: BrandData, label_cfg: LabelConfig, train_cfg: TrainCon
             "features.build.build_features must return every member who joined before the cutoff"
         )
     which = {c: "train" for c in split.train} | {split.validation: "validation", split.test: "test"}
-    merged.insert(2, "split", pd.Categorical(merged["as_of"].map(which), categories=list(SPLITS)))
+    roles = merged["as_of"].map(which).fillna("backtest")
+    merged.insert(2, "split", pd.Categorical(roles, categories=[*SPLITS, "backtest"]))
     if train_cfg.objective == "lambdarank":
         relevance = graded_relevance(data, merged, label_cfg) if source == "default_label" else merged["label"]
     else:
         relevance = merged["label"]
     merged.insert(4, "relevance", relevance.astype("int64").to_numpy())
-
-    train_rows = merged.loc[merged["split"] == "train"]
-    kept_train = downsample_negatives(train_rows, train_cfg.negative_sample_rate, train_cfg.seed)
-    others = merged.loc[merged["split"] != "train"].assign(weight=1.0)
-    frame = pd.concat([kept_train, others], ignore_index=True)
-    frame = frame.sort_values(["as_of", "member_id"], kind="stable", ignore_index=True)
-    ordered_columns = ["member_id", "as_of", "split", "label", "relevance", "weight", *names]
-    frame = frame[ordered_columns]
+    merged = outcomes_for(data, merged, label_cfg).assign(weight=1.0)
+    frame = merged.sort_values(["as_of", "member_id"], kind="stable", ignore_index=True)
+    frame = frame[["member_id", "as_of", "split", "label", "relevance", "weight", *OUTCOME_COLUMNS, *names]]
+    dataset = SnapshotDataset(
+        frame=frame,
+        split=split,
+        feature_names=names,
+        folds=folds,
+        negative_sample_rate=float(train_cfg.negative_sample_rate),
+        seed=train_cfg.seed,
+    )
+    train_rows = int((frame["split"] == "train").sum())
     downsampling = {
         "negative_sample_rate": float(train_cfg.negative_sample_rate),
-        "train_rows_before": float(len(train_rows)),
-        "train_rows_after": float(len(kept_train)),
+        "train_rows_before": float(train_rows),
+        "train_rows_after": float(len(dataset.part("train"))),
     }
-    return SnapshotDataset(frame=frame, split=split, feature_names=names, downsampling=downsampling)
+    return replace(dataset, downsampling=downsampling)

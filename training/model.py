@@ -20,21 +20,14 @@ import pandas as pd
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
+from training.config import LgbmParams
+
 logger = logging.getLogger(__name__)
 
 Objective = Literal["binary", "lambdarank"]
 Calibration = Literal["platt", "isotonic"]
 
-DEFAULT_PARAMS: dict[str, Any] = {
-    "learning_rate": 0.05,
-    "num_leaves": 31,
-    "min_data_in_leaf": 100,
-    "feature_fraction": 0.8,
-    "bagging_fraction": 0.8,
-    "bagging_freq": 1,
-    "lambda_l2": 1.0,
-}
-_ROUND_KEYS = ("num_boost_round", "early_stopping_rounds")
+_ROUND_KEYS = ("num_boost_round", "early_stopping_rounds", "monotone_increasing")
 
 
 class NotFittedError(RuntimeError):
@@ -50,10 +43,15 @@ def _feature_set_version() -> str:
 class KocModel:
     """LightGBM on the registry's features; `predict_proba` returns calibrated P(label = 1).
 
-    Parameters are LightGBM parameters plus `num_boost_round` and `early_stopping_rounds`;
-    the seed, thread count and determinism flags are set here so that the same data and
-    seed always give the same booster.
+    Parameters are LightGBM parameters plus `num_boost_round` and `early_stopping_rounds`
+    (default: `training.config.LgbmParams`, the one home of the defaults); the seed, thread
+    count and determinism flags are set here so that the same data and seed always give the
+    same booster. `target_` says what the probability means (`observed`: enrolled and
+    productive under the past policy; see `training.targets` and `CompositeModel`).
     """
+
+    target_: str = "observed"  # class defaults: models saved before target modes read as observed
+    target_method_: str = "single"
 
     def __init__(
         self,
@@ -65,7 +63,7 @@ class KocModel:
         num_threads: int = 1,
         label_config: Mapping[str, Any] | None = None,
     ) -> None:
-        self.params = dict(params) if params is not None else dict(DEFAULT_PARAMS)
+        self.params = dict(params) if params is not None else LgbmParams().model_dump()
         self.seed = seed
         self.objective = objective
         self.calibration = calibration
@@ -87,6 +85,11 @@ class KocModel:
                 "verbosity": -1,
             }
         )
+        prefixes = tuple(self.params.get("monotone_increasing", ()))
+        names = getattr(self, "feature_names_", [])
+        if prefixes and any(name.startswith(prefixes) for name in names):
+            params["monotone_constraints"] = [int(name.startswith(prefixes)) for name in names]
+            params["monotone_constraints_method"] = "advanced"
         if self.objective == "binary":
             params["metric"] = ["binary_logloss", "average_precision"]
         else:
@@ -128,9 +131,7 @@ class KocModel:
                 "nor calibrated; use more history or a later validation cutoff"
             )
 
-        self.feature_names_ = list(X.columns)
-        self.categorical_features_ = [c for c in X.columns if isinstance(X[c].dtype, pd.CategoricalDtype)]
-        self.categories_ = {c: list(X[c].cat.categories) for c in self.categorical_features_}
+        self._remember_columns(X)
         params, num_boost_round, early_stopping_rounds = self._lgb_params()
 
         if self.objective == "lambdarank":
@@ -141,14 +142,7 @@ class KocModel:
             train_target, valid_target = y_train, y_valid
             group = group_val = None
 
-        train_set = lgb.Dataset(
-            self._model_input(X),
-            label=train_target,
-            weight=None if sample_weight is None else np.asarray(sample_weight, dtype="float64"),
-            group=group,
-            categorical_feature=self.categorical_features_ or "auto",
-            free_raw_data=True,
-        )
+        train_set = self._dataset(X, train_target, sample_weight, group)
         valid_set = lgb.Dataset(
             self._model_input(X_val), label=valid_target, group=group_val, reference=train_set, free_raw_data=True
         )
@@ -166,14 +160,71 @@ class KocModel:
         )
         self.best_iteration_ = int(self.booster_.best_iteration or self.booster_.current_iteration())
         self.validation_curve_ = {name: list(values) for name, values in evals.get("validation", {}).items()}
+        self.calibrate(self.raw_score(X_val), y_valid)
+        self._stamp()
+        logger.info("trained LightGBM (%s) on %d rows, best iteration %d", self.objective, len(X), self.best_iteration_)
+        return self
 
-        raw_val = self.raw_score(X_val)
-        self.calibrator_ = self._fit_calibrator(raw_val, y_valid)
+    def fit_fixed(
+        self,
+        X: pd.DataFrame,
+        y: Sequence[int] | np.ndarray | pd.Series,
+        num_boost_round: int,
+        sample_weight: Sequence[float] | np.ndarray | pd.Series | None = None,
+    ) -> KocModel:
+        """Fit `num_boost_round` trees on (X, y) without a validation set (the refit on every cutoff).
+
+        The round count comes from the rolling-origin backtest; the calibrator is not fitted here:
+        call `calibrate` with raw scores of rows this booster was not fitted on.
+        """
+        if self.objective != "binary":
+            raise ValueError("fit_fixed supports the binary objective only")
+        self._check_training_frame(X, "X")
+        y_train = np.asarray(y, dtype="int64")
+        if len(y_train) != len(X):
+            raise ValueError("labels must have one value per feature row")
+        self._remember_columns(X)
+        params, _, _ = self._lgb_params()
+        train_set = self._dataset(X, y_train, sample_weight, None)
+        self.booster_ = lgb.train(params, train_set, num_boost_round=int(num_boost_round))
+        self.best_iteration_ = int(num_boost_round)
+        self.validation_curve_ = {}
+        self._stamp()
+        return self
+
+    def calibrate(self, raw: np.ndarray, y: Sequence[int] | np.ndarray) -> KocModel:
+        """Fit the calibrator on raw scores and labels of rows the booster was not fitted on."""
+        labels = np.asarray(y, dtype="int64")
+        if labels.min(initial=0) == labels.max(initial=0):
+            raise ValueError("calibration rows hold a single class; the calibrator needs both")
+        self.calibrator_ = self._fit_calibrator(np.asarray(raw, dtype="float64"), labels)
+        return self
+
+    def _remember_columns(self, X: pd.DataFrame) -> None:
+        self.feature_names_ = list(X.columns)
+        self.categorical_features_ = [c for c in X.columns if isinstance(X[c].dtype, pd.CategoricalDtype)]
+        self.categories_ = {c: list(X[c].cat.categories) for c in self.categorical_features_}
+
+    def _dataset(
+        self,
+        X: pd.DataFrame,
+        target: np.ndarray,
+        sample_weight: Sequence[float] | np.ndarray | pd.Series | None,
+        group: Sequence[int] | None,
+    ) -> lgb.Dataset:
+        return lgb.Dataset(
+            self._model_input(X),
+            label=target,
+            weight=None if sample_weight is None else np.asarray(sample_weight, dtype="float64"),
+            group=group,
+            categorical_feature=self.categorical_features_ or "auto",
+            free_raw_data=True,
+        )
+
+    def _stamp(self) -> None:
         self.feature_set_version_ = _feature_set_version()
         self.label_config_ = self.label_config
         self.trained_at_ = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        logger.info("trained LightGBM (%s) on %d rows, best iteration %d", self.objective, len(X), self.best_iteration_)
-        return self
 
     def _fit_calibrator(self, raw: np.ndarray, y: np.ndarray) -> LogisticRegression | IsotonicRegression:
         if self.calibration == "isotonic":
@@ -248,16 +299,87 @@ class KocModel:
             ascending=False, kind="stable"
         )
 
-    def describe(self) -> dict[str, Any]:
-        """What this model was trained on (for logs, tags and the pyfunc metadata)."""
+
+class CompositeModel(KocModel):
+    """Fitted KocModels combined into one score: `log p = sum_c exponent_c * log p_c`.
+
+    With a `control` component the score is an uplift, `p - p_control` (it can be negative).
+    Contributions and importances are the exponent-weighted sums of the components' (minus the
+    control's): exact in log space for a product of probabilities, an approximation for the
+    uplift difference. Built by `training.targets` from components that are already fitted.
+    """
+
+    def __init__(
+        self,
+        components: Mapping[str, KocModel],
+        exponents: Mapping[str, float],
+        *,
+        target: str,
+        method: str,
+        control: str | None = None,
+    ) -> None:
+        first = next(iter(components.values()))
+        super().__init__(
+            first.params,
+            first.seed,
+            objective=first.objective,
+            calibration=first.calibration,
+            num_threads=first.num_threads,
+            label_config=first.label_config,
+        )
+        unknown = [name for name in [*exponents, *([control] if control else [])] if name not in components]
+        if unknown:
+            raise ValueError(f"components {unknown} are named but not given (given: {sorted(components)})")
+        self.components_ = dict(components)
+        self.exponents_ = dict(exponents)
+        self.control_ = control
+        self.target_ = target
+        self.target_method_ = method
+        for attribute in ("feature_names_", "categorical_features_", "categories_", "feature_set_version_"):
+            setattr(self, attribute, getattr(first, attribute))
+        self.label_config_ = first.label_config_
+        self.trained_at_ = max(c.trained_at_ for c in self.components_.values())
+        self.best_iterations_ = {name: c.best_iteration_ for name, c in self.components_.items()}
+        self.best_iteration_ = max(self.best_iterations_.values())
+        self.booster_ = first.booster_  # marks the model fitted; scoring goes through the components
+
+    def _weights(self) -> dict[str, float]:
+        weights = dict(self.exponents_)
+        if self.control_ is not None:
+            weights[self.control_] = weights.get(self.control_, 0.0) - 1.0
+        return weights
+
+    def _treated(self, X: pd.DataFrame) -> np.ndarray:
+        log_p = np.zeros(len(X))
+        for name, exponent in self.exponents_.items():
+            log_p += exponent * np.log(np.clip(self.components_[name].predict_proba(X), 1e-12, 1.0))
+        return np.exp(log_p)
+
+    def raw_score(self, X: pd.DataFrame) -> np.ndarray:
+        """log of the combined probability (the uplift itself with a control)."""
+        if self.control_ is not None:
+            return self.predict_proba(X)
+        return np.log(np.clip(self._treated(X), 1e-12, 1.0))
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        """The combined probability, or the uplift `p - p_control` when a control is set."""
         self._check_fitted()
-        return {
-            "objective": self.objective,
-            "calibration": self.calibration,
-            "seed": self.seed,
-            "best_iteration": self.best_iteration_,
-            "feature_set_version": self.feature_set_version_,
-            "n_features": len(self.feature_names_),
-            "label_config": self.label_config_,
-            "trained_at": self.trained_at_,
-        }
+        treated = self._treated(X)
+        if self.control_ is None:
+            return treated
+        return treated - self.components_[self.control_].predict_proba(X)
+
+    def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
+        """Exponent-weighted sum of the components' contributions (minus the control's)."""
+        total = pd.DataFrame(0.0, index=X.index, columns=self.feature_names_)
+        for name, weight in self._weights().items():
+            if weight:
+                total += weight * self.components_[name].contributions(X)
+        return total
+
+    def feature_importance(self, importance_type: Literal["gain", "split"] = "gain") -> pd.Series:
+        """Exponent-weighted sum of the components' importances (the control's counted positively)."""
+        total = pd.Series(0.0, index=self.feature_names_, name=importance_type)
+        for name, weight in self._weights().items():
+            total += abs(weight) * self.components_[name].feature_importance(importance_type)
+        return total.sort_values(ascending=False, kind="stable")

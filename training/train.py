@@ -24,12 +24,14 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from features.contract import DEFAULT_TIMEZONE, BrandData, load_data
 from features.labels import LabelConfig
-from features.registry import FEATURE_SET_VERSION, categorical_features
+from features.registry import FEATURE_SET_VERSION
 from training import baselines as baseline_module
-from training import plots, tracking
+from training import faults, plots, promotion, tracking
+from training.backtest import BacktestResult, refit, run_backtest
 from training.config import TrainConfig
 from training.dataset import SnapshotDataset, build_snapshots
 from training.evaluate import (
@@ -37,25 +39,26 @@ from training.evaluate import (
     evaluate_scores,
     flat_metrics,
     gains_curve,
-    k_label,
     metrics_table,
     truth_for,
 )
 from training.model import KocModel
 from training.pyfunc import CODE_PATHS, MODEL_ARTIFACT_KEY, KocPyfunc, signature_for, to_pyfunc_input
+from training.targets import FittedTarget, TargetUnavailable, components_for, fit_components, target_params
 
 logger = logging.getLogger(__name__)
 
 STAGES = (
     "load data",
     "build snapshots",
-    "fit model",
-    "fit baselines",
+    "backtest and fit",
     "evaluate",
     "log artifacts",
     "register model",
     "promotion",
 )
+SLICE_COLUMNS = ("city_tier", "channel")
+SLICE_METRICS = ("rows", "base_rate", "roc_auc", "pr_auc", "mean_score")
 MODEL_ROW = "model"
 SHAP_SAMPLE_ROWS = 5_000
 LAMBDARANK_QUERY_ROWS = 1_000
@@ -77,10 +80,7 @@ class TrainResult:
     model: KocModel
     dataset: SnapshotDataset
     timings: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def primary_metric(self) -> str:
-        return self.decision.metric
+    backtest: BacktestResult | None = None
 
 
 def _flatten(prefix: str, value: Any) -> dict[str, str]:
@@ -103,20 +103,26 @@ def _query_groups(frame: pd.DataFrame) -> list[int]:
     return sizes
 
 
-def fit_model(dataset: SnapshotDataset, train_cfg: TrainConfig, label_cfg: LabelConfig) -> KocModel:
-    """Fit KocModel on the train cutoffs, early-stopping and calibrating on the validation cutoff."""
-    train = dataset.part("train")
-    valid = dataset.part("validation")
-    names = dataset.feature_names
-    params = train_cfg.lgbm.model_dump()
-    model = KocModel(
-        params,
-        seed=train_cfg.seed,
-        objective=train_cfg.objective,
-        calibration=train_cfg.calibration,
-        num_threads=train_cfg.num_threads,
-        label_config=label_cfg.model_dump(),
-    )
+def model_factory(train_cfg: TrainConfig, label_cfg: LabelConfig) -> Callable[[], KocModel]:
+    """A function returning a fresh, unfitted KocModel with the run's parameters (LightGBM overrides allowed)."""
+
+    def make(**overrides: Any) -> KocModel:
+        return KocModel(
+            train_cfg.lgbm.model_dump() | overrides,
+            seed=train_cfg.seed,
+            objective=train_cfg.objective,
+            calibration=train_cfg.calibration,
+            num_threads=train_cfg.num_threads,
+            # a treatment-aware target is part of the label definition: never auto-compared with another
+            label_config=label_cfg.model_dump() | ({"target": train_cfg.target} if train_cfg.target != "observed" else {}),
+        )
+
+    return make
+
+
+def _fit_observed(
+    train: pd.DataFrame, valid: pd.DataFrame, names: list[str], train_cfg: TrainConfig, label_cfg: LabelConfig
+) -> FittedTarget:
     ranking: dict[str, Any] = {}
     if train_cfg.objective == "lambdarank":
         ranking = {
@@ -125,7 +131,7 @@ def fit_model(dataset: SnapshotDataset, train_cfg: TrainConfig, label_cfg: Label
             "group": _query_groups(train),
             "group_val": _query_groups(valid),
         }
-    return model.fit(
+    model = model_factory(train_cfg, label_cfg)().fit(
         train[names],
         train["label"].to_numpy(),
         valid[names],
@@ -133,6 +139,57 @@ def fit_model(dataset: SnapshotDataset, train_cfg: TrainConfig, label_cfg: Label
         sample_weight=train["weight"].to_numpy(),
         **ranking,
     )
+    counts = {
+        "train_rows": len(train),
+        "train_positives": int(train["label"].sum()),
+        "validation_rows": len(valid),
+        "validation_positives": int(valid["label"].sum()),
+    }
+    return FittedTarget(components={"observed": model}, rows={"observed": counts})
+
+
+def fit_target(
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+    names: list[str],
+    train_cfg: TrainConfig,
+    label_cfg: LabelConfig,
+    *,
+    issued: pd.DataFrame | None = None,
+) -> tuple[KocModel, FittedTarget, str | None]:
+    """The configured target's model fitted on `train`, early-stopped and calibrated on `valid`.
+
+    Returns (model, its components, why it fell back to `observed` or None). A treatment-aware
+    target needs logged invitations and enrolments; without enough of them the run learns the
+    observed label instead and says why.
+    """
+    if train_cfg.target != "observed":
+        try:
+            fitted = fit_components(
+                train,
+                valid,
+                names,
+                components_for(train_cfg.target, train_cfg.target_method),
+                model_factory(train_cfg, label_cfg),
+                propensity_clip=train_cfg.propensity_clip,
+                issued=issued,
+            )
+            return fitted.model(train_cfg.target, train_cfg.target_method), fitted, None
+        except TargetUnavailable as err:
+            fallback = f"target {train_cfg.target!r} unavailable, learnt 'observed' instead: {err}"
+            logger.warning(fallback)
+    else:
+        fallback = None
+    fitted = _fit_observed(train, valid, names, train_cfg.model_copy(update={"target": "observed"}), label_cfg)
+    return fitted.model("observed", "single"), fitted, fallback
+
+
+def fit_model(dataset: SnapshotDataset, train_cfg: TrainConfig, label_cfg: LabelConfig) -> KocModel:
+    """Fit the configured target on the train cutoffs, early-stopping and calibrating on the validation cutoff."""
+    model, _, _ = fit_target(
+        dataset.part("train"), dataset.part("validation"), dataset.feature_names, train_cfg, label_cfg
+    )
+    return model
 
 
 def evaluate_all(
@@ -143,7 +200,7 @@ def evaluate_all(
     test = dataset.part("test")
     names = dataset.feature_names
     scores: dict[str, np.ndarray] = {MODEL_ROW: model.predict_proba(test[names])}
-    probabilistic = {MODEL_ROW}
+    probabilistic = {MODEL_ROW} if getattr(model, "target_", "observed") != "uplift" else set()
     for baseline in baseline_module.all_baselines(
         train, test, names, seed=train_cfg.seed, value_weights=train_cfg.value_weights
     ):
@@ -165,6 +222,32 @@ def evaluate_all(
         for name, values in scores.items()
     ]
     return results, scores
+
+
+def slice_metrics(scores: np.ndarray, test: pd.DataFrame, train_cfg: TrainConfig) -> pd.DataFrame:
+    """The model's metrics on the test cutoff per city tier and per acquisition channel (missing = "unknown")."""
+    rows = []
+    labels = test["label"].to_numpy()
+    for column in SLICE_COLUMNS:
+        if column not in test.columns:
+            continue
+        values = test[column].astype("object").where(test[column].notna(), "unknown").astype(str).to_numpy()
+        for value in sorted(set(values)):
+            mask = values == value
+            y, score = labels[mask], scores[mask]
+            both = 0 < y.sum() < len(y)
+            rows.append(
+                {
+                    "slice": column,
+                    "value": value,
+                    "rows": float(mask.sum()),
+                    "base_rate": float(y.mean()),
+                    "roc_auc": float(roc_auc_score(y, score)) if both else float("nan"),
+                    "pr_auc": float(average_precision_score(y, score)) if both else float("nan"),
+                    "mean_score": float(score.mean()),
+                }
+            )
+    return pd.DataFrame(rows, columns=["slice", "value", *SLICE_METRICS])
 
 
 def _mean_abs_contributions(model: KocModel, test: pd.DataFrame, names: list[str], seed: int) -> pd.Series:
@@ -260,37 +343,6 @@ def _log_model(model: KocModel, test: pd.DataFrame, model_name: str, workdir: Pa
     return str(info.registered_model_version)
 
 
-def champion_label_config(model_name: str, champion_version: str) -> dict[str, Any] | None:
-    """The current champion's `label_config_` (None when it cannot be loaded or recorded none)."""
-    try:
-        champion = mlflow.pyfunc.load_model(f"models:/{model_name}@{tracking.CHAMPION}")
-        config = getattr(champion.unwrap_python_model().model, "label_config_", None)
-    except Exception as err:  # scoring will report why the champion is unusable
-        logger.warning("could not read champion v%s's label config: %s", champion_version, err)
-        return None
-    return dict(config) if config else None
-
-
-def score_champion(
-    model_name: str, test: pd.DataFrame, feature_names: list[str], primary_k: Any, champion_version: str
-) -> tuple[float | None, str | None]:
-    """(precision@K of the current champion on this run's test rows, error text if it cannot score them)."""
-    try:
-        champion = mlflow.pyfunc.load_model(f"models:/{model_name}@{tracking.CHAMPION}")
-        rows = to_pyfunc_input(test, feature_names, categorical_features())
-        predicted = champion.predict(rows)
-        probability = np.asarray(
-            predicted["probability"] if isinstance(predicted, pd.DataFrame) else predicted, dtype="float64"
-        )
-    except Exception as err:  # the champion may predate this feature set or code
-        logger.warning("champion v%s could not score this test cutoff: %s", champion_version, err)
-        return None, f"{type(err).__name__}: {err}"[:500]
-    result = evaluate_scores(
-        "champion", probability, test["label"].to_numpy(), test["member_id"], [primary_k], is_probability=True
-    )
-    return result.metrics[f"precision_at_{k_label(primary_k)}"], None
-
-
 def _roll_back_run_promotion(
     client: MlflowClient,
     uri: str,
@@ -311,6 +363,162 @@ def _roll_back_run_promotion(
         logger.exception("could not mark the run's promotion record as rolled back")
 
 
+@dataclass
+class _Run:
+    """State shared by the named steps of one training run."""
+
+    train_cfg: TrainConfig
+    label_cfg: LabelConfig
+    timezone: str
+    uri: str
+    model_name: str
+    brand: BrandData | None = None
+    dataset: SnapshotDataset | None = None
+    backtest: BacktestResult | None = None
+    model: KocModel | None = None
+    results: list[ScorerResult] = field(default_factory=list)
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
+    table: pd.DataFrame | None = None
+    slices: pd.DataFrame | None = None
+    version: str | None = None
+    decision: tracking.PromotionDecision | None = None
+    promotion_before: dict[str, str] | None = None  # aliases when the promotion step began
+    recorded: tracking.PromotionDecision | None = None  # decision written to the registry
+
+
+def step_snapshot(run: _Run, config_record: Mapping[str, Any] | None) -> None:
+    """Build the snapshot rows of every backtest fold and log the split, config and data fingerprint."""
+    brand, train_cfg, label_cfg = run.brand, run.train_cfg, run.label_cfg
+    run.dataset = dataset = build_snapshots(brand, label_cfg, train_cfg)
+    split = dataset.split.to_dict()
+    mlflow.set_tags(
+        {
+            "koc.feature_set_version": FEATURE_SET_VERSION,
+            "koc.test_cutoff": split["test"],
+            "koc.validation_cutoff": split["validation"],
+            "koc.label_source": split["label_source"],
+            "koc.absent_tables": ",".join(sorted(brand.absent)) or "none",
+            "koc.data_source": str(brand.source or "in-memory"),
+        }
+    )
+    mlflow.log_params(
+        {
+            **_flatten("training", train_cfg.model_dump(mode="json")),
+            **_flatten("labels", label_cfg.model_dump(mode="json")),
+            "timezone": run.timezone,
+            "feature_set_version": FEATURE_SET_VERSION,
+            "n_features": str(len(dataset.feature_names)),
+            "split.train": ",".join(split["train"]),
+            "split.validation": split["validation"],
+            "split.test": split["test"],
+            "backtest.test_cutoffs": ",".join(str(f.test.date()) for f in dataset.folds),
+        }
+    )
+    mlflow.log_dict(
+        {
+            "training": train_cfg.model_dump(mode="json"),
+            "labels": label_cfg.model_dump(mode="json"),
+            "timezone": run.timezone,
+            **({"full_config": dict(config_record)} if config_record else {}),
+        },
+        "config.json",
+    )
+    fingerprint = brand.fingerprint()
+    mlflow.log_dict(fingerprint, "data_fingerprint.json")
+    mlflow.set_tags(
+        {
+            "koc.data_sha256": hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest(),
+            **{f"koc.data_rows.{table}": str(info["rows"]) for table, info in fingerprint.items()},
+        }
+    )
+    mlflow.log_dict(split, "split.json")
+    mlflow.log_dict({"feature_set_version": FEATURE_SET_VERSION, "features": dataset.feature_names}, "feature_set.json")
+    mlflow.log_dict(dataset.downsampling, "downsampling.json")
+
+
+def step_fit(run: _Run, issued: pd.DataFrame | None) -> None:
+    """Rolling-origin backtest of the configured target, then the served model refit on every cutoff."""
+    dataset, train_cfg = run.dataset, run.train_cfg
+    run.backtest = backtest = run_backtest(dataset, run.brand, train_cfg, run.label_cfg, fit_target, issued=issued)
+    run.model = refit(dataset, backtest, model_factory(train_cfg, run.label_cfg), train_cfg, issued=issued)
+    latest = backtest.latest
+    mlflow.log_params(
+        {
+            **target_params(backtest.target, backtest.method, latest.fitted),
+            "model.best_iteration": str(run.model.best_iteration_),
+            "model.refit": str(run.model is not latest.model).lower(),
+            "model.trained_at": run.model.trained_at_,
+            **{f"model.iterations.{name}": str(n) for name, n in backtest.iterations().items()},
+        }
+    )
+    mlflow.set_tags(
+        {"koc.target": run.model.target_, "koc.target_method": run.model.target_method_}
+        | ({"koc.target_fallback": backtest.fallback[:500]} if backtest.fallback else {})
+    )
+    if latest.fitted.propensity is not None:
+        mlflow.log_metrics(latest.fitted.propensity.as_metrics())
+        mlflow.set_tag("koc.propensity_source", latest.fitted.propensity.source)
+    mlflow.log_metrics(backtest.metrics())
+
+
+def step_evaluate(run: _Run) -> None:
+    """The latest fold's model (never fitted on the test cutoff) against every baseline, overall and per slice."""
+    run.results, run.scores = evaluate_all(run.backtest.latest.model, run.dataset, run.brand, run.train_cfg)
+    run.table = metrics_table(run.results)
+    mlflow.log_metrics(flat_metrics(run.results))
+    test = run.dataset.part("test")
+    slices = slice_metrics(run.scores[MODEL_ROW], test, run.train_cfg)
+    mlflow.log_metrics(
+        {
+            f"slice.{row.slice}.{str(row.value).replace(' ', '_')}.{metric}": float(getattr(row, metric))
+            for row in slices.itertuples()
+            for metric in SLICE_METRICS
+            if not pd.isna(getattr(row, metric))
+        }
+    )
+    run.slices = slices
+
+
+def step_log(run: _Run, workdir: Path) -> None:
+    """Reports, charts, the backtest table and per-slice metrics as run artifacts."""
+    _log_artifacts(run.model, run.dataset, run.results, run.scores, run.table, run.train_cfg, workdir)
+    reports = workdir / "backtest"
+    reports.mkdir()
+    run.backtest.table().to_csv(reports / "backtest.csv", index=False)
+    run.slices.to_csv(reports / "slices.csv", index=False)
+    mlflow.log_dict(run.backtest.summary() | {"skipped": run.backtest.skipped}, "backtest/summary.json")
+    mlflow.log_artifacts(str(reports), artifact_path="backtest")
+
+
+def step_register(run: _Run, workdir: Path) -> None:
+    """Log the served model as a pyfunc and register a new version."""
+    faults.checkpoint("before_register")
+    run.version = _log_model(run.model, run.dataset.part("test"), run.model_name, workdir)
+    faults.checkpoint("after_register")
+    mlflow.set_tag("koc.model_version", run.version)
+
+
+def step_promote(run: _Run, client: MlflowClient, run_id: str) -> None:
+    """Champion/challenger on the backtest means (`training.promotion.promote_if_better`), recorded in the run."""
+    run.promotion_before = tracking.current_aliases(client, run.model_name)
+    decision = promotion.promote_if_better(
+        client,
+        run.uri,
+        run.model_name,
+        run.version,
+        run_id,
+        run.backtest.summary(),
+        margin=run.train_cfg.promotion_margin,
+        label_definition=run.model.label_config_,
+    )
+    run.recorded = run.decision = decision
+    if not decision.promoted:
+        logger.info("v%s stays challenger: %s", run.version, decision.reason)
+    # the run's own record only once the registry says the same
+    mlflow.log_dict(decision.to_record(), "promotion.json")
+    mlflow.set_tag("koc.promoted", str(decision.promoted).lower())
+
+
 def run_training(
     data: str | Path | BrandData,
     train_config: TrainConfig | None = None,
@@ -321,176 +529,80 @@ def run_training(
     experiment: str | None = None,
     config_record: Mapping[str, Any] | None = None,
     progress: Progress | None = None,
+    issued: pd.DataFrame | None = None,
 ) -> TrainResult:
-    """Train, evaluate against the baselines, log one MLflow run, register and maybe promote.
+    """Load, snapshot, backtest and fit, evaluate, log, register and maybe promote: one MLflow run.
 
     `data` is a data directory (read with `features.contract.load_data`) or loaded
     `BrandData`. `config_record` (e.g. the full `Config.model_dump()`) is logged as-is.
+    `issued` (optional: `member_id, as_of, selection_probability` of kocrank's own past
+    lists) gives inverse-propensity weights their logged propensities.
     """
     # re-validated: `model_copy(update=...)` skips validation (e.g. a primary_k missing from k_list)
     train_cfg = TrainConfig.model_validate((train_config or TrainConfig()).model_dump())
     label_cfg = label_config or LabelConfig()
     uri = tracking.resolve_tracking_uri(tracking_uri)
     experiment_name = experiment or train_cfg.experiment_name
-    model_name = train_cfg.registered_model_name
-    step = progress or (lambda stage: logger.info("%s ...", stage))
+    state = _Run(train_cfg, label_cfg, timezone, uri, train_cfg.registered_model_name)
+    announce = progress or (lambda stage: logger.info("%s ...", stage))
     timings: dict[str, float] = {}
-    clock = time.perf_counter()
 
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = round(now - clock, 3)
-        clock = now
+    def step(stage: str, action: Callable[[], None]) -> None:
+        announce(stage)
+        started = time.perf_counter()
+        action()
+        timings[stage.replace(" ", "_")] = round(time.perf_counter() - started, 3)
 
-    step("load data")
-    brand = data if isinstance(data, BrandData) else load_data(data, timezone=timezone)
-    lap("load_data")
+    def load() -> None:
+        state.brand = data if isinstance(data, BrandData) else load_data(data, timezone=timezone)
 
+    step("load data", load)
     with tracking.tracking_context(uri) as client:
         experiment_id = tracking.ensure_experiment(client, experiment_name, uri)
         with mlflow.start_run(experiment_id=experiment_id) as run, tempfile.TemporaryDirectory() as tmp:
             workdir = Path(tmp)
-            version: str | None = None
-            promotion_before: dict[str, str] | None = None  # aliases when the promotion step began
-            recorded: tracking.PromotionDecision | None = None  # decision written to the registry
             try:
-                step("build snapshots")
-                dataset = build_snapshots(brand, label_cfg, train_cfg)
-                lap("build_snapshots")
-                split = dataset.split.to_dict()
-                mlflow.set_tags(
-                    {
-                        "koc.feature_set_version": FEATURE_SET_VERSION,
-                        "koc.test_cutoff": split["test"],
-                        "koc.validation_cutoff": split["validation"],
-                        "koc.label_source": split["label_source"],
-                        "koc.absent_tables": ",".join(sorted(brand.absent)) or "none",
-                        "koc.data_source": str(brand.source or "in-memory"),
-                    }
-                )
-                params = {
-                    **_flatten("training", train_cfg.model_dump(mode="json")),
-                    **_flatten("labels", label_cfg.model_dump(mode="json")),
-                    "timezone": timezone,
-                    "feature_set_version": FEATURE_SET_VERSION,
-                    "n_features": str(len(dataset.feature_names)),
-                    "split.train": ",".join(split["train"]),
-                    "split.validation": split["validation"],
-                    "split.test": split["test"],
-                }
-                mlflow.log_params(params)
-                mlflow.log_dict(
-                    {
-                        "training": train_cfg.model_dump(mode="json"),
-                        "labels": label_cfg.model_dump(mode="json"),
-                        "timezone": timezone,
-                        **({"full_config": dict(config_record)} if config_record else {}),
-                    },
-                    "config.json",
-                )
-                fingerprint = brand.fingerprint()
-                mlflow.log_dict(fingerprint, "data_fingerprint.json")
-                mlflow.set_tags(
-                    {
-                        "koc.data_sha256": hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest(),
-                        **{f"koc.data_rows.{table}": str(info["rows"]) for table, info in fingerprint.items()},
-                    }
-                )
-                mlflow.log_dict(split, "split.json")
-                mlflow.log_dict(
-                    {"feature_set_version": FEATURE_SET_VERSION, "features": dataset.feature_names}, "feature_set.json"
-                )
-                mlflow.log_dict(dataset.downsampling, "downsampling.json")
-
-                step("fit model")
-                model = fit_model(dataset, train_cfg, label_cfg)
-                lap("fit_model")
-                mlflow.log_params(
-                    {"model.best_iteration": str(model.best_iteration_), "model.trained_at": model.trained_at_}
-                )
-
-                step("fit baselines")
-                results, scores = evaluate_all(model, dataset, brand, train_cfg)
-                lap("baselines_and_evaluation")
-                step("evaluate")
-                table = metrics_table(results)
-                mlflow.log_metrics(flat_metrics(results))
-
-                step("log artifacts")
-                _log_artifacts(model, dataset, results, scores, table, train_cfg, workdir)
-                lap("artifacts")
-
-                step("register model")
-                test = dataset.part("test")
-                version = _log_model(model, test, model_name, workdir)
-                mlflow.set_tag("koc.model_version", version)
-                lap("register")
-
-                step("promotion")
-                metric = f"precision_at_{k_label(train_cfg.primary_k)}"
-                promotion_before = tracking.current_aliases(client, model_name)
-                champion_version = promotion_before.get(tracking.CHAMPION)
-                champion_value, champion_error = (None, None)
-                champion_labels, labels_differ = None, None
-                if champion_version is not None:
-                    champion_labels = champion_label_config(model_name, champion_version)
-                    labels_differ = tracking.label_config_difference(champion_labels, model.label_config_)
-                    if labels_differ is None:  # otherwise not comparable: leave the champion unscored
-                        champion_value, champion_error = score_champion(
-                            model_name, test, dataset.feature_names, train_cfg.primary_k, champion_version
-                        )
-                decision = tracking.decide_promotion(
-                    model_name=model_name,
-                    version=version,
-                    metric=metric,
-                    challenger_value=float(table.loc[MODEL_ROW, metric]),
-                    champion_version=champion_version,
-                    champion_value=champion_value,
-                    champion_error=champion_error,
-                    test_cutoff=str(split["test"]),
-                    run_id=run.info.run_id,
-                    champion_label_config=champion_labels,
-                    challenger_label_config=model.label_config_,
-                )
-                if labels_differ is not None:
-                    logger.warning("v%s not promoted: %s", version, decision.reason)
-                # moves the aliases, then tags the version and appends the promotion log
-                tracking.apply_promotion(client, uri, decision)
-                recorded = decision
-                # the run's own record only once the registry says the same
-                mlflow.log_dict(decision.to_record(), "promotion.json")
-                mlflow.set_tag("koc.promoted", str(decision.promoted).lower())
-                lap("promotion")
+                step("build snapshots", lambda: step_snapshot(state, config_record))
+                step("backtest and fit", lambda: step_fit(state, issued))
+                step("evaluate", lambda: step_evaluate(state))
+                step("log artifacts", lambda: step_log(state, workdir))
+                step("register model", lambda: step_register(state, workdir))
+                step("promotion", lambda: step_promote(state, client, run.info.run_id))
                 mlflow.set_tags({f"koc.seconds.{k}": f"{v:.3f}" for k, v in timings.items()})
+                faults.checkpoint("after_promotion")
             except BaseException as err:
-                if promotion_before is not None:
-                    _roll_back_run_promotion(client, uri, model_name, promotion_before, err, recorded)
-                if version is not None:
+                if state.promotion_before is not None:
+                    _roll_back_run_promotion(client, uri, state.model_name, state.promotion_before, err, state.recorded)
+                if state.version is not None:
                     try:
                         client.set_model_version_tag(
-                            model_name, version, tracking.RUN_FAILED_TAG, f"{type(err).__name__}: {err}"[:500]
+                            state.model_name,
+                            state.version,
+                            tracking.RUN_FAILED_TAG,
+                            f"{type(err).__name__}: {err}"[:500],
                         )
                     except Exception:  # pragma: no cover - best effort while failing
-                        logger.exception("could not tag failed version %s", version)
+                        logger.exception("could not tag failed version %s", state.version)
                 raise
+    decision = state.decision
     logger.info(
         "run %s: %s v%s %s",
         run.info.run_id,
-        model_name,
-        version,
+        state.model_name,
+        state.version,
         "promoted to champion" if decision.promoted else "stays challenger",
     )
     return TrainResult(
         run_id=run.info.run_id,
         experiment_id=experiment_id,
         tracking_uri=uri,
-        model_name=model_name,
-        model_version=version,
+        model_name=state.model_name,
+        model_version=state.version,
         decision=decision,
-        metrics=table,
-        split=split,
-        model=model,
-        dataset=dataset,
+        metrics=state.table,
+        split=state.dataset.split.to_dict(),
+        model=state.model,
+        dataset=state.dataset,
         timings=timings,
+        backtest=state.backtest,
     )

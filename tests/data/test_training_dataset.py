@@ -179,7 +179,7 @@ def test_labels_table_defines_the_cutoffs() -> None:
 
 def test_build_snapshots_tags_rows_with_their_split() -> None:
     data = from_frames(_frames())
-    dataset = build_snapshots(data, LabelConfig(), TrainConfig())
+    dataset = build_snapshots(data, LabelConfig(), TrainConfig(backtest_cutoffs=1))
     frame = dataset.frame
     assert set(frame.loc[frame["split"] == "test", "as_of"]) == {pd.Timestamp("2025-06-01")}
     assert set(frame.loc[frame["split"] == "validation", "as_of"]) == {pd.Timestamp("2025-02-01")}
@@ -205,3 +205,30 @@ def test_downsampling_keeps_positives_and_reweights_negatives() -> None:
     assert 120 < (kept["label"] == 0).sum() < 260
     assert np.allclose(kept.loc[kept["label"] == 0, "weight"], 5.0)
     assert np.allclose(kept.loc[kept["label"] == 1, "weight"], 1.0)
+
+
+def test_backtest_folds_roll_the_origin_and_bring_their_own_cutoffs() -> None:
+    data = from_frames(_frames())
+    dataset = build_snapshots(data, LabelConfig(), TrainConfig(backtest_cutoffs=3))
+    tests = [fold.test for fold in dataset.folds]
+    assert tests == _ts(["2025-04-01", "2025-05-01", "2025-06-01"])  # oldest first, the latest is the split
+    assert dataset.folds[-1] == dataset.split
+    for fold in dataset.folds:
+        train, valid, test = dataset.fold_parts(fold)
+        assert set(test["as_of"]) == {fold.test} and set(valid["as_of"]) == {fold.validation}
+        # embargo per fold: every label used to fit is known at the fold's validation cutoff
+        assert train["as_of"].max() + WINDOW <= fold.validation and fold.validation + WINDOW <= fold.test
+    frame = dataset.frame
+    assert set(frame.loc[frame["split"] == "backtest", "as_of"]) == {
+        c for fold in dataset.folds[:-1] for c in fold.used
+    } - set(dataset.split.used)
+
+
+def test_cutoffs_are_bounded_by_config() -> None:
+    frames = _frames()
+    stray = pd.DataFrame([("o-stray", "m1", pd.Timestamp("2001-01-05"), 1.0)], columns=frames["orders"].columns)
+    frames["orders"] = pd.concat([frames["orders"], stray], ignore_index=True)
+    frames["members"].loc[0, "joined_at"] = pd.Timestamp("2001-01-01")
+    data = from_frames(frames)
+    complete, _, _ = candidate_cutoffs(data, LabelConfig(), TrainConfig(max_cutoffs=5))
+    assert complete == list(pd.date_range("2025-02-01", "2025-06-01", freq="MS"))

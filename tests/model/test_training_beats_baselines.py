@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 MEMBERS = 50_000
 SEED = 7
-BASELINES = ("rfm", "value", "logistic", "random")
+BASELINES = ("rfm", "value", "logistic", "random", "source_rule")
 CONFIG = TrainConfig()
 
 

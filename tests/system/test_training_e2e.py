@@ -25,8 +25,8 @@ from features.labels import LabelConfig, labels_for
 from kocrank.simulation import SimConfig, simulate
 from training import tracking
 from training import train as train_module
+from training.backtest import BacktestResult
 from training.config import TrainConfig
-from training.evaluate import evaluate_scores
 from training.pyfunc import to_pyfunc_input
 from training.train import TrainResult, run_training
 
@@ -81,24 +81,43 @@ def test_same_data_and_seed_give_identical_metrics(runs: dict[str, TrainResult])
     assert logged_b == logged_c and "model.pr_auc" in logged_b and "rfm.precision_at_100" in logged_b
 
 
-def test_champion_is_rescored_on_the_challengers_test_cutoff(runs: dict[str, TrainResult], store: str) -> None:
+def test_promotion_compares_backtest_means_and_a_tie_never_promotes(
+    runs: dict[str, TrainResult], store: str
+) -> None:
     a, b, c = runs["a"], runs["b"], runs["c"]
     assert a.split["test"] == "2025-07-01" and b.split["test"] != a.split["test"]
     assert a.decision.promoted and a.decision.reason == "no champion yet"
-    # B's decision compares with v(A) scored on B's test rows, not A's own figure
-    assert b.decision.previous_champion == a.model_version and b.decision.test_cutoff == b.split["test"]
-    with tracking.tracking_context(store):
-        champion_a = mlflow.pyfunc.load_model(f"models:/{MODEL}/{a.model_version}")
-        test_b = b.dataset.part("test")
-        scored = champion_a.predict(to_pyfunc_input(test_b))["probability"].to_numpy()
-    expected = evaluate_scores("a", scored, test_b["label"].to_numpy(), test_b["member_id"], [100], is_probability=True)
-    assert b.decision.champion_value == pytest.approx(expected.metrics["precision_at_100"])
-    assert b.decision.promoted == (b.decision.challenger_value >= b.decision.champion_value)
-    # C equals B: if B is champion, C ties it and is promoted (>=)
-    if b.decision.promoted:
-        assert c.decision.champion_value == pytest.approx(c.decision.challenger_value) and c.decision.promoted
+    client = MlflowClient(tracking_uri=store)
+    for result in (a, b):
+        logged = client.get_run(result.run_id).data.metrics
+        summary = result.backtest.summary()
+        assert summary["n_cutoffs"] == 3 == logged["bt_n_cutoffs"]
+        assert logged["bt_mean_precision_at_100"] == pytest.approx(summary["mean"])
+        assert logged["bt_std_precision_at_100"] == pytest.approx(summary["std"])
+        assert logged["bt_mean_pr_auc"] == pytest.approx(summary["pr_auc_mean"])
+    # B is compared with A's backtest mean, not with A rescored on B's test cutoff
+    assert b.decision.previous_champion == a.model_version and b.decision.metric == "bt_mean_precision_at_100"
+    assert b.decision.champion_value == pytest.approx(a.backtest.summary()["mean"])
+    assert b.decision.challenger_value == pytest.approx(b.backtest.summary()["mean"])
+    # C is B retrained on the same data and seed: an exact tie, which never promotes
+    assert c.backtest.summary() == b.backtest.summary()
+    champion_before_c = c.decision.previous_champion
+    assert not c.decision.promoted and "tie" in c.decision.reason
+    assert tracking.current_aliases(client, MODEL)["champion"] == champion_before_c
     history = tracking.promotion_history(store, MODEL)
     assert [h["version"] for h in history] == [a.model_version, b.model_version, c.model_version]
+    backtest = {f.path for f in client.list_artifacts(b.run_id, "backtest")}
+    assert {"backtest/backtest.csv", "backtest/slices.csv"} <= backtest
+
+
+def _winning_summary(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every new run's backtest look better than any champion, so promotion really moves aliases."""
+    original = BacktestResult.summary
+
+    def better(self: BacktestResult) -> dict[str, object]:
+        return original(self) | {"mean": 1.0, "pr_auc_mean": 1.0}
+
+    monkeypatch.setattr(BacktestResult, "summary", better)
 
 
 def test_registered_champion_serves_probabilities(runs: dict[str, TrainResult], store: str, world: BrandData) -> None:
@@ -174,7 +193,7 @@ def test_interrupt_after_promotion_restores_aliases_and_the_audit_trail_says_so(
     history_before = tracking.promotion_history(store, MODEL)
     # the challenger must win so the champion alias really moves; the interrupt then comes from
     # the MLflow client while the run records its own verdict, after the registry was updated
-    monkeypatch.setattr(train_module, "score_champion", lambda *args, **kwargs: (0.0, None))
+    _winning_summary(monkeypatch)
     original_set_tag = MlflowClient.set_tag
     moved: dict[str, str] = {}
 
@@ -216,10 +235,10 @@ def test_champion_with_other_label_definition_is_not_compared(
     client = MlflowClient(tracking_uri=store, registry_uri=store)
     before = tracking.current_aliases(client, MODEL)
     # the champion would lose on any comparison; a different horizon must still not promote
-    monkeypatch.setattr(train_module, "score_champion", lambda *args, **kwargs: (0.0, None))
+    _winning_summary(monkeypatch)
     result = run_training(world, CONFIG, LabelConfig(horizon_days=60), tracking_uri=store)
     decision = result.decision
-    assert not decision.promoted and decision.champion_value is None
+    assert not decision.promoted
     assert f"label definitions differ from champion v{before['champion']}" in decision.reason
     assert "horizon_days: champion 90, challenger 60" in decision.reason and "koc promote" in decision.reason
     assert tracking.current_aliases(client, MODEL) == {

@@ -1,0 +1,95 @@
+"""Outcome columns behind the training targets, point in time: everything from `[as_of, as_of + H)`.
+
+The default label ("enrolled and productive within H") mixes who was invited, who would
+have enrolled anyway and who is productive once in. Ops decide *invitations*, so training
+can also learn the pieces apart (see `training.targets`). For every labelled
+(member, cutoff) row this module adds:
+
+- `invited`: the member received an `invited` status within the window;
+- `accepted`: invited within the window and enrolled at or after that invitation within it
+  (the "accept | invited" outcome);
+- `enrolled`: an `enrolled` status within the window, invited or self-driven;
+- `productive`: at least `min_posts` posts within the window whose 7-day likes + comments +
+  saves reach `min_interactions` (the default label's productivity rule *without* the
+  enrolment requirement; unknown counts add nothing).
+
+With the default label, `label == enrolled & productive` holds exactly. Without a
+`program` table nobody is known to be invited or enrolled (all zero); without `posts`
+nobody is productive. Pure functions of validated tables and explicit cutoffs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pandas as pd
+
+from features.contract import BrandData
+from features.labels import LabelConfig
+
+OUTCOME_COLUMNS = ("invited", "accepted", "enrolled", "productive")
+INTERACTION_COLUMNS = ("likes_7d", "comments_7d", "saves_7d")
+
+
+def _window(frame: pd.DataFrame, column: str, as_of: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+    stamps = frame[column]
+    return frame.loc[(stamps >= as_of) & (stamps < end)]
+
+
+def productive_members(data: BrandData, as_of: pd.Timestamp, cfg: LabelConfig) -> pd.Index:
+    """Members whose posts within `[as_of, as_of + H)` meet the default label's productivity bar."""
+    window = _window(data.posts, "posted_at", as_of, as_of + cfg.horizon)
+    if window.empty:
+        return pd.Index([], dtype="object")
+    counts = window[list(INTERACTION_COLUMNS)].fillna(0).astype("int64").sum(axis=1)
+    totals = counts.groupby(window["member_id"], observed=True).agg(["size", "sum"])
+    keep = (totals["size"] >= cfg.min_posts) & (totals["sum"] >= cfg.min_interactions)
+    return pd.Index(totals.index[keep].astype(str))
+
+
+def programme_outcomes(data: BrandData, as_of: pd.Timestamp, cfg: LabelConfig) -> pd.DataFrame:
+    """`member_id, invited, accepted, enrolled` (booleans) for members with any programme event in the window."""
+    window = _window(data.program, "event_at", as_of, as_of + cfg.horizon)
+    invited_at = window.loc[window["status"] == "invited"].groupby("member_id", observed=True)["event_at"].min()
+    enrolled = window.loc[window["status"] == "enrolled", ["member_id", "event_at"]]
+    pairs = enrolled.merge(invited_at.rename("invited_at").reset_index(), on="member_id", how="inner")
+    accepted = pairs.loc[pairs["event_at"] >= pairs["invited_at"], "member_id"].unique()
+    members = pd.Index(pd.unique(pd.concat([invited_at.index.to_series(), enrolled["member_id"]]))).astype(str)
+    return pd.DataFrame(
+        {
+            "member_id": members,
+            "invited": members.isin(invited_at.index.astype(str)),
+            "accepted": members.isin(pd.Index(accepted).astype(str)),
+            "enrolled": members.isin(pd.Index(enrolled["member_id"].unique()).astype(str)),
+        }
+    )
+
+
+def outcomes_for(data: BrandData, rows: pd.DataFrame, cfg: LabelConfig | None = None) -> pd.DataFrame:
+    """`rows` (with `member_id, as_of`) plus the int8 columns of `OUTCOME_COLUMNS`, in row order.
+
+    Each row's outcomes come only from events in `[as_of, as_of + H)` of its own cutoff.
+    """
+    cfg = cfg or LabelConfig()
+    frames = []
+    for as_of in pd.unique(rows["as_of"]):
+        cutoff = pd.Timestamp(as_of)
+        at = rows.loc[rows["as_of"] == as_of, ["member_id", "as_of"]]
+        programme = programme_outcomes(data, cutoff, cfg)
+        merged = at.merge(programme, on="member_id", how="left")
+        merged["productive"] = merged["member_id"].astype(str).isin(productive_members(data, cutoff, cfg))
+        frames.append(merged.set_index(at.index))
+    columns = list(OUTCOME_COLUMNS)
+    if not frames:
+        return rows.assign(**{c: pd.Series(dtype="int8") for c in columns})
+    out = pd.concat(frames).reindex(rows.index)
+    return rows.assign(**{c: out[c].fillna(False).astype(bool).astype("int8") for c in columns})
+
+
+def outcome_rates(outcomes: pd.DataFrame, by: Iterable[str] = ("as_of",)) -> pd.DataFrame:
+    """Rows and the share of each outcome per group (for logging what the targets learn from)."""
+    present = [c for c in OUTCOME_COLUMNS if c in outcomes.columns]
+    grouped = outcomes.groupby(list(by), observed=True, sort=True)
+    table = grouped[present].mean().add_suffix("_rate")
+    table.insert(0, "rows", grouped.size())
+    return table.reset_index()

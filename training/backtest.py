@@ -1,0 +1,239 @@
+"""Rolling-origin backtest, and the served model refit on every cutoff with what the backtest chose.
+
+Each fold (`training.dataset.backtest_splits`, oldest first) fits the configured target on its
+own training cutoffs, early-stops and calibrates on its own validation cutoff, and is scored
+on its own test cutoff. The summary (mean and spread of the primary metric and of PR AUC
+over the folds) is what promotion compares (`bt_*` metrics, see TEAM/architecture docs).
+
+The served model then uses the freshest labels known at training time: every component is
+refit on every cutoff the latest fold uses (train + validation + test) with the median of
+the folds' best iteration counts, and calibrated on the folds' out-of-time raw scores (each
+fold's booster scoring its own test cutoff, which it was not fitted on).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.contract import BrandData
+from features.labels import LabelConfig
+from training.config import TrainConfig
+from training.dataset import CutoffSplit, SnapshotDataset
+from training.evaluate import ScorerResult, evaluate_scores, k_label, truth_for
+from training.model import KocModel
+from training.targets import COMPONENTS, FittedTarget, TargetUnavailable, inverse_propensity_weights, rows_of
+
+logger = logging.getLogger(__name__)
+
+FitTarget = Callable[..., tuple[KocModel, FittedTarget, "str | None"]]
+
+
+@dataclass
+class FoldResult:
+    """One fold: its split, the fitted target and its metrics on the fold's test cutoff."""
+
+    split: CutoffSplit
+    model: KocModel
+    fitted: FittedTarget
+    result: ScorerResult
+    test: pd.DataFrame
+
+
+@dataclass
+class BacktestResult:
+    """Every fold, oldest first, plus the target actually learnt (after any fallback)."""
+
+    folds: list[FoldResult]
+    primary: str
+    target: str
+    method: str
+    fallback: str | None = None
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def latest(self) -> FoldResult:
+        return self.folds[-1]
+
+    def _values(self, metric: str) -> np.ndarray:
+        return np.array([f.result.metrics.get(metric, float("nan")) for f in self.folds], dtype=float)
+
+    def summary(self) -> dict[str, Any]:
+        """`{"primary", "mean", "std", "pr_auc_mean", "n_cutoffs"}` as `promote_if_better` takes it."""
+        primary = self._values(self.primary)
+        return {
+            "primary": self.primary,
+            "mean": float(np.nanmean(primary)) if not np.isnan(primary).all() else float("nan"),
+            "std": float(np.nanstd(primary)) if not np.isnan(primary).all() else float("nan"),
+            "pr_auc_mean": float(np.nanmean(self._values("pr_auc"))),
+            "n_cutoffs": len(self.folds),
+            "test_cutoff": self.latest.split.test.date().isoformat(),
+        }
+
+    def metrics(self) -> dict[str, float]:
+        """MLflow metrics `bt_mean_<primary>`, `bt_std_<primary>`, `bt_mean_pr_auc`, `bt_n_cutoffs`."""
+        s = self.summary()
+        values = {
+            f"bt_mean_{self.primary}": s["mean"],
+            f"bt_std_{self.primary}": s["std"],
+            "bt_mean_pr_auc": s["pr_auc_mean"],
+            "bt_n_cutoffs": float(s["n_cutoffs"]),
+        }
+        return {k: v for k, v in values.items() if not math.isnan(v)}
+
+    def iterations(self) -> dict[str, int]:
+        """Median best iteration of each component over the folds."""
+        names = self.latest.fitted.components
+        return {
+            name: int(
+                np.median(
+                    [f.fitted.components[name].best_iteration_ for f in self.folds if name in f.fitted.components]
+                )
+            )
+            for name in names
+        }
+
+    def table(self) -> pd.DataFrame:
+        """One row per fold: cutoffs, rows, every metric and each component's best iteration."""
+        rows = []
+        for fold in self.folds:
+            row: dict[str, Any] = {
+                "test_cutoff": fold.split.test.date().isoformat(),
+                "validation_cutoff": fold.split.validation.date().isoformat(),
+                "train_cutoffs": len(fold.split.train),
+                "first_train_cutoff": fold.split.train[0].date().isoformat(),
+            }
+            row.update(fold.result.metrics)
+            row.update({f"best_iteration.{n}": m.best_iteration_ for n, m in fold.fitted.components.items()})
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+
+def _score_fold(
+    name: str,
+    model: KocModel,
+    test: pd.DataFrame,
+    names: list[str],
+    data: BrandData,
+    fold: CutoffSplit,
+    cfg: TrainConfig,
+) -> ScorerResult:
+    truth = None if "truth" in data.absent else truth_for(data.truth, test["member_id"], fold.test)
+    return evaluate_scores(
+        name,
+        model.predict_proba(test[names]),
+        test["label"].to_numpy(),
+        test["member_id"],
+        cfg.k_list,
+        is_probability=model.target_ != "uplift",
+        truth=truth,
+        reliability_bins=cfg.reliability_bins,
+    )
+
+
+def run_backtest(
+    dataset: SnapshotDataset,
+    data: BrandData,
+    train_cfg: TrainConfig,
+    label_cfg: LabelConfig,
+    fit_target: FitTarget,
+    *,
+    issued: pd.DataFrame | None = None,
+) -> BacktestResult:
+    """Fit and score every fold; the latest fold first decides the target actually learnt."""
+    names = dataset.feature_names
+    primary = f"precision_at_{k_label(train_cfg.primary_k)}"
+    folds: dict[int, FoldResult] = {}
+    effective = train_cfg
+    fallback: str | None = None
+    skipped: list[str] = []
+    order = list(range(len(dataset.folds)))[::-1]  # latest first: it has the most data
+    for position in order:
+        fold = dataset.folds[position]
+        train, valid, test = dataset.fold_parts(fold)
+        try:
+            model, fitted, why = fit_target(train, valid, names, effective, label_cfg, issued=issued)
+        except (TargetUnavailable, ValueError) as err:
+            if position == order[0]:
+                raise
+            logger.warning("backtest fold with test cutoff %s left out: %s", fold.test.date(), err)
+            skipped.append(f"{fold.test.date()}: {err}")
+            continue
+        if position == order[0] and why is not None:
+            fallback = why
+            effective = train_cfg.model_copy(update={"target": "observed"})
+        if model.target_ != effective.target and position != order[0]:
+            skipped.append(f"{fold.test.date()}: fell back to {model.target_}")
+            continue
+        result = _score_fold("model", model, test, names, data, fold, train_cfg)
+        folds[position] = FoldResult(split=fold, model=model, fitted=fitted, result=result, test=test)
+    ordered = [folds[p] for p in sorted(folds)]
+    latest = ordered[-1].model
+    return BacktestResult(
+        folds=ordered,
+        primary=primary,
+        target=latest.target_,
+        method=latest.target_method_,
+        fallback=fallback,
+        skipped=skipped,
+    )
+
+
+def _out_of_time(backtest: BacktestResult, component: str, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Each fold's raw scores of `component` on its own test cutoff (rows the fold never fitted on)."""
+    raws, labels = [], []
+    for fold in backtest.folds:
+        model = fold.fitted.components.get(component)
+        if model is None:
+            continue
+        rows = rows_of(fold.test, component)
+        raws.append(model.raw_score(rows[names]))
+        labels.append(rows[COMPONENTS[component].label].to_numpy())
+    return np.concatenate(raws), np.concatenate(labels)
+
+
+def refit(
+    dataset: SnapshotDataset,
+    backtest: BacktestResult,
+    make_model: Callable[..., KocModel],
+    train_cfg: TrainConfig,
+    *,
+    issued: pd.DataFrame | None = None,
+) -> KocModel:
+    """The served model: every component refit on every used cutoff, calibrated out of time.
+
+    Falls back to the latest fold's model for lambdarank (no fixed-round refit) or when
+    `training.refit` is off, or when a component's out-of-time rows hold a single class.
+    """
+    latest = backtest.latest
+    if not train_cfg.refit or train_cfg.objective != "binary":
+        return latest.model
+    names = dataset.feature_names
+    rows = dataset.all_rows()
+    iterations = backtest.iterations()
+    fitted = FittedTarget(components={}, rows={})
+    for component, fold_model in latest.fitted.components.items():
+        label = COMPONENTS[component].label
+        part = rows_of(rows, component)
+        weight = part["weight"].to_numpy(dtype=float)
+        if component == "invited_outcome":
+            weight, fitted.propensity = inverse_propensity_weights(
+                part, names, fitted.components.get("propensity"), clip=train_cfg.propensity_clip, issued=issued
+            )
+        raw, y = _out_of_time(backtest, component, names)
+        if y.min(initial=0) == y.max(initial=0):
+            logger.warning("refit skipped: %s's out-of-time rows hold one class; serving the latest fold", component)
+            return latest.model
+        model = make_model(min_data_in_leaf=fold_model.params["min_data_in_leaf"])
+        model.fit_fixed(part[names], part[label].to_numpy(), iterations[component], sample_weight=weight)
+        model.calibrate(raw, y)
+        model.target_method_ = fold_model.target_method_
+        fitted.components[component] = model
+        fitted.rows[component] = {"train_rows": len(part), "train_positives": int(part[label].sum())}
+    return fitted.model(backtest.target, backtest.method)

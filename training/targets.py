@@ -1,0 +1,268 @@
+"""Target modes: what the served probability means, and how it is learnt from logged outcomes.
+
+- `observed` (the old default): P(enrolled and productive within H | x) under the brand's
+  past policy, one LightGBM model on every eligible row.
+- `if_invited`: P(productive KOC within H | invited now, x). Methods:
+  - `two_stage`: P(accept | invited, x), learnt on invited rows, x P(productive | enrolled, x),
+    learnt on every enrolment, invited or self-driven;
+  - `ipw`: the observed label learnt on invited rows only, each weighted by 1 / P(invited | x):
+    the logged `selection_probability` of kocrank's own issued lists where given, else a
+    fitted model of the historical invitation policy, clipped at `propensity_clip`; the
+    overlap (propensity range, clipped share, effective sample size) is reported;
+  - `auxiliary`: P(accept | invited, x) x P(productive posting | x), where the second factor
+    drops the enrolment requirement and so learns content ability from every member;
+  - `blend`: the geometric mean of the three above.
+- `uplift`: P(productive | invited, x) - P(productive | not invited, x), a T-learner whose
+  treated arm is the chosen if_invited method and whose control arm is the observed label
+  on rows nobody invited.
+
+Every piece is a binary `KocModel` on a subset of the snapshot rows (see `COMPONENTS`),
+early-stopped and calibrated on the same subset of the validation cutoff; `CompositeModel`
+multiplies them. Outcome columns come from `features.targets` (point in time).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from training.model import CompositeModel, KocModel
+
+logger = logging.getLogger(__name__)
+
+TARGETS = ("if_invited", "observed", "uplift")
+IF_INVITED_METHODS = ("two_stage", "ipw", "auxiliary", "blend")
+MIN_COMPONENT_POSITIVES = 5  # fewer positives in a component's train or validation rows: not learnable
+
+
+@dataclass(frozen=True)
+class Component:
+    """One binary model: rows where `rows` is 1 (None: every row; "not_invited": invited == 0), label `label`."""
+
+    rows: str | None
+    label: str
+    description: str
+
+
+COMPONENTS: dict[str, Component] = {
+    "observed": Component(None, "label", "enrolled and productive | eligible"),
+    "accept": Component("invited", "accepted", "accepted | invited"),
+    "productive_enrolled": Component("enrolled", "productive", "productive | enrolled (invited or self-driven)"),
+    "productive_any": Component(None, "productive", "productive posting | eligible (no enrolment requirement)"),
+    "invited_outcome": Component("invited", "label", "enrolled and productive | invited, inverse-propensity weighted"),
+    "not_invited_outcome": Component("not_invited", "label", "enrolled and productive | not invited"),
+    "propensity": Component(None, "invited", "invited | eligible (the historical invitation policy)"),
+}
+_THIRD = 1.0 / 3.0
+METHOD_EXPONENTS: dict[str, dict[str, float]] = {
+    "two_stage": {"accept": 1.0, "productive_enrolled": 1.0},
+    "ipw": {"invited_outcome": 1.0},
+    "auxiliary": {"accept": 1.0, "productive_any": 1.0},
+    "blend": {"accept": 2 * _THIRD, "productive_enrolled": _THIRD, "productive_any": _THIRD, "invited_outcome": _THIRD},
+}
+
+
+def leaf_size(params: Mapping[str, Any], rows: int) -> int:
+    """`min_data_in_leaf` for a component on `rows` rows: the configured value, scaled down on small subsets.
+
+    The configured leaf size suits every eligible row; invited or enrolled rows are ~1% of them,
+    where it would leave a single leaf. One leaf per ~1% of the rows, at least 10.
+    """
+    return int(min(int(params.get("min_data_in_leaf", 20)), max(10, rows // 100)))
+
+
+class TargetUnavailable(ValueError):
+    """The data cannot support a target (e.g. no invitations or enrolments were logged)."""
+
+
+def components_for(target: str, method: str) -> list[str]:
+    """The components a (target, method) needs, in fitting order (the propensity model before IPW)."""
+    if target == "observed":
+        return ["observed"]
+    if method not in METHOD_EXPONENTS:
+        raise ValueError(f"unknown target method {method!r}; use one of {list(METHOD_EXPONENTS)}")
+    names = list(METHOD_EXPONENTS[method])
+    if "invited_outcome" in names:
+        names.insert(0, "propensity")
+    if target == "uplift":
+        names.append("not_invited_outcome")
+    return names
+
+
+def rows_of(frame: pd.DataFrame, component: str) -> pd.DataFrame:
+    """The rows component `component` learns from."""
+    rows = COMPONENTS[component].rows
+    if rows is None:
+        return frame
+    if rows == "not_invited":
+        return frame.loc[frame["invited"].to_numpy() == 0]
+    return frame.loc[frame[rows].to_numpy() == 1]
+
+
+@dataclass
+class PropensityReport:
+    """Overlap of the invitation propensity among invited training rows."""
+
+    source: str
+    clip: float
+    min: float
+    median: float
+    max: float
+    clipped_share: float
+    effective_sample_size: float
+    invited_rows: int
+
+    def as_metrics(self) -> dict[str, float]:
+        return {
+            f"ipw.{name}": float(value)
+            for name, value in self.__dict__.items()
+            if name not in ("source",) and value is not None
+        }
+
+
+@dataclass
+class FittedTarget:
+    """Fitted components and what was learnt from how many rows."""
+
+    components: dict[str, KocModel]
+    rows: dict[str, dict[str, int]] = field(default_factory=dict)
+    propensity: PropensityReport | None = None
+
+    def model(self, target: str, method: str) -> KocModel:
+        """The served model of (target, method) from these components."""
+        if target == "observed":
+            model = self.components["observed"]
+            model.target_, model.target_method_ = "observed", "single"
+            return model
+        exponents = METHOD_EXPONENTS[method]
+        needed = {name: self.components[name] for name in components_for(target, method) if name != "propensity"}
+        control = "not_invited_outcome" if target == "uplift" else None
+        return CompositeModel(needed, exponents, target=target, method=method, control=control)
+
+
+def logged_propensity(rows: pd.DataFrame, issued: pd.DataFrame | None) -> np.ndarray:
+    """`selection_probability` of each row's (member, cutoff) in kocrank's issued lists, NaN where not logged."""
+    if issued is None or len(issued) == 0:
+        return np.full(len(rows), np.nan)
+    missing = [c for c in ("member_id", "as_of", "selection_probability") if c not in issued.columns]
+    if missing:
+        raise ValueError(
+            f"issued-list propensities lack columns {missing}; need member_id, as_of, selection_probability "
+            f"(got {list(issued.columns)})"
+        )
+    logged = issued[["member_id", "as_of", "selection_probability"]].copy()
+    logged["member_id"] = logged["member_id"].astype(str)
+    logged["as_of"] = pd.to_datetime(logged["as_of"]).astype(rows["as_of"].dtype)
+    logged = logged.drop_duplicates(["member_id", "as_of"], keep="last")
+    keys = rows[["member_id", "as_of"]].assign(member_id=rows["member_id"].astype(str))
+    return keys.merge(logged, on=["member_id", "as_of"], how="left")["selection_probability"].to_numpy(dtype=float)
+
+
+def inverse_propensity_weights(
+    invited: pd.DataFrame,
+    names: list[str],
+    propensity_model: KocModel | None,
+    *,
+    clip: float,
+    issued: pd.DataFrame | None = None,
+) -> tuple[np.ndarray, PropensityReport]:
+    """Weights 1 / clip(e(x)) for invited rows, normalised to mean 1 (times the row's sampling weight)."""
+    logged = logged_propensity(invited, issued)
+    have_logged = ~np.isnan(logged)
+    if propensity_model is None and not have_logged.all():
+        raise TargetUnavailable("IPW needs a fitted propensity model where no selection_probability was logged")
+    fitted = propensity_model.predict_proba(invited[names]) if propensity_model is not None else logged
+    propensity = np.where(have_logged, logged, fitted)
+    clipped = np.clip(propensity, clip, 1.0)
+    weights = invited["weight"].to_numpy(dtype=float) / clipped
+    weights = weights * len(weights) / weights.sum()
+    source = "logged" if have_logged.all() else ("fitted" if not have_logged.any() else "logged+fitted")
+    report = PropensityReport(
+        source=source,
+        clip=clip,
+        min=float(propensity.min()),
+        median=float(np.median(propensity)),
+        max=float(propensity.max()),
+        clipped_share=float((propensity < clip).mean()),
+        effective_sample_size=float(weights.sum() ** 2 / (weights**2).sum()),
+        invited_rows=len(weights),
+    )
+    return weights, report
+
+
+def _check_learnable(component: str, train: pd.DataFrame, valid: pd.DataFrame) -> None:
+    label = COMPONENTS[component].label
+    for part, rows in (("training", train), ("validation", valid)):
+        positives = int(rows[label].sum())
+        negatives = len(rows) - positives
+        if min(positives, negatives) < MIN_COMPONENT_POSITIVES:
+            raise TargetUnavailable(
+                f"component {component!r} ({COMPONENTS[component].description}) has {positives} positive and "
+                f"{negatives} negative {part} rows; it needs at least {MIN_COMPONENT_POSITIVES} of each "
+                "(are invitations and enrolments logged in the programme table?)"
+            )
+
+
+def fit_components(
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+    names: list[str],
+    components: Iterable[str],
+    make_model: Any,
+    *,
+    propensity_clip: float,
+    issued: pd.DataFrame | None = None,
+) -> FittedTarget:
+    """Fit each named component on its rows (early stopping and calibration on its validation rows).
+
+    `make_model()` returns a fresh, unfitted KocModel with the run's parameters.
+    """
+    fitted = FittedTarget(components={})
+    for component in components:
+        label = COMPONENTS[component].label
+        train_rows, valid_rows = rows_of(train, component), rows_of(valid, component)
+        if component == "propensity" and issued is not None:
+            invited_rows = train_rows.loc[train_rows["invited"].to_numpy() == 1]
+            if not np.isnan(logged_propensity(invited_rows, issued)).any():
+                continue  # every invited training row has a logged propensity: no policy model needed
+        _check_learnable(component, train_rows, valid_rows)
+        weight = train_rows["weight"].to_numpy(dtype=float)
+        if component == "invited_outcome":
+            weight, fitted.propensity = inverse_propensity_weights(
+                train_rows, names, fitted.components.get("propensity"), clip=propensity_clip, issued=issued
+            )
+        model = make_model(min_data_in_leaf=leaf_size(make_model().params, len(train_rows))).fit(
+            train_rows[names],
+            train_rows[label].to_numpy(),
+            valid_rows[names],
+            valid_rows[label].to_numpy(),
+            sample_weight=weight,
+        )
+        model.target_method_ = component
+        fitted.components[component] = model
+        fitted.rows[component] = {
+            "train_rows": len(train_rows),
+            "train_positives": int(train_rows[label].sum()),
+            "validation_rows": len(valid_rows),
+            "validation_positives": int(valid_rows[label].sum()),
+        }
+    return fitted
+
+
+def target_params(target: str, method: str, fitted: FittedTarget) -> dict[str, str]:
+    """Run params that say which target and method produced the model, and from how many rows."""
+    params = {"target": target, "target_method": method if target != "observed" else "single"}
+    for component, counts in fitted.rows.items():
+        for key, value in counts.items():
+            params[f"target.{component}.{key}"] = str(value)
+    return params
+
+
+def describe_components(names: Iterable[str]) -> Mapping[str, str]:
+    """Component name -> what it learns (for logs and docs)."""
+    return {name: COMPONENTS[name].description for name in names}
