@@ -145,6 +145,9 @@ def register_loop(app: typer.Typer) -> None:
             str, typer.Option("--policies", help="Comma-separated: kocrank, historical, random.")
         ] = "kocrank,historical,random",
         out: Annotated[Path | None, typer.Option("--out", help="Write the per-month counts to this CSV file.")] = None,
+        target: Annotated[
+            str, typer.Option("--target", help="What kocrank's model scores: observed, if_invited or uplift.")
+        ] = "observed",
     ) -> None:
         """Closed loop: kocrank invites in a simulated world, against its historical rule and random invitations."""
         try:
@@ -155,6 +158,7 @@ def register_loop(app: typer.Typer) -> None:
                 warmup_months=warmup,
                 loop_months=months,
                 retrain_every=retrain_every,
+                target=target,
                 policies=tuple(p.strip() for p in policies.split(",") if p.strip()),
             )
         except ValueError as err:

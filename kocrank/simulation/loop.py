@@ -59,8 +59,8 @@ class LoopConfig:
     loop_months: int = 6
     retrain_every: int = 3
     policies: tuple[str, ...] = POLICIES
-    # three months of behaviour before the first training cutoff leaves enough cutoffs after the embargo
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(min_history_months=3))
+    target: str = "observed"  # what kocrank's model scores (training.config.TrainConfig.target)
+    train: TrainConfig | None = None  # default: TrainConfig(min_history_months=3, target=target)
     rank: RankConfig = field(default_factory=RankConfig)
 
     def __post_init__(self) -> None:
@@ -69,6 +69,12 @@ class LoopConfig:
             raise ValueError(f"unknown loop policies {unknown}; use some of {POLICIES}")
         if self.warmup_months < 1 or self.loop_months < 1 or self.retrain_every < 1:
             raise ValueError("warmup_months, loop_months and retrain_every must be positive")
+        self.training  # noqa: B018 - fails early on an unknown target
+
+    @property
+    def training(self) -> TrainConfig:
+        """kocrank's training settings; three months of history before the first cutoff leave enough after the embargo."""
+        return self.train or TrainConfig(min_history_months=3, target=self.target)
 
     @property
     def label(self) -> LabelConfig:
@@ -126,8 +132,8 @@ class KocrankPolicy:
         as_of = sim.as_of(month)
         if self.model is None or month - self.trained_at >= cfg.retrain_every:
             began = time.perf_counter()
-            dataset = build_snapshots(data, cfg.label, cfg.train)
-            self.model = fit_model(dataset, cfg.train, cfg.label)
+            dataset = build_snapshots(data, cfg.label, cfg.training)
+            self.model = fit_model(dataset, cfg.training, cfg.label)
             self.trained_at = month
             self.trainings += 1
             logger.info(
