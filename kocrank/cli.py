@@ -84,6 +84,7 @@ def validate(
 
 
 cli_simulate.register(app)
+cli_simulate.register_loop(app)
 cli_features.register(app)
 cli_training.register(app)
 cli_serving.register(app)

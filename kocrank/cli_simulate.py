@@ -10,10 +10,11 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from features.io import write_tables
+from features.io import write_frame, write_tables
 from kocrank.console import make_console
 from kocrank.simulation import SCENARIOS, SimConfig, SimulatedWorld, simulate
 from kocrank.simulation.diagnostics import world_stats
+from kocrank.simulation.loop import LoopConfig, LoopResult, run_loop
 
 console = make_console()
 
@@ -96,3 +97,85 @@ def register(app: typer.Typer) -> None:
         seconds = time.perf_counter() - began
         write_tables(world.tables, out, fmt)
         _summary(world, out, fmt, seconds, dirty, scenario)
+
+
+def _loop_table(result: LoopResult) -> Table:
+    table = Table(title="closed loop: productive KOCs among each month's invitations (same world, same budget)")
+    for column in ("month", "policy", "invited", "accepted", "productive", "expected (truth)", "uplift (truth)"):
+        table.add_column(column, justify="left" if column in ("month", "policy") else "right")
+    for row in result.months.itertuples():
+        table.add_row(
+            f"{row.as_of:%Y-%m}",
+            row.policy,
+            f"{row.invited}",
+            f"{row.accepted}",
+            f"{row.productive}",
+            f"{row.expected_productive:.1f}",
+            f"{row.expected_uplift:.1f}",
+        )
+    for policy, row in result.totals().iterrows():
+        table.add_row(
+            "[bold]total[/]",
+            f"[bold]{policy}[/]",
+            f"{row['invited']:.0f}",
+            f"{row['accepted']:.0f}",
+            f"[bold]{row['productive']:.0f}[/]",
+            f"{row['expected_productive']:.1f}",
+            f"{row['expected_uplift']:.1f}",
+        )
+    return table
+
+
+def register_loop(app: typer.Typer) -> None:
+    """Add the `loop` command (kocrank decides a simulated brand's invitations) to the `koc` app."""
+
+    @app.command("loop")
+    def loop_command(
+        members: Annotated[int, typer.Option("--members", min=100, help="Members at the start.")] = 30_000,
+        seed: Annotated[int, typer.Option("--seed", help="World seed, shared by every policy's run.")] = 0,
+        scenario: Annotated[str, typer.Option("--scenario", help=f"Named world ({', '.join(SCENARIOS)}).")] = "default",
+        warmup: Annotated[
+            int, typer.Option("--warmup-months", min=1, help="Months of history under the scenario's own rule.")
+        ] = 18,
+        months: Annotated[int, typer.Option("--months", min=1, help="Months in which the policies decide.")] = 6,
+        retrain_every: Annotated[
+            int, typer.Option("--retrain-every", min=1, help="Months between retrainings; the model is reused between.")
+        ] = 3,
+        policies: Annotated[
+            str, typer.Option("--policies", help="Comma-separated: kocrank, historical, random.")
+        ] = "kocrank,historical,random",
+        out: Annotated[Path | None, typer.Option("--out", help="Write the per-month counts to this CSV file.")] = None,
+        target: Annotated[
+            str, typer.Option("--target", help="What kocrank's model scores: observed, if_invited or uplift.")
+        ] = "observed",
+    ) -> None:
+        """Closed loop: kocrank invites in a simulated world, against its historical rule and random invitations."""
+        try:
+            cfg = LoopConfig(
+                members=members,
+                seed=seed,
+                scenario=scenario,
+                warmup_months=warmup,
+                loop_months=months,
+                retrain_every=retrain_every,
+                target=target,
+                policies=tuple(p.strip() for p in policies.split(",") if p.strip()),
+            )
+        except ValueError as err:
+            raise typer.BadParameter(str(err)) from None
+        result = run_loop(cfg, progress=lambda message: console.print(message))
+        console.print(_loop_table(result))
+        totals, world = result.totals()["productive"], result.world_productive
+        if "kocrank" in totals:
+            for other in (p for p in ("historical", "random") if p in totals):
+                console.print(
+                    f"kocrank gained [bold]{totals['kocrank'] - totals[other]:+.0f}[/] productive KOCs among the "
+                    f"invited over {other} ({totals['kocrank']:.0f} vs {totals[other]:.0f}) with the same budget; "
+                    f"in the whole world {world['kocrank']} vs {world[other]}"
+                )
+        console.print(
+            f"{result.trainings} training(s); seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in result.seconds.items())
+        )
+        if out is not None:
+            write_frame(result.months, out)
+            console.print(f"per-month counts written to {out}")
