@@ -398,6 +398,7 @@ def run_training(
                     }
                 )
                 mlflow.log_dict(split, "split.json")
+                tracking.describe_run(run.info.run_id, target=getattr(train_cfg, "target", "observed"), data_source=str(brand.source or "in-memory"), split=split, fingerprint=fingerprint, label_config=label_cfg.model_dump(mode="json"))  # noqa: E501
                 mlflow.log_dict(
                     {"feature_set_version": FEATURE_SET_VERSION, "features": dataset.feature_names}, "feature_set.json"
                 )
@@ -406,9 +407,8 @@ def run_training(
                 step("fit model")
                 model = fit_model(dataset, train_cfg, label_cfg)
                 lap("fit_model")
-                mlflow.log_params(
-                    {"model.best_iteration": str(model.best_iteration_), "model.trained_at": model.trained_at_}
-                )
+                mlflow.log_param("model.best_iteration", str(model.best_iteration_))
+                mlflow.set_tag("koc.trained_at", model.trained_at_)  # a time, not a setting: a tag (issue 11)
 
                 step("fit baselines")
                 results, scores = evaluate_all(model, dataset, brand, train_cfg)
