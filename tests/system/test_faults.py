@@ -264,38 +264,41 @@ def test_rank_killed_mid_write_leaves_no_partial_list_and_ranks_again(world: dic
 
 
 @contextlib.contextmanager
-def _mounted(kind: str, path: Path, size: str = "1m") -> Iterator[bool]:
-    """A read-only bind mount of `path` over itself, or a tmpfs of `size` holding a copy of `path`.
-
-    Yields False (nothing mounted) when mounting is not permitted here.
+def _mounted(kind: str, path: Path) -> Iterator[bool]:
+    """A read-only bind mount of `path` over itself ("ro"), or a tmpfs over `path` holding a copy of
+    its files and then filled up ("full"). Yields False (nothing mounted) when mounting is not permitted.
     """
     if os.geteuid() != 0 or shutil.which("mount") is None:
         yield False
         return
-    if kind == "ro":
-        ok = subprocess.run(["mount", "--bind", str(path), str(path)], capture_output=True).returncode == 0
-        ok = ok and subprocess.run(["mount", "-o", "remount,ro,bind", str(path)], capture_output=True).returncode == 0
-    else:
-        saved = path.with_name(path.name + ".saved")
-        shutil.copytree(path, saved)
-        ok = (
-            subprocess.run(
-                ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
-            ).returncode
-            == 0
-        )
-        if ok:
-            shutil.copytree(saved, path, dirs_exist_ok=True)
-            with contextlib.suppress(OSError), open(path / "filler", "wb") as fh:  # fill it up
-                while True:
-                    fh.write(b"\0" * 65536)
-                    fh.flush()
-        shutil.rmtree(saved)
+    saved = path.with_name(path.name + ".saved")
+    mounted = False
     try:
-        yield ok
+        if kind == "ro":
+            mounted = subprocess.run(["mount", "--bind", str(path), str(path)], capture_output=True).returncode == 0
+            if mounted:
+                subprocess.run(["mount", "-o", "remount,ro,bind", str(path)], check=True, capture_output=True)
+        else:
+            shutil.copytree(path, saved)
+            pages = sum(-(-p.stat().st_size // 4096) + 1 for p in saved.rglob("*"))  # tmpfs counts pages
+            size = f"{pages * 4 + 1024}k"
+            mounted = (
+                subprocess.run(
+                    ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+                ).returncode
+                == 0
+            )
+            if mounted:
+                shutil.copytree(saved, path, dirs_exist_ok=True)
+                with contextlib.suppress(OSError), open(path / "filler", "wb") as fh:  # fill it up
+                    while True:
+                        fh.write(b"\0" * 65536)
+                        fh.flush()
+        yield mounted
     finally:
-        if ok:
+        if mounted:
             subprocess.run(["umount", "-l", str(path)], check=True)
+        shutil.rmtree(saved, ignore_errors=True)
 
 
 def _patched_writes_fail(monkeypatch: pytest.MonkeyPatch, store: Path, errno_name: str) -> None:
@@ -341,8 +344,7 @@ def test_full_artifact_folder_serves_ranks(
 ) -> None:
     artifacts = Path(world["store"]) / "mlartifacts"
     monkeypatch.setenv("KOC_MODEL_CACHE", str(tmp_path / "cache"))
-    size_kb = sum(p.stat().st_size for p in artifacts.rglob("*") if p.is_file()) // 1024 + 256
-    with _mounted("tmpfs", artifacts, size=f"{size_kb}k") as mounted:
+    with _mounted("full", artifacts) as mounted:
         if not mounted:
             _patched_writes_fail(monkeypatch, artifacts, "ENOSPC")
         with pytest.raises(OSError):
