@@ -276,11 +276,11 @@ def register(app: typer.Typer) -> None:
             )
             return
         table = Table(title=model_name)
-        for column in ("version", "aliases", "created", "test_cutoff", "metric", "value", "decision"):
+        for column in ("version", "aliases", "run_status", "created", "test_cutoff", "metric", "value", "decision"):
             table.add_column(column, overflow="fold")
         for row in rows:
             table.add_row(
-                *(str(row[c]) for c in ("version", "aliases", "created", "test_cutoff", "metric", "value", "decision"))
+                *(str(row[c]) for c in ("version", "aliases", "run_status", "created", "test_cutoff", "metric", "value", "decision"))
             )
         console.print(table)
         history = promotion_history(uri, model_name)[-HISTORY_ROWS:][::-1]

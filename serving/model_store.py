@@ -1,9 +1,20 @@
-"""Load the scoring model from the MLflow registry, a run, or a local path, with its provenance."""
+"""Load the scoring model from the MLflow registry, a run, or a local path, with its provenance.
+
+Loading never writes into the artifact store: a registered or run model is copied once into
+a local cache (`$KOC_MODEL_CACHE`, default `~/.cache/kocrank/models`, else a temporary
+folder) and loaded from there; a model directory or joblib file given as a path is read in
+place. So a read-only or full store still serves ranks. Before resolving a `models:/` URI
+the store is checked for a promotion interrupted by a killed process (`training.promotion.recover`).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import re
+import shutil
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +35,15 @@ _RUN_URI = re.compile(r"^runs:/(?P<run_id>[^/]+)(?:/.*)?$")
 
 class IncompatibleModelError(RuntimeError):
     """The model was trained on another feature set than the one this code computes."""
+
+
+class DamagedModelError(IncompatibleModelError):
+    """The model's files cannot be read (truncated, empty or corrupt). A subclass of
+    `IncompatibleModelError`, so every caller that reports an unusable model reports this too."""
+
+
+CACHE_ENV = "KOC_MODEL_CACHE"
+_COMPLETE_MARK = ".koc_complete"
 
 
 class RankingModel(Protocol):
@@ -95,7 +115,9 @@ def _test_metrics(run_id: str | None, tracking_uri: str | None) -> dict[str, flo
         logger.warning("could not read metrics of run %s: %s", run_id, exc)
         return {}
     # training logs the model's test-cutoff metrics as "model.<metric>" (baselines under their own names)
-    return {key.removeprefix("model."): float(value) for key, value in sorted(metrics.items()) if key.startswith("model.")}
+    return {
+        key.removeprefix("model."): float(value) for key, value in sorted(metrics.items()) if key.startswith("model.")
+    }
 
 
 def _unwrap(pyfunc_model: Any) -> RankingModel:
@@ -169,7 +191,7 @@ def load_model(uri: str, tracking_uri: str | None = None, label_cfg: LabelConfig
         model = joblib.load(path)
         loaded = LoadedModel(model, _describe(model, ModelInfo(uri=uri, name=path.stem)))
     elif tracking_uri:
-        from training.tracking import tracking_context
+        from training.store import tracking_context
 
         with tracking_context(tracking_uri):
             loaded = _load_mlflow_model(uri, path, tracking_uri)
@@ -181,12 +203,104 @@ def load_model(uri: str, tracking_uri: str | None = None, label_cfg: LabelConfig
     return loaded
 
 
-def _load_mlflow_model(uri: str, path: Path, tracking_uri: str | None) -> LoadedModel:
+def model_cache_dir() -> Path:
+    """Where registered models are copied to be loaded: `$KOC_MODEL_CACHE`, else `~/.cache/kocrank/models`."""
+    configured = os.environ.get(CACHE_ENV)
+    return Path(configured) if configured else Path.home() / ".cache" / "kocrank" / "models"
+
+
+def _local_copy(uri_to_load: str, key: str) -> Path:
+    """A complete local copy of the model at `uri_to_load`, cached under `key` (copied once, atomically).
+
+    Falls back to a fresh temporary folder when the cache cannot be written.
+    """
+    from mlflow.artifacts import download_artifacts
+
+    cache = model_cache_dir()
+    target = cache / key
+    if (target / _COMPLETE_MARK).exists():
+        return target
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache))
+    except OSError as err:
+        logger.warning("model cache %s is not writable (%s); copying the model to a temporary folder", cache, err)
+        return Path(download_artifacts(artifact_uri=uri_to_load, dst_path=tempfile.mkdtemp(prefix="kocrank-model-")))
+    try:
+        copied = Path(download_artifacts(artifact_uri=uri_to_load, dst_path=str(staging)))
+        (copied / _COMPLETE_MARK).write_text(uri_to_load)
+        try:
+            copied.rename(target)
+        except OSError:  # another process cached it first
+            if not (target / _COMPLETE_MARK).exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _cache_key(uri_to_load: str, tracking_uri: str | None, run_id: str | None) -> str:
+    digest = hashlib.sha256(f"{tracking_uri}|{uri_to_load}|{run_id}".encode()).hexdigest()[:16]
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", uri_to_load.split(":/", 1)[-1]).strip("_")[:60]
+    return f"{readable}-{digest}"
+
+
+def _damaged(uri: str, local: Path, source: str | None, err: BaseException) -> DamagedModelError:
+    """A message naming the unreadable file, its size and where it lives in the store, and what to do."""
+    files = sorted(p for p in local.rglob("*") if p.is_file() and p.name != _COMPLETE_MARK)
+    empty = [p for p in files if p.stat().st_size == 0]
+    artifacts = [p for p in files if p.suffix in (".joblib", ".pkl")]
+    suspect = empty[0] if empty else (artifacts[0] if artifacts else None)
+    which = (
+        f"{suspect.relative_to(local)} ({suspect.stat().st_size:,} bytes)" if suspect else f"the model folder {local}"
+    )
+    where = f" in the store at {source}" if source else ""
+    return DamagedModelError(
+        f"model {uri} cannot be loaded: {which}{where} is unreadable ({type(err).__name__}: {err}); the file is "
+        "truncated or damaged. Serve another version (`koc promote --version N`, see `koc models`) or retrain "
+        "with `koc train`"
+    )
+
+
+def _load_pyfunc(uri: str, uri_to_load: str, tracking_uri: str | None, run_id: str | None, source: str | None) -> Any:
     import mlflow
 
+    if uri_to_load.startswith(("models:/", "runs:/")):
+        local = _local_copy(uri_to_load, _cache_key(uri_to_load, tracking_uri, run_id))
+    else:
+        local = Path(uri_to_load)  # a model directory given as a path: read in place
+    try:
+        return mlflow.pyfunc.load_model(str(local))
+    except Exception as err:  # EOFError, UnpicklingError, MlflowException on a broken MLmodel, ...
+        damaged = _damaged(uri, local, source, err)
+        if local.parent == model_cache_dir() and local.exists():
+            shutil.rmtree(local, ignore_errors=True)  # refetch once the store is repaired
+        raise damaged from err
+
+
+def artifact_location(client: Any, name: str, version: str) -> str:
+    """Where a registered version's files live in the artifact store (its logged model's folder)."""
+    mv = client.get_model_version(name, version)
+    model_id = getattr(mv, "model_id", None)
+    if not model_id and str(mv.source).startswith("models:/m-"):  # MLflow 3: the source names the logged model
+        model_id = str(mv.source).removeprefix("models:/").split("/")[0]
+    if model_id:
+        try:
+            return str(client.get_logged_model(model_id).artifact_location)
+        except Exception:  # older stores: the version's source is the location
+            pass
+    return str(mv.source)
+
+
+def _load_mlflow_model(uri: str, path: Path, tracking_uri: str | None) -> LoadedModel:
     parts = parse_model_uri(uri)
+    if "name" in parts and (tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
+        from training.promotion import recover
+
+        recover(tracking_uri, parts["name"])
     version, run_id = resolve_registered_version(uri, tracking_uri)
     run_id = run_id or parts.get("run_id")
+    source = None
     if not parts and not path.exists():
         raise FileNotFoundError(f"model {uri!r} is neither a models:/ or runs:/ URI nor an existing path")
     if not parts:
@@ -201,10 +315,11 @@ def _load_mlflow_model(uri: str, path: Path, tracking_uri: str | None) -> Loaded
         # load the version the alias resolved to, not the alias again: if the alias moves in
         # between, the loaded model and the reported version would disagree
         uri_to_load = f"models:/{parts['name']}/{version}"
+        source = artifact_location(_client(tracking_uri), parts["name"], version)
     else:
         uri_to_load = uri
     logger.info("loading model %s (%s)", uri, uri_to_load)
-    model = _unwrap(mlflow.pyfunc.load_model(uri_to_load))
+    model = _unwrap(_load_pyfunc(uri, uri_to_load, tracking_uri, run_id, source))
     info = ModelInfo(
         uri=uri,
         name=parts.get("name"),

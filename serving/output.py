@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 
 from features.io import atomic_path, write_frame
+from training import faults
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ def write_ranked_list(candidates: pd.DataFrame, meta: Mapping[str, Any], out: st
                 meta_rows.to_excel(writer, sheet_name="meta", index=False)
     else:
         write_frame(candidates, path)
+    faults.checkpoint("rank_mid_write")  # fault-injection tests: killed between the list and its sidecar
     sidecar = sidecar_path(path)
     with atomic_path(sidecar) as tmp:
         tmp.write_text(meta_json(meta), encoding="utf-8")

@@ -41,3 +41,17 @@ def trained_store(tmp_path_factory):
     Returns `(data_dir, tracking_uri, BrandData, TrainResult)`; shared by the server tests.
     """
     return train_simulated_store(tmp_path_factory.mktemp("trained_store"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _model_cache(tmp_path_factory):
+    """Registered models loaded by tests are copied to a temporary cache, not ~/.cache/kocrank."""
+    import os
+
+    saved = os.environ.get("KOC_MODEL_CACHE")
+    os.environ["KOC_MODEL_CACHE"] = str(tmp_path_factory.mktemp("model_cache"))
+    yield
+    if saved is None:
+        os.environ.pop("KOC_MODEL_CACHE", None)
+    else:
+        os.environ["KOC_MODEL_CACHE"] = saved

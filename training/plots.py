@@ -37,13 +37,17 @@ def gains_chart(curves: Mapping[str, pd.DataFrame], path: str | Path, *, title: 
 
 
 def calibration_chart(tables: Mapping[str, pd.DataFrame], path: str | Path) -> Path:
-    """Reliability diagram: observed positive rate against mean predicted probability per bin."""
+    """Reliability diagram: observed positive rate against mean predicted probability per bin, with the
+    first scorer's bin counts."""
     fig = Figure(figsize=(6, 5.5))
     ax = fig.subplots()
     top = 0.0
     for name, table in tables.items():
         filled = table.loc[table["count"] > 0]
         ax.plot(filled["mean_predicted"], filled["observed_rate"], marker="o", label=name)
+        if name == next(iter(tables)):  # members per bin of the first scorer (the model): how much each point weighs
+            for x, y, n in filled[["mean_predicted", "observed_rate", "count"]].itertuples(index=False):
+                ax.annotate(f"n={int(n):,}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
         top = max(top, float(filled[["mean_predicted", "observed_rate"]].max().max()))
     limit = min(1.0, max(top * 1.1, 0.05))
     ax.plot([0, limit], [0, limit], color="grey", linestyle="--", linewidth=0.8, label="perfect calibration")

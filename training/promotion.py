@@ -513,22 +513,39 @@ def roll_back_promotion(
     error: BaseException,
     recorded: PromotionDecision | None = None,
 ) -> PromotionDecision | None:
-    """Best effort while already failing: restore the aliases to `before`; if `recorded` was written, compensate it.
+    """Best effort while a run is failing after `recorded` was applied: put back the aliases that still
+    point at its version (to the aliases it recorded before, else `before`) and compensate it in the log.
 
-    Returns the compensating decision (None when nothing had been recorded or writing it failed).
-    Errors here are logged, not raised, so the caller re-raises the original failure.
+    With nothing recorded there is nothing of this run to undo (a transaction that failed midway
+    restored its own moves), and aliases another process moved meanwhile are left alone. Returns the
+    compensating decision (None when nothing had been recorded or writing it failed). Errors here are
+    logged, not raised, so the caller re-raises the original failure.
     """
-    try:
-        restore_aliases(client, model_name, before)
-    except Exception:
-        logger.exception("could not restore the aliases of %s to %s; check them by hand", model_name, dict(before))
     if recorded is None:
         return None
+    previous = dict(recorded.aliases_before if recorded.aliases_before is not None else before)
+    try:
+        _put_back(client, model_name, recorded.version, previous)
+    except Exception:
+        logger.exception("could not restore the aliases of %s to %s; check them by hand", model_name, previous)
     try:
         return record_rollback(client, tracking_uri, recorded, error)
     except Exception:
         logger.exception("could not record that v%s's promotion was rolled back", recorded.version)
         return None
+
+
+def _put_back(client: MlflowClient, model_name: str, version: str, before: Mapping[str, str]) -> None:
+    """`champion`/`challenger` that point at `version` go back to `before` (deleted if they had no value)."""
+    now = current_aliases(client, model_name)
+    for alias in (CHAMPION, CHALLENGER):
+        if now.get(alias) != version or before.get(alias) == version:
+            continue
+        if alias in before:
+            client.set_registered_model_alias(model_name, alias, before[alias])
+        else:
+            client.delete_registered_model_alias(model_name, alias)
+        logger.warning("%s of %s put back from v%s to %s", alias, model_name, version, before.get(alias, "none"))
 
 
 def _write_intent(client: MlflowClient, decision: PromotionDecision) -> None:
@@ -567,7 +584,17 @@ def _transact(client: MlflowClient, tracking_uri: str, decision: PromotionDecisi
         append_promotion_log(client, tracking_uri, decision)
         _clear_intent(client, decision.model_name)
     except BaseException as err:
-        roll_back_promotion(client, tracking_uri, decision.model_name, before, err, recorded)
+        try:  # the lock is held: nobody else moved them, so `before` is exact
+            restore_aliases(client, decision.model_name, before)
+        except Exception:
+            logger.exception(
+                "could not restore the aliases of %s to %s; check them by hand", decision.model_name, before
+            )
+        if recorded is not None:
+            try:
+                record_rollback(client, tracking_uri, recorded, err)
+            except Exception:
+                logger.exception("could not record that v%s's promotion was rolled back", recorded.version)
         with contextlib.suppress(Exception):
             _clear_intent(client, decision.model_name)
         raise
@@ -718,13 +745,7 @@ def _undo_failed_run_aliases(client: MlflowClient, tracking_uri: str, model_name
             continue
         decision = PromotionDecision.from_record(entries[-1])
         before = dict(decision.aliases_before or {})
-        for name in (CHAMPION, CHALLENGER):
-            if current_aliases(client, model_name).get(name) != version:
-                continue
-            if name in before:
-                client.set_registered_model_alias(model_name, name, before[name])
-            else:
-                client.delete_registered_model_alias(model_name, name)
+        _put_back(client, model_name, version, before)
         _record_compensation(client, tracking_uri, decision, f"its run {mv.run_id} ended FAILED after the decision")
         notes.append(f"v{version} came from a run that failed after its promotion: aliases restored to {before}")
     return notes

@@ -18,6 +18,7 @@ import datetime as dt
 import logging
 import os
 import socket
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -270,3 +271,77 @@ def list_versions(tracking_uri: str | None = None, model_name: str = "koc-potent
             }
         )
     return sorted(rows, key=lambda r: int(str(r["version"])), reverse=True)
+
+
+def resolve_run(client: MlflowClient, ref: str, model_name: str):  # noqa: ANN201 - mlflow.entities.Run
+    """The run `ref` names: a run id, or `v<N>` (a version of `model_name`, whose run is read)."""
+    try:
+        if ref.lower().startswith("v") and ref[1:].isdigit():
+            return client.get_run(client.get_model_version(model_name, ref[1:]).run_id)
+        return client.get_run(ref)
+    except MlflowException as err:
+        raise ValueError(
+            f"no run {ref!r} in this store ({err.message}); give a run id or v<N> of {model_name}"
+        ) from err
+
+
+def compare_runs(client: MlflowClient, first: str, second: str, model_name: str) -> dict[str, list]:
+    """Both runs' metrics as `(name, a, b)` rows (a name missing on one side gives None) and the
+    params that differ as `(name, a, b)`; plus `runs`: id, name, status and description of each."""
+    runs = [resolve_run(client, ref, model_name) for ref in (first, second)]
+    a, b = (run.data for run in runs)
+    metrics = [(name, a.metrics.get(name), b.metrics.get(name)) for name in sorted(set(a.metrics) | set(b.metrics))]
+    params = [
+        (name, a.params.get(name, "unset"), b.params.get(name, "unset"))
+        for name in sorted(set(a.params) | set(b.params))
+        if a.params.get(name) != b.params.get(name)
+    ]
+    described = [
+        {
+            "id": run.info.run_id,
+            "name": run.info.run_name or "",
+            "status": run.info.status,
+            "description": run.data.tags.get("mlflow.note.content", "no description").splitlines()[0][:120],
+        }
+        for run in runs
+    ]
+    return {"runs": described, "metrics": metrics, "params": params}
+
+
+def run_name(target: str, data_source: str, test_cutoff: str) -> str:
+    """A run name a person can read: target, data folder and test cutoff (e.g. `observed · brand_x · 2025-07-01`)."""
+    folder = Path(data_source).name if data_source and data_source != "in-memory" else "in-memory"
+    return f"{target} · {folder} · {test_cutoff}"
+
+
+def describe_run(
+    run_id: str,
+    *,
+    target: str,
+    data_source: str,
+    split: Mapping[str, object],
+    fingerprint: Mapping[str, Mapping[str, object]],
+    label_config: Mapping[str, object],
+) -> None:
+    """Name the active run, write its description (shown at the top of the run page) and log the
+    training data as an MLflow dataset: the per-table row counts and content hashes of the snapshot."""
+    import pandas as pd
+
+    client = MlflowClient()
+    client.set_tag(run_id, "mlflow.runName", run_name(target, data_source, str(split["test"])))
+    rows = ", ".join(f"{table} {info.get('rows', '?'):,}" for table, info in fingerprint.items())
+    train_cutoffs = split.get("train") or []
+    client.set_tag(
+        run_id,
+        "mlflow.note.content",
+        f"Target `{target}` ({'; '.join(f'{k}={v}' for k, v in label_config.items())}), trained on "
+        f"{len(train_cutoffs)} monthly cutoffs up to {train_cutoffs[-1] if train_cutoffs else '-'}, validated on "
+        f"{split.get('validation')}, tested on {split.get('test')}.\n\nData: {data_source} ({rows}).",
+    )
+    summary = pd.DataFrame(
+        [{"table": table, **{k: str(v) for k, v in info.items()}} for table, info in fingerprint.items()]
+    )
+    with warnings.catch_warnings():  # a folder path matches two equivalent local source types
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_pandas(summary, source=str(data_source), name=Path(str(data_source)).name or "data")
+    mlflow.log_input(dataset, context="training")

@@ -432,6 +432,14 @@ def step_snapshot(run: _Run, config_record: Mapping[str, Any] | None) -> None:
         }
     )
     mlflow.log_dict(split, "split.json")
+    tracking.describe_run(
+        mlflow.active_run().info.run_id,
+        target=train_cfg.target,
+        data_source=str(brand.source or "in-memory"),
+        split=split,
+        fingerprint=fingerprint,
+        label_config=label_cfg.model_dump(mode="json"),
+    )
     mlflow.log_dict({"feature_set_version": FEATURE_SET_VERSION, "features": dataset.feature_names}, "feature_set.json")
     mlflow.log_dict(dataset.downsampling, "downsampling.json")
 
@@ -447,10 +455,10 @@ def step_fit(run: _Run, issued: pd.DataFrame | None) -> None:
             **target_params(backtest.target, backtest.method, latest.fitted),
             "model.best_iteration": str(run.model.best_iteration_),
             "model.refit": str(run.model is not latest.model).lower(),
-            "model.trained_at": run.model.trained_at_,
             **{f"model.iterations.{name}": str(n) for name, n in backtest.iterations().items()},
         }
     )
+    mlflow.set_tag("koc.trained_at", run.model.trained_at_)  # a time, not a setting: a tag (issue 11)
     mlflow.set_tags(
         {"koc.target": run.model.target_, "koc.target_method": run.model.target_method_}
         | ({"koc.target_fallback": backtest.fallback[:500]} if backtest.fallback else {})

@@ -1,4 +1,4 @@
-"""Execute notebooks/train_and_compare.ipynb in a scratch folder with its own MLflow store."""
+"""Execute notebooks/runs_and_champion.ipynb against a store trained beforehand (it trains nothing itself)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from nbclient import NotebookClient
 pytestmark = pytest.mark.slow
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-NOTEBOOK = PROJECT_ROOT / "notebooks" / "train_and_compare.ipynb"
+NOTEBOOK = PROJECT_ROOT / "notebooks" / "runs_and_champion.ipynb"
 
 
 def test_notebook_is_stored_without_outputs() -> None:
@@ -21,12 +21,17 @@ def test_notebook_is_stored_without_outputs() -> None:
     assert code and all(not cell.outputs and cell.execution_count is None for cell in code)
 
 
-def test_train_and_compare_notebook_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("KOC_NOTEBOOK_DIR", str(tmp_path))
-    monkeypatch.setenv("KOC_NOTEBOOK_MEMBERS", "3000")
+def _files(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if p.is_file()}
+
+
+def test_notebook_reads_the_configured_store(trained_store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, tracking_uri, _, result = trained_store
+    store = Path(tracking_uri.removeprefix("sqlite:///")).parent
+    artifacts_before = _files(store / "mlartifacts")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])))
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     client = NotebookClient(
         notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
@@ -38,6 +43,8 @@ def test_train_and_compare_notebook_runs(tmp_path: Path, monkeypatch: pytest.Mon
         if cell.cell_type == "code"
         for output in cell.outputs
     )
-    assert "koc-potential v1" in outputs
-    assert (tmp_path / "mlflow.db").exists() and (tmp_path / "mlartifacts").is_dir()
-    assert not (tmp_path / "mlruns").exists()
+    assert f"koc-potential v{result.model_version} is champion (run {result.run_id})" in outputs
+    assert "no champion yet" in outputs  # the promotion history
+    assert "model.pr_auc" in outputs  # champion vs latest, metric by metric
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()  # no store of its own
+    assert _files(store / "mlartifacts") == artifacts_before  # read, never written

@@ -92,15 +92,14 @@ def test_alias_is_loaded_as_the_version_it_resolved_to(monkeypatch):
         def unwrap_python_model(self):
             return self
 
-    def fake_load_model(uri: str):
-        requested.append(uri)
-        return Pyfunc(models[uri])
-
-    import mlflow.pyfunc
+    def fake_load_pyfunc(uri: str, uri_to_load: str, *args: object):
+        requested.append(uri_to_load)
+        return Pyfunc(models[uri_to_load])
 
     monkeypatch.setattr(model_store, "resolve_registered_version", lambda uri, tracking_uri=None: ("7", "run7"))
     monkeypatch.setattr(model_store, "_test_metrics", lambda run_id, tracking_uri: {})
-    monkeypatch.setattr(mlflow.pyfunc, "load_model", fake_load_model)
+    monkeypatch.setattr(model_store, "artifact_location", lambda client, name, version: f"file:///store/{version}")
+    monkeypatch.setattr(model_store, "_load_pyfunc", fake_load_pyfunc)
     loaded = load_model("models:/koc-potential@champion")
     assert requested == ["models:/koc-potential/7"]
     assert loaded.info.version == "7" and loaded.info.alias == "champion" and loaded.info.run_id == "run7"

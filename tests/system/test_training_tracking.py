@@ -420,3 +420,28 @@ def test_a_champion_whose_run_failed_after_confirmation_is_put_back(store: tuple
     assert notes and "aliases restored" in notes[0]
     assert current_aliases(client, MODEL) == {CHAMPION: "1", CHALLENGER: "1"}
     assert promotion_history(uri, MODEL)[-1]["rolled_back"]
+
+
+def test_koc_runs_compare_prints_two_runs_side_by_side(store: tuple[MlflowClient, str]) -> None:
+    from typer.testing import CliRunner
+
+    from kocrank.cli import app
+
+    client, uri = store
+    first, second = (client.get_model_version(MODEL, v).run_id for v in ("1", "2"))
+    client.log_metric(first, "model.pr_auc", 0.25)
+    client.log_metric(second, "model.pr_auc", 0.3125)
+    client.log_metric(second, "rfm.pr_auc", 0.1)
+    client.log_param(first, "training.seed", "7")
+    client.log_param(second, "training.seed", "8")
+    result = CliRunner().invoke(
+        app, ["runs", "compare", "v1", second, "--model-name", MODEL, "--tracking-uri", uri], env={"COLUMNS": "200"}
+    )
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if "model.pr_auc" in line)
+    assert "0.2500" in row and "0.3125" in row and "+0.0625" in row
+    assert (
+        "rfm.pr_auc" in result.output and "training.seed" in result.output and "parameters that differ" in result.output
+    )
+    missing = CliRunner().invoke(app, ["runs", "compare", "v9", second, "--model-name", MODEL, "--tracking-uri", uri])
+    assert missing.exit_code == 1 and "give a run id or v<N>" in missing.output
