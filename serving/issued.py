@@ -33,6 +33,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
 
 from features.labels import LabelConfig
 from features.registry import categorical_features
@@ -78,6 +79,23 @@ _IMMUTABLE = [
     for table in ("issued_lists", "issued_members")
     for verb in ("UPDATE", "DELETE")
 ]
+
+
+class LoopConfig(BaseModel):
+    """Settings of the monthly loop (`[loop]` in the config): outcomes, OPE and monitoring."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    store: str | None = Field(None, description="issued-list SQLite file (default: koc_issued.sqlite beside the MLflow store)")
+    send_window_days: int = Field(31, ge=1, description="an `invited` programme event within this many days of as_of counts as sent")
+    bootstrap_reps: int = Field(2000, ge=100)
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    seed: int = Field(0, ge=0)
+    require_ope_win: bool = Field(False, description="promotion also needs the challenger to win the off-policy evaluation")
+    psi_alert: float = Field(0.25, gt=0.0, description="a feature PSI above this recommends retraining")
+    score_psi_alert: float = Field(0.25, gt=0.0)
+    calibration_alert: float = Field(0.3, gt=0.0, description="|realised / expected - 1| on the latest matured list")
+    min_top_k_overlap: float = Field(0.3, ge=0.0, le=1.0, description="share of the previous list's top K still in the top K")
 
 
 class IssuedListExists(ValueError):
