@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from features.contract import DEFAULT_TIMEZONE, check_timezone
 from features.labels import LabelConfig
 from serving.config import RankConfig
+from serving.issued import LoopConfig
 from training.config import TrainConfig
 
 
@@ -35,6 +36,7 @@ class Config(BaseModel):
     labels: LabelConfig = LabelConfig()
     training: TrainConfig = TrainConfig()
     ranking: RankConfig = RankConfig()
+    loop: LoopConfig = LoopConfig()
 
     @field_validator("timezone")
     @classmethod

@@ -78,8 +78,13 @@ def _psi_check(name: str, psi: pd.Series, threshold: float, against: str) -> Che
 
 def _top_k(scores: pd.Series, k: int) -> pd.Index:
     """Ids of the K highest scores, ties broken by member_id (as lists are ordered)."""
-    order = np.lexsort((scores.index.to_numpy(), -scores.to_numpy(dtype="float64")))
-    return scores.index[order[:k]]
+    values = scores.to_numpy(dtype="float64")
+    if len(values) > k:  # only rows scoring at least the K-th score need the (string) tie-break sort
+        candidates = np.flatnonzero(values >= np.partition(values, len(values) - k)[len(values) - k])
+    else:
+        candidates = np.arange(len(values))
+    order = np.lexsort((scores.index.to_numpy()[candidates], -values[candidates]))
+    return scores.index[candidates[order[:k]]]
 
 
 def top_k_overlap(previous: pd.Series, current: pd.Series, k: int) -> tuple[float, float, pd.DataFrame]:

@@ -42,15 +42,24 @@ def _numeric_profile(values: pd.Series, n_bins: int) -> dict[str, Any]:
 
 
 def _bin_shares(present: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Shares of `present` in the bins (-inf, e1], (e1, e2], ..., (e_last, inf)."""
-    counts = np.bincount(np.searchsorted(edges, present, side="left"), minlength=len(edges) + 1)
+    """Shares of `present` in the bins (-inf, e1], (e1, e2], ..., (e_last, inf).
+
+    One vectorised comparison per edge (about ten) is several times faster than a
+    searchsorted of every value at 1M rows.
+    """
+    at_most = np.array([np.count_nonzero(present <= edge) for edge in edges], dtype="int64")
+    counts = np.diff(np.concatenate([[0], at_most, [len(present)]]))
     return counts / max(len(present), 1)
 
 
 def _categorical_profile(values: pd.Series) -> dict[str, Any]:
-    text = values.astype("object").where(values.notna(), NULL_BIN).astype("str")
-    shares = text.value_counts(normalize=True, sort=False)
-    return {"kind": "categorical", "shares": {str(k): float(v) for k, v in shares.items()}, "n": int(len(values))}
+    counts = values.value_counts(dropna=False, sort=False)  # on the codes for a categorical: fast at 1M rows
+    total = max(int(counts.sum()), 1)
+    shares: dict[str, float] = {}
+    for level, count in counts.items():
+        key = NULL_BIN if pd.isna(level) else str(level)
+        shares[key] = shares.get(key, 0.0) + count / total
+    return {"kind": "categorical", "shares": shares, "n": int(len(values))}
 
 
 def profile_frame(frame: pd.DataFrame, columns: Iterable[str] | None = None, n_bins: int = N_BINS) -> dict[str, dict[str, Any]]:
