@@ -77,29 +77,29 @@ def member_outcomes(issued: IssuedList, data: BrandData, cfg: LoopConfig) -> pd.
     return members
 
 
-def list_outcome(issued: IssuedList, data: BrandData, cfg: LoopConfig | None = None) -> dict[str, Any]:
-    """One issued list scored against `data`: a flat record (see the module docstring)."""
-    cfg = cfg or LoopConfig()
-    members = member_outcomes(issued, data, cfg)
-    label_cfg = issued.label_config
-    as_of = parse_as_of(issued.as_of, data.timezone)
-    matured = label_window_complete(data, as_of, label_cfg)
+UPLIFTS = (("exploit", "exploit", "control"), ("explore", "explore", "band"))
+
+
+def _realised(members: pd.DataFrame, cfg: LoopConfig, seed_key: str) -> dict[str, float]:
+    """Precision, base rate, lift and the two uplifts (with intervals) of scored member rows."""
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, *seed_key.encode()]))
+    y = members["productive"].to_numpy()
+    role = members["role"].to_numpy()
+    out = {"precision": float(y[members["invited"].to_numpy(dtype=bool)].mean()), "base_rate": float(y.mean())}
+    out["lift"] = out["precision"] / out["base_rate"] if out["base_rate"] > 0 else float("nan")
+    for name, picked, against in UPLIFTS:
+        diff, low, high = bootstrap_rate_difference(y[role == picked], y[role == against], cfg.bootstrap_reps, cfg.confidence, rng)
+        out[f"uplift_{name}"], out[f"uplift_{name}_low"], out[f"uplift_{name}_high"] = diff, low, high
+    return out
+
+
+def _counts(members: pd.DataFrame) -> dict[str, Any]:
     invited = members.loc[members["invited"]]
-    n_invited, n_sent = int(len(invited)), int(invited["sent"].sum())
-    status = _send_status(n_invited, n_sent)
     control = members.loc[members["role"] == "control"]
-    record: dict[str, Any] = {
-        "list_id": issued.list_id,
-        "as_of": str(issued.meta["as_of"])[:10],
-        "model": f"{issued.meta['model'].get('name')}/{issued.meta['model'].get('version')}",
-        "target": issued.meta["target"],
-        "matured": bool(matured),
-        "window_closes": str((as_of + label_cfg.horizon + INTERACTIONS_KNOWN_AFTER).date()),
-        "status": status,
-        "k": int(issued.meta["k"]),
+    return {
         "eligible": int(len(members)),
-        "invited": n_invited,
-        "sent": n_sent,
+        "invited": int(len(invited)),
+        "sent": int(invited["sent"].sum()),
         "accepted": int(invited.loc[invited["sent"], "accepted"].sum()),
         "productive": int(invited["productive"].sum()),
         "expected_productive": float(invited["score"].sum()),
@@ -107,28 +107,62 @@ def list_outcome(issued: IssuedList, data: BrandData, cfg: LoopConfig | None = N
         "control_invited_elsewhere": int(control["sent"].sum()),
         "control_productive": int(control["productive"].sum()),
     }
-    empty = {key: float("nan") for key in (
-        "precision", "base_rate", "lift", "uplift_exploit", "uplift_exploit_low", "uplift_exploit_high",
-        "uplift_explore", "uplift_explore_low", "uplift_explore_high")}
-    record.update(empty)
+
+
+EMPTY = {key: float("nan") for key in (
+    "precision", "base_rate", "lift", *(f"uplift_{name}{end}" for name, _, _ in UPLIFTS for end in ("", "_low", "_high")))}
+
+
+def _list_record(issued: IssuedList, members: pd.DataFrame, data: BrandData, cfg: LoopConfig) -> dict[str, Any]:
+    label_cfg = issued.label_config
+    as_of = parse_as_of(issued.as_of, data.timezone)
+    matured = label_window_complete(data, as_of, label_cfg)
+    counts = _counts(members)
+    record: dict[str, Any] = {
+        "list_id": issued.list_id,
+        "as_of": str(issued.meta["as_of"])[:10],
+        "model": f"{issued.meta['model'].get('name')}/{issued.meta['model'].get('version')}",
+        "target": issued.meta["target"],
+        "matured": bool(matured),
+        "window_closes": str((as_of + label_cfg.horizon + INTERACTIONS_KNOWN_AFTER).date()),
+        "status": _send_status(counts["invited"], counts["sent"]),
+        "k": int(issued.meta["k"]),
+        **counts,
+        **EMPTY,
+    }
     if not matured:
         record["evidence_until"] = str(label_data_end(data).date())
         return record
-    if n_sent == 0:
+    if counts["sent"] == 0:
         return record  # nothing was acted on: nothing to score, the status says so
-    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, *issued.list_id.encode()]))
-    y = members["productive"].to_numpy()
-    role = members["role"].to_numpy()
-    record["precision"] = float(invited["productive"].mean())
-    record["base_rate"] = float(y.mean())
-    record["lift"] = record["precision"] / record["base_rate"] if record["base_rate"] > 0 else float("nan")
-    for name, picked, against in (("exploit", "exploit", "control"), ("explore", "explore", "band")):
-        diff, low, high = bootstrap_rate_difference(y[role == picked], y[role == against], cfg.bootstrap_reps, cfg.confidence, rng)
-        record[f"uplift_{name}"], record[f"uplift_{name}_low"], record[f"uplift_{name}_high"] = diff, low, high
+    record.update(_realised(members, cfg, issued.list_id))
     return record
 
 
+def list_outcome(issued: IssuedList, data: BrandData, cfg: LoopConfig | None = None) -> dict[str, Any]:
+    """One issued list scored against `data`: a flat record (see the module docstring)."""
+    cfg = cfg or LoopConfig()
+    return _list_record(issued, member_outcomes(issued, data, cfg), data, cfg)
+
+
 def score_outcomes(lists: list[IssuedList], data: BrandData, cfg: LoopConfig | None = None) -> pd.DataFrame:
-    """`list_outcome` of every issued list, oldest first."""
-    records = [list_outcome(issued, data, cfg) for issued in lists]
+    """`list_outcome` of every issued list, oldest first, plus a `pooled` row over the matured
+    lists that were (at least partly) sent: one control group of 5% of K is small, and pooling
+    the months is what gives the uplift a useful interval."""
+    cfg = cfg or LoopConfig()
+    records, scored = [], []
+    for issued in lists:
+        members = member_outcomes(issued, data, cfg)
+        record = _list_record(issued, members, data, cfg)
+        records.append(record)
+        if record["matured"] and record["sent"] > 0:
+            scored.append(members)
+    if len(scored) > 1:
+        pooled = pd.concat(scored, ignore_index=True)
+        counts = _counts(pooled)
+        records.append({
+            "list_id": f"pooled ({len(scored)} lists)", "as_of": "", "model": "", "target": "", "matured": True,
+            "window_closes": "", "status": f"{counts['sent']} of {counts['invited']} sent", "k": int(sum(r["k"] for r in records
+            if r["matured"] and r["sent"] > 0)), **counts, **_realised(pooled, cfg, "pooled"),
+        })
     return pd.DataFrame.from_records(records)

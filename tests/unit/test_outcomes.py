@@ -64,3 +64,13 @@ def test_bootstrap_interval_covers_a_known_difference():
     diff, low, high = bootstrap_rate_difference(treated, control, 4000, 0.95, np.random.default_rng(1))
     assert low < 0.10 < high and low < diff < high and high - low < 0.06
     assert all(math.isnan(v) for v in bootstrap_rate_difference(treated, control[:0], 100, 0.95, rng))
+
+
+def test_pooled_row_over_matured_sent_lists(world):
+    lists = [hand_issued_list("a"), hand_issued_list("b"), hand_issued_list("c", pd.Timestamp("2026-02-01"))]
+    table = score_outcomes(lists, world).set_index("list_id")
+    assert list(table.index) == ["a", "b", "c", "pooled (2 lists)"]  # c was not sent: not pooled
+    pooled = table.loc["pooled (2 lists)"]
+    assert (pooled["invited"], pooled["productive"], pooled["control"], pooled["k"]) == (16, 8, 4, 16)
+    assert pooled["precision"] == pytest.approx(0.5) and pooled["uplift_exploit"] == pytest.approx(0.5)
+    assert pooled["base_rate"] == pytest.approx(6 / 17)
