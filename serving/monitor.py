@@ -90,15 +90,18 @@ def _top_k(scores: pd.Series, k: int) -> pd.Index:
 def top_k_overlap(previous: pd.Series, current: pd.Series, k: int) -> tuple[float, float, pd.DataFrame]:
     """(share of the previous top K in the current top K, Kendall tau over the union, the union's scores).
 
-    Both inputs are scores indexed by member_id; members missing on one side (no longer
-    eligible) count as not in that side's top K and are left out of tau.
+    Both inputs are scores indexed by member_id. Only members eligible in both months are
+    compared: last month's picks who were invited since are in cool-down now, and their
+    leaving says nothing about the model's stability.
     """
     from scipy.stats import kendalltau
 
+    common = previous.index.intersection(current.index)
+    previous, current = previous.loc[common], current.loc[common]
     prev_top, curr_top = _top_k(previous, k), _top_k(current, k)
     overlap = len(prev_top.intersection(curr_top)) / max(len(prev_top), 1)
     union = prev_top.union(curr_top)
-    both = pd.DataFrame({"previous": previous.reindex(union), "current": current.reindex(union)}).dropna()
+    both = pd.DataFrame({"previous": previous.loc[union], "current": current.loc[union]})
     tau = float(kendalltau(both["previous"], both["current"]).statistic) if len(both) > 2 else float("nan")
     return overlap, tau, both
 
@@ -174,8 +177,8 @@ def monitor(
         prev_scores = previous.members.set_index("member_id")["score"]
         overlap, tau, both = top_k_overlap(prev_scores, scores, k)
         checks.append(Check("rank stability (top-K overlap)", overlap, f">= {cfg.min_top_k_overlap}",
-                            overlap < cfg.min_top_k_overlap, f"{overlap:.0%} of list {previous.list_id}'s top {k} still in "
-                            f"the top {k}; Kendall tau over the union {tau:.2f}"))
+                            overlap < cfg.min_top_k_overlap, f"among members eligible in both months, {overlap:.0%} of list "
+                            f"{previous.list_id}'s top {k} are still in the top {k}; Kendall tau over the union {tau:.2f}"))
         metrics.update(top_k_overlap=overlap, kendall_tau=tau)
         plots["rank"] = both
         plots["previous_scores"] = prev_scores.to_numpy()
