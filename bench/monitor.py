@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -78,23 +79,26 @@ def main() -> None:
     reference = reference_profile(reference_frame, reference_scores)
     timings["profile reference (done once per model / issued list)"] = time.perf_counter() - start
     previous = issued(reference_frame, reference_scores, k)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     report = monitor(pd.Timestamp("2026-06-01"), current, current_scores, LoopConfig(), k=k, reference=reference,
                      previous=previous, matured=(previous, previous.members), latest=previous)
     timings["monitor checks"] = time.perf_counter() - start
     start = time.perf_counter()
     page = render_html(report, LoopConfig())
     timings["render HTML (plots)"] = time.perf_counter() - start
+    cpu_seconds = time.process_time() - cpu  # CPU time of checks + report: what a loaded machine does not inflate
     total = timings["monitor checks"] + timings["render HTML (plots)"]  # the work per report
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
     print(f"koc monitor core at {n:,} eligible members x {len(feature_names())} features (K = {k}):")
     for name, seconds in timings.items():
         print(f"  {name:55s} {seconds:6.2f} s")
-    print(f"  {'monitor + report total':55s} {total:6.2f} s; peak RSS {peak_gb:.1f} GB; HTML {len(page) / 1024:.0f} KB")
+    print(f"  {'monitor + report total':55s} {total:6.2f} s wall, {cpu_seconds:.2f} s CPU; peak RSS {peak_gb:.1f} GB; "
+          f"HTML {len(page) / 1024:.0f} KB; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"  tripped: {[check.name for check in report.tripped()]}")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "monitor.json").write_text(json.dumps({"members": n, "features": len(feature_names()), "k": k,
-                                                       "seconds": {**timings, "total": total}, "peak_rss_gb": peak_gb}, indent=2))
+                                                       "seconds": {**timings, "total": total}, "cpu_seconds": cpu_seconds,
+                                                       "load_average": os.getloadavg()[0], "peak_rss_gb": peak_gb}, indent=2))
 
 
 if __name__ == "__main__":

@@ -88,6 +88,7 @@ class LoopConfig(BaseModel):
 
     store: str | None = Field(None, description="issued-list SQLite file (default: koc_issued.sqlite beside the MLflow store)")
     send_window_days: int = Field(31, ge=1, description="an `invited` programme event within this many days of as_of counts as sent")
+    min_sent_share: float = Field(0.9, gt=0.0, le=1.0, description="off-policy evaluation uses a list only when this share of its invitations was sent")
     bootstrap_reps: int = Field(2000, ge=100)
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
     seed: int = Field(0, ge=0)

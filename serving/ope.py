@@ -186,8 +186,12 @@ def list_log(issued: IssuedList, data: BrandData, challenger: Any, cfg: LoopConf
     if not label_window_complete(data, as_of, issued.label_config):
         return None
     members = member_outcomes(issued, data, cfg)
-    if not members.loc[members["invited"], "sent"].any():
-        logger.warning("list %s: its invitations were not sent; it carries no evidence and is skipped", issued.list_id)
+    sent_share = float(members.loc[members["invited"], "sent"].mean()) if members["invited"].any() else 0.0
+    if sent_share < cfg.min_sent_share:
+        # the logged probabilities describe this list's policy; if someone else decided who was
+        # actually invited, they do not describe the invitations and IPS/DR would be biased
+        logger.warning("list %s: only %.0f%% of its invitations were sent (< %.0f%%): skipped by off-policy evaluation",
+                       issued.list_id, 100 * sent_share, 100 * cfg.min_sent_share)
         return None
     features = build_features(data, [as_of]).set_index("member_id")
     X = features.loc[members["member_id"], list(challenger.feature_names_)]
@@ -199,7 +203,8 @@ def list_log(issued: IssuedList, data: BrandData, challenger: Any, cfg: LoopConf
 
 
 def ope_compare(lists: Sequence[IssuedList], data: BrandData, challenger: Any, cfg: LoopConfig | None = None) -> OpeResult:
-    """Challenger top K against the logged champion's top K on every matured, sent issued list."""
+    """Challenger top K against the logged champion's top K on every matured issued list that was
+    sent (at least `min_sent_share` of its invitations)."""
     cfg = cfg or LoopConfig()
     logs = [log for issued in lists if (log := list_log(issued, data, challenger, cfg)) is not None]
     return evaluate_top_k(logs, cfg)

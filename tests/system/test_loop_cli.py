@@ -48,7 +48,7 @@ def test_issue_outcomes_monitor_compare(trained_store, tmp_path):
     assert "feature drift vs training reference" in page and "data:image/png;base64," in page
 
     code, out = run("compare", "--challenger", "1", "--data", str(data_dir), "--tracking-uri", uri)
-    if september["status"] == "not sent":
+    if september["sent"] < 0.9 * september["invited"]:  # the simulator, not the list, chose who was invited
         assert code == 1 and "no off-policy evidence" in out
     else:  # the champion against itself: no win
         assert code == 0 and "does not win" in out, out
