@@ -234,8 +234,14 @@ def ope_verdict(
         result = ope_compare(lists, data, challenger, cfg)
     except ValueError as error:
         return OpeVerdict(True, f"no off-policy evidence ({error}); not blocking")
+    return verdict_from(result, cfg, estimator)
+
+
+def verdict_from(result: OpeResult, cfg: LoopConfig, estimator: str = "dr") -> OpeVerdict:
+    """The promotion decision on an `OpeResult`: a win is a difference interval entirely above 0."""
     diff, low, high = result.difference[estimator]
-    text = f"{estimator.upper()} challenger - champion = {diff:+.2f} productive KOCs per list [{low:+.2f}, {high:+.2f}] over {len(result.lists)} list(s)"
+    text = (f"{estimator.upper()} challenger - champion = {diff:+.2f} productive KOCs per list [{low:+.2f}, {high:+.2f}] "
+            f"over {len(result.lists)} list(s)")
     if low > 0:
         return OpeVerdict(True, f"challenger wins off-policy: {text}", result)
     if not cfg.require_ope_win:

@@ -69,3 +69,30 @@ def test_dr_interval_coverage_over_many_logs():
 def test_no_matured_list_is_a_clear_error():
     with pytest.raises(ValueError, match="no matured issued list"):
         evaluate_top_k([])
+
+
+def test_verdict_skips_lists_whose_invitations_were_not_sent():
+    from serving.ope import ope_verdict
+    from support.loop_worlds import hand_issued_list, hand_outcome_world
+    from support.worlds import LinearFakeModel
+
+    challenger = LinearFakeModel({"posts_180d": 1.0})
+    sent = ope_verdict([hand_issued_list()], hand_outcome_world(), challenger, LoopConfig(bootstrap_reps=200))
+    assert sent.result is not None and sent.result.lists == ["koc-2026-01-01"] and sent.allows_promotion
+    mostly_unsent = hand_outcome_world(sent_late=("e1", "e2", "e3", "e4", "e5", "e6"))
+    skipped = ope_verdict([hand_issued_list()], mostly_unsent, challenger, LoopConfig(require_ope_win=True))
+    assert skipped.result is None and skipped.allows_promotion and "no off-policy evidence" in skipped.reason
+
+
+def test_gate_blocks_a_worse_challenger_only_when_required():
+    from serving.ope import verdict_from
+
+    logs = []
+    for seed in range(3):
+        log, _, _ = synthetic_log(seed)
+        log["target_score"] = np.random.default_rng(seed).random(len(log))  # a challenger that ranks at random
+        logs.append(log)
+    result = evaluate_top_k(logs, LoopConfig(bootstrap_reps=500))
+    assert result.difference["dr"][2] < 0  # clearly worse than the champion
+    assert not verdict_from(result, LoopConfig(require_ope_win=True)).allows_promotion
+    assert verdict_from(result, LoopConfig()).allows_promotion
