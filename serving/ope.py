@@ -207,6 +207,11 @@ def ope_compare(lists: Sequence[IssuedList], data: BrandData, challenger: Any, c
     sent (at least `min_sent_share` of its invitations)."""
     cfg = cfg or LoopConfig()
     logs = [log for issued in lists if (log := list_log(issued, data, challenger, cfg)) is not None]
+    if not logs and lists:
+        raise ValueError(
+            f"none of the {len(lists)} issued list(s) is usable: each is still maturing or had less than "
+            f"{cfg.min_sent_share:.0%} of its invitations sent (see the warnings)"
+        )
     return evaluate_top_k(logs, cfg)
 
 

@@ -93,4 +93,5 @@ def test_top_k_overlap_and_tau():
     previous = pd.Series([0.9, 0.8, 0.7, 0.1], index=["a", "b", "c", "d"])
     current = pd.Series([0.9, 0.1, 0.8, 0.7], index=["a", "b", "c", "e"])
     overlap, tau, both = top_k_overlap(previous, current, 2)
+    # common members a, b, c: previous order a > b > c, current a > c > b -> 2 of 3 pairs agree
     assert overlap == 0.5 and set(both.index) == {"a", "b", "c"} and tau == pytest.approx(1 / 3)
