@@ -143,10 +143,10 @@ def compare_command(
 
 def _training_reference(brand: Any, loaded: Any, cfg: Any, tracking_uri: str | None) -> tuple[dict | None, str]:
     """Profile of the model's test cutoff (eligible members, same feature code), from its run's tag."""
-    from features.build import build_features
-    from features.labels import eligibility
     from mlflow import MlflowClient
 
+    from features.build import build_features
+    from features.labels import eligibility
     from serving.monitor import reference_profile
 
     run_id = loaded.info.run_id

@@ -7,13 +7,13 @@ import sqlite3
 import numpy as np
 import pandas as pd
 import pytest
+from support.worlds import AS_OF, build_world, fake_loaded
 
 from features.labels import LabelConfig
 from serving.config import RankConfig
 from serving.issued import IssuedListExists, IssuedStore, default_store_path, issue_list
 from serving.rank import rank_members
 from serving.selection import draw_policy, select_candidates
-from support.worlds import AS_OF, build_world, fake_loaded
 
 
 def _pool(n: int) -> pd.DataFrame:

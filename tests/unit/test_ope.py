@@ -49,7 +49,7 @@ def test_snips_and_dr_recover_the_known_value_within_their_intervals():
     for value in result.values:
         assert value.low <= truth[value.policy] <= value.high, value
         assert abs(value.value - truth[value.policy]) < 0.2 * truth[value.policy]
-    for estimator, (diff, low, high) in result.difference.items():
+    for estimator, (_, low, high) in result.difference.items():
         assert low <= truth["challenger"] - truth["champion"] <= high, estimator
     assert result.coverage == 1.0 and len(result.per_list) == 6
 
@@ -72,9 +72,10 @@ def test_no_matured_list_is_a_clear_error():
 
 
 def test_verdict_skips_lists_whose_invitations_were_not_sent():
-    from serving.ope import ope_verdict
     from support.loop_worlds import hand_issued_list, hand_outcome_world
     from support.worlds import LinearFakeModel
+
+    from serving.ope import ope_verdict
 
     challenger = LinearFakeModel({"posts_180d": 1.0})
     sent = ope_verdict([hand_issued_list()], hand_outcome_world(), challenger, LoopConfig(bootstrap_reps=200))

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from support.loop_worlds import hand_issued_list, hand_outcome_world
 
 from serving.issued import LoopConfig
 from serving.outcomes import bootstrap_rate_difference, list_outcome, score_outcomes
-from support.loop_worlds import hand_issued_list, hand_outcome_world
 
 
 @pytest.fixture(scope="module")
