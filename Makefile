@@ -36,6 +36,7 @@ test: $(STAMP) ## run the test suite
 
 bench: $(STAMP) ## time and peak memory of simulate, features, train, rank and /score at 100k members
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/monitor.py
 
 lint: $(STAMP) ## ruff check
 	$(BIN)/ruff check features training serving kocrank tests bench

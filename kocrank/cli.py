@@ -12,7 +12,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from features.contract import ContractError, load_data, summary
-from kocrank import cli_features, cli_runs, cli_serving, cli_simulate, cli_training
+from kocrank import cli_features, cli_loop, cli_runs, cli_serving, cli_simulate, cli_training
 from kocrank.config import load_config
 from kocrank.console import make_console
 
@@ -89,6 +89,7 @@ cli_features.register(app)
 cli_training.register(app)
 cli_serving.register(app)
 cli_runs.register(app)
+cli_loop.register(app)
 
 
 def _hint(error: BaseException) -> str:

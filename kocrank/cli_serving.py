@@ -26,6 +26,8 @@ def rank_command(
     config: Annotated[Path | None, typer.Option("--config", help="TOML config file (sections ranking and labels).")] = None,
     tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI).")] = None,
     show: Annotated[int, typer.Option("--show", min=0, help="Print this many top rows.")] = 10,
+    issue: Annotated[bool | None, typer.Option("--issue/--no-issue", help="Record as an immutable issued list (default: config ranking.issue).")] = None,
+    issue_id: Annotated[str | None, typer.Option("--issue-id", help="Id of the issued list (default: koc-<as-of date>).")] = None,
 ) -> None:
     """Rank eligible members at --as-of and write the top K (with quotas and exploration) to --out."""
     from features.contract import ContractError, load_data, parse_as_of
@@ -62,6 +64,10 @@ def rank_command(
         f"model {info.name or info.uri} version {info.version or '-'}; wrote {len(result.candidates)} candidates "
         f"to {path} (metadata {sidecar}); expected productive KOCs: {result.expected_productive:.1f}"
     )
+    if cfg.ranking.issue if issue is None else issue:
+        from kocrank.cli_loop import issue_ranked_list
+
+        issue_ranked_list(result, loaded, top, cfg, tracking_uri, issue_id)
 
 
 def serve_command(

@@ -26,6 +26,7 @@ from features.build import EngineConfig
 from features.contract import DEFAULT_TIMEZONE, ContractConfig, check_timezone
 from features.labels import LabelConfig
 from serving.config import RankConfig
+from serving.issued import LoopConfig
 from training.config import TrainConfig
 
 
@@ -40,6 +41,7 @@ class Config(BaseModel):
     training: TrainConfig = TrainConfig()
     ranking: RankConfig = RankConfig()
     engine: EngineConfig = EngineConfig()
+    loop: LoopConfig = LoopConfig()
 
     @field_validator("timezone")
     @classmethod

@@ -32,6 +32,8 @@ class RankConfig(BaseModel):
     quotas: dict[str, float] = Field(default_factory=dict)
     exploration_share: float = Field(0.1, ge=0.0, lt=1.0)
     exploration_band_size: int | None = Field(None, ge=1)
+    control_share: float = Field(0.05, ge=0.0, lt=1.0, description="random control group held out of the top block, as a share of K")
+    issue: bool = Field(False, description="record every `koc rank` as an immutable issued list (serving.issued)")
     n_reasons: int = Field(3, ge=1, le=10)
     trial_category_lookback_days: int = Field(365, ge=1)
     seed: int = Field(42, ge=0)

@@ -70,16 +70,36 @@ def exploration_rng(seed: int, as_of: pd.Timestamp) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, *cutoff]))
 
 
-def select_candidates(ordered: pd.DataFrame, k: int, cfg: RankConfig, *, as_of: pd.Timestamp) -> pd.DataFrame:
-    """Pick up to K rows from `ordered` (already in score order) under quotas and exploration.
+ROLES = ("exploit", "explore", "control", "band", "none")
 
-    Exploit: greedy fill of `K - n_explore` slots in score order, skipping candidates whose
-    segment is full. Explore: `n_explore = round(K * exploration_share)` slots drawn uniformly
-    (seeded with `cfg.seed` and `as_of`, see `exploration_rng`) from the next
-    `exploration_band_size` quota-admissible candidates after the last exploited one.
-    Returns the chosen rows with `exploration` (bool) and
-    `selection_probability` (1.0 for exploit rows, n_explore / band size for exploration rows;
-    exact unless a quota fills up during the draw, in which case later draws skip that segment).
+
+def control_rng(seed: int, as_of: pd.Timestamp) -> np.random.Generator:
+    """The generator of one list's control draw: seeded like `exploration_rng`, on its own stream.
+
+    A separate stream keeps the exploration draw of a list unchanged when `control_share` changes.
+    """
+    cutoff = pd.Timestamp(as_of).isoformat().encode("ascii")
+    return np.random.default_rng(np.random.SeedSequence([seed, *cutoff], spawn_key=(1,)))
+
+
+def draw_policy(ordered: pd.DataFrame, k: int, cfg: RankConfig, *, as_of: pd.Timestamp) -> pd.DataFrame:
+    """Every row of `ordered` (eligible members in score order) with its part in this list's policy.
+
+    The policy, all of it seeded with (`cfg.seed`, `as_of`):
+    - exploit block: the first `K - n_explore + n_control` quota-admissible rows in score
+      order (`n_explore = round(K * exploration_share)`, `n_control = round(K * control_share)`);
+      `n_control` of them, drawn uniformly, are the **control group**: deliberately not
+      invited, so that "invited" against "held out" inside the block is a randomised comparison.
+      The others are invited (`exploit`). Every block member is invited with probability
+      (block size - n_control) / block size. When the pool is short, the control shrinks first.
+    - exploration band: the next `exploration_band_size` (default K) quota-admissible rows;
+      `n_explore` drawn uniformly are invited (`explore`), the rest are `band`
+      (probability n_explore / band size each).
+    - everyone else: `none`, probability 0.
+
+    Returns `ordered` with `position` (1 = highest score), `role`, `invited` and `p_invite`
+    (the exact probability of being invited under this policy; exact unless a quota fills up
+    during the exploration draw, which then skips that segment — see `quota_limited`).
     """
     if k < 1:
         raise ValueError(f"K must be at least 1, got {k}")
@@ -88,16 +108,24 @@ def select_candidates(ordered: pd.DataFrame, k: int, cfg: RankConfig, *, as_of: 
         raise ValueError(f"quota columns {missing} are not in the candidate table; available: {list(ordered.columns)}")
     n_explore = int(round(k * cfg.exploration_share))
     n_exploit = k - n_explore
+    n_control = int(round(k * cfg.control_share))
     tracker = _QuotaTracker(quota_caps(k, cfg.quotas))
     segments = ordered[list(cfg.quotas)].to_dict("records") if cfg.quotas else [{}] * len(ordered)
 
-    exploit_positions: list[int] = []
+    block: list[int] = []
     position = 0
-    while position < len(ordered) and len(exploit_positions) < n_exploit:
+    while position < len(ordered) and len(block) < n_exploit + n_control:
         if tracker.fits(segments[position]):
             tracker.add(segments[position])
-            exploit_positions.append(position)
+            block.append(position)
         position += 1
+    held_out = max(0, min(n_control, len(block) - n_exploit))
+    control_positions: list[int] = []
+    if held_out:
+        control_positions = sorted(block[int(i)] for i in control_rng(cfg.seed, as_of).choice(len(block), held_out, replace=False))
+    held = set(control_positions)
+    exploit_positions = [p for p in block if p not in held]
+    p_block = len(exploit_positions) / len(block) if block else 0.0
 
     band_size = cfg.exploration_band_size or k
     band: list[int] = []
@@ -107,9 +135,10 @@ def select_candidates(ordered: pd.DataFrame, k: int, cfg: RankConfig, *, as_of: 
         position += 1
 
     explore_positions: list[int] = []
-    probability = 1.0
+    p_band = 0.0
+    quota_limited = False
     if n_explore > 0 and band:
-        probability = min(1.0, n_explore / len(band))
+        p_band = min(1.0, n_explore / len(band))
         rng = exploration_rng(cfg.seed, as_of)
         for drawn in rng.permutation(len(band)):
             if len(explore_positions) == n_explore:
@@ -118,16 +147,45 @@ def select_candidates(ordered: pd.DataFrame, k: int, cfg: RankConfig, *, as_of: 
             if tracker.fits(segments[candidate]):
                 tracker.add(segments[candidate])
                 explore_positions.append(candidate)
-        explore_positions.sort()
+            else:
+                quota_limited = True
     if len(exploit_positions) + len(explore_positions) < min(k, len(ordered)):
         logger.info(
             "filled %d of %d slots (%d eligible); quotas %s limited the list",
             len(exploit_positions) + len(explore_positions), k, len(ordered), dict(cfg.quotas),
         )
 
-    chosen = ordered.iloc[exploit_positions + explore_positions].copy()
-    chosen["exploration"] = [False] * len(exploit_positions) + [True] * len(explore_positions)
-    chosen["selection_probability"] = [1.0] * len(exploit_positions) + [probability] * len(explore_positions)
+    role = np.full(len(ordered), "none", dtype=object)
+    p_invite = np.zeros(len(ordered), dtype="float64")
+    role[block] = "exploit"
+    p_invite[block] = p_block
+    role[control_positions] = "control"
+    role[band] = "band"
+    p_invite[band] = p_band
+    role[explore_positions] = "explore"
+    out = ordered.reset_index(drop=True).copy()
+    out.insert(0, "position", np.arange(1, len(out) + 1, dtype="int64"))
+    out["role"] = pd.Series(role, dtype="str")
+    out["invited"] = out["role"].isin(["exploit", "explore"])
+    out["p_invite"] = p_invite
+    out.attrs["quota_limited"] = quota_limited
+    return out
+
+
+def select_candidates(ordered: pd.DataFrame, k: int, cfg: RankConfig, *, as_of: pd.Timestamp) -> pd.DataFrame:
+    """Pick up to K rows from `ordered` (already in score order) under quotas, exploration and control.
+
+    The invited rows of `draw_policy`, with `exploration` (bool) and `selection_probability`
+    (their `p_invite`: 1.0 for exploit rows when there is no control group, otherwise
+    (block - n_control) / block; n_explore / band size for exploration rows). Control-group
+    members are never in the returned list.
+    """
+    policy = draw_policy(ordered, k, cfg, as_of=as_of)
+    chosen = policy.loc[policy["invited"]]
+    chosen = ordered.iloc[(chosen["position"] - 1).to_numpy()].copy()
+    invited = policy.loc[policy["invited"]]
+    chosen["exploration"] = (invited["role"] == "explore").to_numpy()
+    chosen["selection_probability"] = invited["p_invite"].to_numpy()
     chosen = order_by_score(chosen)
     chosen.insert(0, "rank", np.arange(1, len(chosen) + 1, dtype="int64"))
     return chosen

@@ -147,7 +147,7 @@ def test_quotas_on_two_columns_are_all_honoured():
 
 def test_exploration_share_band_and_probability():
     pool = _pool(100)
-    cfg = RankConfig(exploration_share=0.2, exploration_band_size=30, seed=11)
+    cfg = RankConfig(exploration_share=0.2, exploration_band_size=30, seed=11, control_share=0.0)
     chosen = select_candidates(pool, 20, cfg, as_of=AS_OF)
     explore = chosen.loc[chosen["exploration"]]
     exploit = chosen.loc[~chosen["exploration"]]
