@@ -29,7 +29,7 @@ demo: $(STAMP) ## simulate a brand, validate, build features, train + register, 
 	$(BIN)/koc validate --data $(DEMO_DIR)/data
 	$(BIN)/koc features --data $(DEMO_DIR)/data --as-of 2025-06-01 --out $(DEMO_DIR)/features_2025-06-01.parquet
 	$(BIN)/koc train --data $(DEMO_DIR)/data
-	$(BIN)/koc rank --data $(DEMO_DIR)/data --as-of 2026-01-01 --top 500 --out $(DEMO_DIR)/invitations_2026-01-01.csv
+	$(BIN)/koc rank --data $(DEMO_DIR)/data --as-of 2026-01-01 --top 500 --out $(DEMO_DIR)/invitations_2026-01-01
 
 test: $(STAMP) ## run the test suite
 	$(BIN)/python -m pytest -q
