@@ -430,7 +430,7 @@ _DETAIL_FIELDS = ("consumption_value", "interaction_value", "content_value", "so
 
 UNAUTHORIZED = {401: {"description": "missing or invalid bearer token (or ops session)", "model": ErrorResponse}}
 NOT_READY = {503: {"description": "the model is not loaded yet, or the server has no --data to rank", "model": ErrorResponse}}
-SWAGGER_ASSETS = "/static/swagger"
+SWAGGER_ASSETS = "/static/docs"
 
 
 def _auth_dependency(settings: ServeSettings) -> Callable[..., None]:
@@ -487,15 +487,18 @@ def candidate_items(rows: pd.DataFrame, n_reasons: int) -> list[Candidate]:
 
 
 def _install_docs(app: FastAPI, settings: ServeSettings, authorized: list[Any]) -> None:
-    """/openapi.json and /docs (Swagger UI from the `swagger-ui-bundle` package, no CDN), behind the token
-    unless `public_docs`. ReDoc is not served: no maintained package ships its assets for Python."""
-    from fastapi.openapi.docs import get_swagger_ui_html
+    """/openapi.json, /docs (Swagger UI 5) and /redoc (ReDoc 2), behind the token unless `public_docs`.
+
+    The JavaScript and CSS come from the `fastapi-offline` package's static folder (Swagger UI,
+    Apache-2.0; ReDoc, MIT), served by this server, so the pages work with no network. In a
+    browser, the ops session cookie (log in at /ops/login) opens them."""
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
     from fastapi.staticfiles import StaticFiles
-    from swagger_ui_bundle import swagger_ui_path
+    from fastapi_offline import __file__ as offline_init
 
     guard = [] if settings.public_docs else authorized
     docs_errors = {} if settings.public_docs else UNAUTHORIZED
-    app.mount(SWAGGER_ASSETS, StaticFiles(directory=swagger_ui_path), name="swagger-assets")
+    app.mount(SWAGGER_ASSETS, StaticFiles(directory=Path(offline_init).parent / "static"), name="docs-assets")
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=guard, responses=docs_errors)
     def openapi_document() -> JSONResponse:
@@ -508,7 +511,14 @@ def _install_docs(app: FastAPI, settings: ServeSettings, authorized: list[Any]) 
             title="kocrank API",
             swagger_js_url=f"{SWAGGER_ASSETS}/swagger-ui-bundle.js",
             swagger_css_url=f"{SWAGGER_ASSETS}/swagger-ui.css",
-            swagger_favicon_url=f"{SWAGGER_ASSETS}/favicon-32x32.png",
+            swagger_favicon_url=f"{SWAGGER_ASSETS}/favicon.png",
+        )
+
+    @app.get("/redoc", include_in_schema=False, dependencies=guard)
+    def redoc() -> Response:
+        return get_redoc_html(
+            openapi_url="/openapi.json", title="kocrank API", redoc_js_url=f"{SWAGGER_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{SWAGGER_ASSETS}/favicon.png", with_google_fonts=False,
         )
 
 

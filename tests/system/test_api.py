@@ -165,13 +165,15 @@ def test_score_validation_and_batch_limit(client):
 def test_openapi_docs_are_served_behind_the_token_with_local_assets(client):
     import re
 
-    docs = client.get("/docs", headers=AUTH)
-    assert docs.status_code == 200
-    assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", docs.text) + re.findall(r"url: '([^']+)'", docs.text)
-    assert assets and not [a for a in assets if "://" in a or a.startswith("//")], assets  # nothing from a CDN
-    for asset in assets:
-        fetched = client.get(asset, headers=AUTH)
-        assert fetched.status_code == 200 and len(fetched.content) > 100, asset
+    for page in ("/docs", "/redoc"):
+        docs = client.get(page, headers=AUTH)
+        assert docs.status_code == 200
+        assets = re.findall(r"""(?:src|href|spec-url)=["']([^"']+)["']""", docs.text)
+        assets += re.findall(r"url: '([^']+)'", docs.text)
+        assert len(assets) >= 3 and not [a for a in assets if "://" in a or a.startswith("//")], assets  # no CDN
+        for asset in assets:
+            fetched = client.get(asset, headers=AUTH)
+            assert fetched.status_code == 200 and len(fetched.content) > 100, (page, asset)
     spec = client.get("/openapi.json", headers=AUTH).json()
     assert {"/health", "/model", "/candidates", "/score", "/reload"} <= set(spec["paths"])
     assert "401" in spec["paths"]["/candidates"]["get"]["responses"]
