@@ -32,6 +32,7 @@ import logging
 import os
 import shutil
 import tempfile
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,8 +104,10 @@ def with_bilingual_reasons(frame: pd.DataFrame) -> pd.DataFrame:
     out = frame.copy()
     columns: list[str] = []
     for column in frame.columns:
-        if column == "reasons" or column.startswith("reason_feature_") or column.endswith(("_zh", "_en")):
+        if column == "reasons" or column.startswith("reason_feature_"):
             continue
+        if column.endswith(("_zh", "_en")) and column[:-3] in frame.columns:
+            continue  # placed beside its reason_i below
         if column.startswith("reason_") and column.removeprefix("reason_").isdigit():
             zh_col, en_col = f"{column}_zh", f"{column}_en"
             if zh_col not in frame.columns or en_col not in frame.columns:
@@ -250,20 +253,20 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
 TIER_COLOURS = {"A": "#C6EFCE", "B": "#FFEB9C", "C": "#EDEDED"}
 # column -> (header shown to people, width in characters, kind)
 _COLUMN_LAYOUT: dict[str, tuple[str, float, str]] = {
-    "rank": ("rank", 6, "int"),
+    "rank": ("rank", 5, "rank"),
     "member_id": ("member id", 14, "text"),
     "score": ("score", 8, "pct"),
-    "percentile": ("percentile", 10, "pct100"),
+    "percentile": ("percentile", 9, "value"),
     "tier": ("tier", 5, "tier"),
     "consumption_value": ("consumption value", 11, "value"),
     "interaction_value": ("interaction value", 11, "value"),
     "content_value": ("content value", 9, "value"),
     "social_value": ("social value", 9, "value"),
-    "rfm_segment": ("RFM segment", 14, "text"),
-    "trial_category": ("trial category", 12, "text"),
-    "city_tier": ("city tier", 6, "int"),
-    "channel": ("channel", 11, "text"),
-    "exploration": ("exploration", 10, "bool"),
+    "rfm_segment": ("RFM segment", 21, "text"),
+    "trial_category": ("trial category", 13, "text"),
+    "city_tier": ("city tier", 5, "rank"),
+    "channel": ("channel", 14, "text"),
+    "exploration": ("explo-ration", 7, "bool"),
     "selection_probability": ("selection prob.", 10, "pct"),
 }
 
@@ -317,6 +320,7 @@ def _formats(workbook: Any) -> dict[str, Any]:
         "text": workbook.add_format({**base, "num_format": "@"}),
         "reason": workbook.add_format({**base, "text_wrap": True, "num_format": "@"}),
         "int": workbook.add_format({**base, "num_format": "0"}),
+        "rank": workbook.add_format({**base, "num_format": "0", "align": "center"}),
         "pct": workbook.add_format({**base, "num_format": "0.0%"}),
         "value": workbook.add_format({**base, "num_format": "0.0"}),
         "bool": workbook.add_format({**base, "align": "center"}),
@@ -341,11 +345,34 @@ def _write_cell(sheet: Any, row: int, col: int, value: Any, kind: str, formats: 
         sheet.write_blank(row, col, None, fmt)
     elif kind == "bool":
         sheet.write_string(row, col, "yes" if bool(value) else "", fmt)
-    elif kind in ("int", "pct", "pct100", "value") and isinstance(value, int | float | np.integer | np.floating):
+    elif kind in ("int", "rank", "pct", "pct100", "value") and isinstance(value, int | float | np.integer | np.floating):
         number = float(value) / 100.0 if kind == "pct100" else float(value)
         sheet.write_number(row, col, number, fmt)
     else:
         sheet.write_string(row, col, str(neutralize_formula(str(value))), fmt)
+
+
+ROW_POINTS = 13.5  # one line of 10-point text
+
+
+def _text_width(text: str) -> int:
+    """Display width in character cells: Chinese (East Asian wide) characters take two."""
+    return sum(2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1 for ch in text)
+
+
+def _wrapped_lines(value: Any, width: float) -> int:
+    """How many lines a wrapped cell of `width` characters needs (word wrap, roughly as a viewer does)."""
+    if not isinstance(value, str) or not value:
+        return 1
+    usable = max(int(width * 1.2), 1)  # a column of width w holds about 1.2 w characters of 10-point text
+    lines, current = 1, 0
+    for word in value.replace("\n", " ").split(" "):
+        size = _text_width(word)
+        if current and current + 1 + size > usable:
+            lines, current = lines + 1, 0
+        lines += (current + size) // usable if current + size > usable else 0
+        current = (current + (1 if current else 0) + size) % usable if size > usable else current + (1 if current else 0) + size
+    return lines
 
 
 def _list_sheet(workbook: Any, formats: Mapping[str, Any], frame: pd.DataFrame, meta: Mapping[str, Any]) -> None:
@@ -354,9 +381,15 @@ def _list_sheet(workbook: Any, formats: Mapping[str, Any], frame: pd.DataFrame, 
     for col, (header, width, kind) in enumerate(layouts):
         sheet.write_string(0, col, header, formats["header"])
         sheet.set_column(col, col, width, formats["reason"] if kind == "reason" else None)
+    wrapped = [col for col, (_, _, kind) in enumerate(layouts) if kind == "reason"]
     for row, record in enumerate(frame.itertuples(index=False, name=None), start=1):
         for col, value in enumerate(record):
             _write_cell(sheet, row, col, value, layouts[col][2], formats)
+        # XlsxWriter cannot measure wrapped text and viewers keep the default height, so wrapped
+        # lines would print on top of the next row: size each row for its longest reason
+        lines = max([_wrapped_lines(record[col], layouts[col][1]) for col in wrapped] or [1])
+        if lines > 1:
+            sheet.set_row(row, ROW_POINTS * lines)
     last_row, last_col = max(len(frame), 1), max(len(layouts) - 1, 0)
     sheet.set_row(0, 30)
     sheet.freeze_panes(1, 2)  # header and rank + member id stay visible
@@ -378,7 +411,7 @@ def summary_rows(meta: Mapping[str, Any]) -> list[tuple[str, str]]:
     counts = meta.get("counts", {}) or {}
     target = meta.get("target") or model.get("target") or "observed"
     rows: list[tuple[str, str]] = [
-        ("List", f"KOC invitation list as of {meta.get('as_of', '')}"),
+        ("List", f"KOC invitation list as of {_cutoff_text(meta.get('as_of', ''))} (business time)"),
         ("List id", str(meta.get("list_id", ""))),
         ("Generated", f"{meta.get('generated_at') or 'unknown time'} by {meta.get('generated_by') or 'unknown'}"),
         ("Model", f"{model.get('name') or model.get('uri', '')} version {model.get('version') or '-'}"
@@ -413,6 +446,12 @@ def summary_rows(meta: Mapping[str, Any]) -> list[tuple[str, str]]:
         rows.append(("Warning", str(warning)))
     rows.append(("Machine metadata", "in the .meta.json file beside this workbook"))
     return rows
+
+
+def _cutoff_text(as_of: Any) -> str:
+    """"2025-01-01" for a midnight cutoff, else "2025-01-01 10:00"."""
+    text = str(as_of or "")
+    return text[:10] if text.endswith("T00:00:00") else text.replace("T", " ")[:16]
 
 
 def _summary_sheet(workbook: Any, formats: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
