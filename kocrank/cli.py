@@ -170,10 +170,11 @@ def failure_classes() -> list[tuple[tuple[type[BaseException], ...], int, str]]:
     from serving.api import ServeConfigError
     from serving.config import CutoffError
     from serving.model_store import IncompatibleModelError
+    from serving.output import OutputPathError
 
     return [
         ((ContractError,), 1, "data"),
-        ((CutoffError, ConfigError, ServeConfigError, ValidationError), 2, "usage"),
+        ((CutoffError, ConfigError, ServeConfigError, OutputPathError, ValidationError), 2, "usage"),
         ((IncompatibleModelError, MlflowException), 3, "model"),
         ((OSError,), 4, "file"),
         ((ValueError,), 1, "data"),

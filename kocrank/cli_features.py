@@ -96,7 +96,7 @@ def register(app: typer.Typer) -> None:
 
         started = time.perf_counter()
         cutoffs = [parse_cutoff(value, timezone) for value in as_of]
-        with progress_steps(console, 3) as step:
+        with progress_steps(make_console(stderr=True), 3) as step:
             step("loading and checking the data")
             brand = load_data(data, timezone=timezone)
             step(f"building features for {len(cutoffs)} cutoff(s)")

@@ -57,7 +57,7 @@ def rank_command(
     chosen = [f.value for f in formats] if formats else ["csv", "xlsx"]
     check_output_folder(out, chosen)
     cutoff = parse_cutoff(as_of, cfg.timezone)
-    with progress_steps(console, 4) as step:
+    with progress_steps(make_console(stderr=True), 4) as step:
         step("loading and checking the data")
         brand = load_data(data, timezone=cfg.timezone)
         step("loading the model")
@@ -124,7 +124,7 @@ def serve_command(
     if settings.api_token is None:
         logger.warning("serving WITHOUT authentication on %s (--insecure-local)", host)
     service = RankingService(settings)
-    with progress_steps(console, 2) as step:
+    with progress_steps(make_console(stderr=True), 2) as step:
         step("loading the data" if data else "no --data: serving the model card and /score only")
         service.load_data()
         step("loading the model and ranking")

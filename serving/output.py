@@ -44,6 +44,11 @@ import pandas as pd
 logger = logging.getLogger(__name__)
 
 FORMATS = ("csv", "xlsx", "parquet")
+FILE_SUFFIXES = (".csv", ".tsv", ".txt", ".xlsx", ".xls", ".parquet", ".json")
+
+
+class OutputPathError(ValueError):
+    """The output folder or format cannot be used; the message says what to pass instead."""
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 REASON_SEPARATOR = " / "  # "中文 / English" in bilingual reason phrases
 
@@ -140,17 +145,18 @@ def check_output_folder(out: str | Path, formats: Iterable[str] = ("csv",)) -> t
     folder = Path(out)
     chosen = tuple(dict.fromkeys(f.lower().lstrip(".") for f in formats))
     if not chosen:
-        raise ValueError("choose at least one output format: " + ", ".join(FORMATS))
+        raise OutputPathError("choose at least one output format: " + ", ".join(FORMATS))
     unknown = [f for f in chosen if f not in FORMATS]
     if unknown:
-        raise ValueError(f"unknown output format {unknown[0]!r}: use one of {', '.join(FORMATS)}")
-    if folder.suffix.lower() in tuple(f".{f}" for f in FORMATS) + (".json",):
-        raise ValueError(
+        raise OutputPathError(f"unknown output format {unknown[0]!r}: use one of {', '.join(FORMATS)}")
+    if folder.suffix.lower() in FILE_SUFFIXES:
+        raise OutputPathError(
             f"--out {folder} names a file, but a ranked list is a folder (the list and its metadata are written "
-            f"into it together); use e.g. --out {folder.with_suffix('')} --format {folder.suffix.lstrip('.') or 'csv'}"
+            f"into it together); use e.g. --out {folder.with_suffix('')}"
+            + (f" --format {folder.suffix.lstrip('.')}" if folder.suffix.lstrip(".") in FORMATS else "")
         )
     if folder.exists() and not folder.is_dir():
-        raise ValueError(f"--out {folder} exists and is not a folder")
+        raise OutputPathError(f"--out {folder} exists and is not a folder")
     return folder, chosen
 
 
