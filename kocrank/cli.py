@@ -8,14 +8,15 @@ from typing import Annotated, Any
 
 import pandas as pd
 import typer
-from typer.core import TyperGroup
 from rich.logging import RichHandler
 from rich.table import Table
+from typer.core import TyperGroup
 
 from features.contract import ContractError, load_data, summary
 from kocrank import cli_features, cli_serving, cli_simulate, cli_training
 from kocrank.config import load_config
 from kocrank.console import make_console
+
 
 def readable_metavars(command: Any, ctx: typer.Context) -> None:
     """--help without typer's `<bool>` / `<str>` labels: flags show none, choices show their

@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 console = make_console()
 
 
-class ListFormat(str, enum.Enum):
+class ListFormat(enum.StrEnum):
     csv = "csv"
     xlsx = "xlsx"
     parquet = "parquet"

@@ -454,7 +454,7 @@ def _auth_dependency(settings: ServeSettings) -> Callable[..., None]:
     return verify
 
 
-def _table_response(rows: pd.DataFrame, meta: dict[str, Any], fmt: str, filename: str) -> Response:
+def table_download(rows: pd.DataFrame, meta: dict[str, Any], fmt: str, filename: str) -> Response:
     """The rows as a formula-safe CSV (UTF-8 with BOM) or a formatted .xlsx download."""
     import tempfile
 
@@ -595,7 +595,7 @@ def create_app(settings: ServeSettings, service: RankingService | None = None) -
         result = service.ranking()
         rows = filter_candidates(result.candidates, top=top, tier=tier, city_tier=city_tier)
         if format != "json":
-            return _table_response(rows, result.meta, format, f"koc_candidates_{result.meta.get('list_id', '')}")
+            return table_download(rows, result.meta, format, f"koc_candidates_{result.meta.get('list_id', '')}")
         page = rows.iloc[offset: offset + limit]
         target = result.meta.get("target", "observed")
         return CandidatesResponse(

@@ -208,7 +208,7 @@ def install_ops(app: FastAPI, settings: Any, service: Any) -> None:
         check_csrf(request, csrf)
         if format not in ("xlsx", "csv"):
             raise HTTPException(status.HTTP_400_BAD_REQUEST, "format must be xlsx or csv")
-        from serving.api import _table_response
+        from serving.api import table_download
 
         result = service.ranking()
         list_id = result.meta["list_id"]
@@ -216,4 +216,4 @@ def install_ops(app: FastAPI, settings: Any, service: Any) -> None:
         rows = result.candidates.loc[result.candidates["member_id"].isin(approved)]
         log.append("export", user(request), list_id, rows["member_id"].tolist(), fmt=format)
         meta = {**result.meta, "generated_by": user(request), "exported": "approved members only"}
-        return _table_response(rows, meta, format, f"koc_approved_{list_id}")
+        return table_download(rows, meta, format, f"koc_approved_{list_id}")
