@@ -651,7 +651,10 @@ def create_app(settings: ServeSettings, service: RankingService | None = None) -
     too_large = {413: {"description": f"more than {limit} member ids, or a body too large for them", "model": ErrorResponse}}
     app.post(
         "/score", response_model=ScoreResponse, dependencies=authorized, max_body_size=score_body_limit(limit),
-        responses={**UNAUTHORIZED, **too_large, **NOT_READY},
+        responses={
+            **UNAUTHORIZED, **too_large, **NOT_READY,
+            400: {"description": "the body cannot be read (not UTF-8 text)", "model": ErrorResponse},
+        },
     )(score)
 
     @app.post(

@@ -143,6 +143,10 @@ def test_score_validation_and_batch_limit(client):
                 {"member_ids": ["c001"], "extra": 1}):
         assert client.post("/score", json=bad, headers=AUTH).status_code == 422, bad
     assert client.post("/score", content=b"not json", headers={**AUTH, "content-type": "application/json"}).status_code == 422
+    # a body that is not UTF-8 cannot be read: 400, as the schema says (found by schemathesis)
+    unreadable = client.post("/score", content=b"\xff\xfe\x80", headers={**AUTH, "content-type": "application/json"})
+    assert unreadable.status_code == 400
+    assert "400" in client.get("/openapi.json", headers=AUTH).json()["paths"]["/score"]["post"]["responses"]
     too_many = client.post("/score", json={"member_ids": ["c001", "c002", "c003", "c004"]}, headers=AUTH)
     assert too_many.status_code == 413 and too_many.json()["detail"] == "at most 3 member ids per request, got 4"
     # the limit is part of the request schema
