@@ -10,7 +10,7 @@ DEMO_MEMBERS ?= 20000
 DEMO_SEED ?= 7
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test bench lint docs clean
+.PHONY: help install demo test browser bench lint docs clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -29,7 +29,10 @@ demo: $(STAMP) ## simulate a brand, validate, build features, train + register, 
 	$(BIN)/koc validate --data $(DEMO_DIR)/data
 	$(BIN)/koc features --data $(DEMO_DIR)/data --as-of 2025-06-01 --out $(DEMO_DIR)/features_2025-06-01.parquet
 	$(BIN)/koc train --data $(DEMO_DIR)/data
-	$(BIN)/koc rank --data $(DEMO_DIR)/data --as-of 2026-01-01 --top 500 --out $(DEMO_DIR)/invitations_2026-01-01.csv
+	$(BIN)/koc rank --data $(DEMO_DIR)/data --as-of 2026-01-01 --top 500 --out $(DEMO_DIR)/invitations_2026-01-01
+
+browser: ## install Debian's Chromium and a CJK font for the ops page's browser test (as root; CI does this)
+	@test -x /usr/bin/chromium || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium fonts-wqy-microhei; }
 
 test: $(STAMP) ## run the test suite
 	$(BIN)/python -m pytest -q
@@ -42,7 +45,7 @@ lint: $(STAMP) ## ruff check
 	$(BIN)/ruff check features training serving kocrank tests bench
 
 clean: ## remove generated data, stores and the venv
-	rm -rf $(VENV) $(DEMO_DIR) mlflow.db mlartifacts mlruns .pytest_cache bench/out
+	rm -rf $(VENV) $(DEMO_DIR) mlflow.db mlartifacts mlruns .pytest_cache bench/out test-artifacts
 
 docs: $(STAMP) ## regenerate the README's feature table from the registry
 	$(BIN)/python -m kocrank.docs

@@ -70,7 +70,7 @@ def main() -> None:
         run_stage("train (all cutoffs)", ["train", "--data", str(data)], env),
         run_stage(
             "rank",
-            ["rank", "--data", str(data), "--as-of", opts.as_of, "--top", "500", "--out", str(out / "invitations.csv")],
+            ["rank", "--data", str(data), "--as-of", opts.as_of, "--top", "500", "--out", str(out / "invitations")],
             env,
         ),
     ]

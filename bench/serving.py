@@ -47,7 +47,7 @@ def prepare_store(root: Path, members: int, months: int = 12, seed: int = 0) -> 
 def bench_rank(data_dir: Path, tracking_uri: str, as_of: str, k: int = 1000) -> dict[str, float]:
     """Seconds to load data, load the champion, and rank + write the list (csv)."""
     from features.contract import load_data
-    from serving.config import RankConfig
+    from serving.config import RankConfig, parse_cutoff
     from serving.model_store import load_model
     from serving.output import write_ranked_list
     from serving.rank import rank_members
@@ -60,11 +60,11 @@ def bench_rank(data_dir: Path, tracking_uri: str, as_of: str, k: int = 1000) -> 
     loaded = load_model("models:/koc-potential@champion", tracking_uri)
     timings["load_model_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    result = rank_members(data, as_of, loaded, k, RankConfig(quotas={"city_tier": 0.4, "channel": 0.5}))
+    result = rank_members(data, parse_cutoff(as_of, data.timezone), loaded, k, RankConfig(quotas={"city_tier": 0.4, "channel": 0.5}))
     timings["rank_s"] = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        write_ranked_list(result.candidates, result.meta, Path(tmp) / "list.csv")
+        write_ranked_list(result.candidates, result.meta, Path(tmp) / "list", ["csv", "xlsx"])
         timings["write_s"] = time.perf_counter() - start
     timings["members_scored"] = float(len(result.scored))
     timings["eligible"] = float(result.meta["counts"]["eligible"])

@@ -4,17 +4,67 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import pandas as pd
 import typer
 from rich.logging import RichHandler
 from rich.table import Table
+from typer.core import TyperGroup
 
 from features.contract import ContractError, load_data, summary
 from kocrank import cli_features, cli_loop, cli_runs, cli_serving, cli_simulate, cli_training
 from kocrank.config import load_config
 from kocrank.console import make_console
+
+
+def readable_metavars(command: Any, ctx: typer.Context) -> None:
+    """--help without typer's `<bool>` / `<str>` labels: flags show none, choices show their
+    values, other options a word (PATH, N, TEXT) unless they set their own metavar."""
+    help_option = command.get_help_option(ctx)
+    words = {"int": "N", "float": "X"}
+    for param in [*command.params, *([help_option] if help_option else [])]:
+        # typer ships its own copy of click, so parameters are recognised by their attributes
+        if getattr(param, "param_type_name", "") != "option" or param.metavar is not None:
+            continue
+        desc = getattr(param, "type_descriptor", None)
+        if param.is_flag or param.count or desc is None:
+            param.metavar = ""
+        elif desc.is_choice:
+            param.metavar = "|".join(str(getattr(c, "value", c)) for c in desc.choices or ())
+        elif desc.is_path:
+            param.metavar = "PATH"
+        else:
+            param.metavar = words.get(param.bare_type().split(" ")[0], "TEXT")
+
+
+class KocGroup(TyperGroup):
+    """The `koc` command group: readable --help (`readable_metavars`) and every subcommand's
+    expected failures through `report_failure`."""
+
+    def get_command(self, ctx: typer.Context, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            readable_metavars(command, ctx)
+        return command
+
+    def format_help(self, ctx: typer.Context, formatter: Any) -> None:
+        readable_metavars(self, ctx)
+        super().format_help(ctx, formatter)
+
+    def invoke(self, ctx: typer.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except Exception as error:
+            if type(error).__module__.startswith(("click", "typer")):  # usage errors, Exit, Abort: click's own
+                raise
+            if logging.getLogger().isEnabledFor(logging.DEBUG):
+                raise
+            code = report_failure(error)
+            if code is None:
+                raise
+            raise typer.Exit(code) from None
+
 
 console = make_console()
 app = typer.Typer(
@@ -22,12 +72,28 @@ app = typer.Typer(
     help="Rank a brand's members for invitation into its KOC programme.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=KocGroup,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("kocrank")
+        except PackageNotFoundError:  # running from a source tree that was never installed
+            from kocrank import __version__ as number
+        console.print(f"kocrank {number}", highlight=False)
+        raise typer.Exit()
 
 
 @app.callback()
 def main(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging and tracebacks.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the kocrank version and exit.")
+    ] = False,
 ) -> None:
     """kocrank: data contract, features, training and ranking for KOC invitations."""
     logging.basicConfig(
@@ -102,27 +168,49 @@ def _hint(error: BaseException) -> str:
     return ""
 
 
-def run() -> None:
-    """Console entry point: expected failures end with one clear line and exit code 1, not a traceback.
+def failure_classes() -> list[tuple[tuple[type[BaseException], ...], int, str]]:
+    """The one mapping from failure class to exit code and label, most specific first.
 
-    `koc -v …` shows the traceback as well.
+    1 data: the data (or a value in it) breaks the contract or a rule; 2 usage: an option,
+    the config file or the server settings are wrong (click's own usage errors exit 2 too);
+    3 model: the model or the MLflow store cannot be used; 4 file: a file cannot be read or
+    written (missing, permissions, disk full).
     """
     from mlflow.exceptions import MlflowException
     from pydantic import ValidationError
 
     from kocrank.config import ConfigError
+    from serving.api import ServeConfigError
+    from serving.config import CutoffError
+    from serving.model_store import IncompatibleModelError
+    from serving.output import OutputPathError
 
-    try:
-        app()
-    except ContractError as error:
-        make_console(stderr=True).print(f"[red]error:[/] {error}", highlight=False, markup=False)
-        raise SystemExit(1) from None
-    except (ConfigError, ValidationError, MlflowException, ValueError, OSError) as error:
-        if logging.getLogger().isEnabledFor(logging.DEBUG):
-            raise
-        message = f"error: {type(error).__name__}: {error}{_hint(error)}"
-        make_console(stderr=True).print(message, highlight=False, markup=False)
-        raise SystemExit(1) from None
+    return [
+        ((ContractError,), 1, "data"),
+        ((CutoffError, ConfigError, ServeConfigError, OutputPathError, ValidationError), 2, "usage"),
+        ((IncompatibleModelError, MlflowException), 3, "model"),
+        ((OSError,), 4, "file"),
+        ((ValueError,), 1, "data"),
+    ]
+
+
+def report_failure(error: BaseException) -> int | None:
+    """Print an expected failure as one `error (<class>): <message>` line on stderr and return its
+    exit code; None for an unexpected error (which keeps its traceback)."""
+    for classes, code, label in failure_classes():
+        if isinstance(error, classes):
+            name = "" if isinstance(error, ContractError) else f"{type(error).__name__}: "
+            message = f"error ({label}): {name}{error}{_hint(error)}"
+            make_console(stderr=True).print(message, highlight=False, markup=False, soft_wrap=True)
+            return code
+    return None
+
+
+
+
+def run() -> None:
+    """Console entry point (see `KocGroup`); `koc -v …` shows tracebacks as well."""
+    app()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from kocrank.console import make_console
+from kocrank.console import make_console, progress_steps
 
 
 def _registry_table() -> Table:
@@ -26,16 +26,16 @@ def _registry_table() -> Table:
     return table
 
 
-def _print_sql(dialect: str, as_of: list[str] | None, console) -> None:
+def _print_sql(dialect: str, as_of: list[str] | None, timezone: str, console) -> None:
     """The one feature definition, rendered for another engine (e.g. Spark for brands that outgrow DuckDB)."""
     import sqlglot
 
     from features.build import feature_sql
-    from features.contract import parse_as_of
+    from serving.config import parse_cutoff
 
     if not as_of:
         raise typer.BadParameter("--sql needs an --as-of")
-    text = feature_sql(parse_as_of(as_of[0]))
+    text = feature_sql(parse_cutoff(as_of[0], timezone))
     if dialect != "duckdb":
         try:
             text = ";\n".join(sqlglot.transpile(text, read="duckdb", write=dialect, pretty=True))
@@ -55,7 +55,8 @@ def register(app: typer.Typer) -> None:
         as_of: Annotated[
             list[str] | None,
             typer.Option(
-                "--as-of", help="Cutoff date/time in business time (repeat for several); a date means local midnight."
+                "--as-of", metavar="YYYY-MM-DD[THH:MM]",
+                help="Cutoff in ISO 8601, business time (repeat for several); a date means local midnight."
             ),
         ] = None,
         out: Annotated[Path | None, typer.Option("--out", help="Output file, .parquet or .csv.")] = None,
@@ -77,8 +78,11 @@ def register(app: typer.Typer) -> None:
         if list_features:
             console.print(_registry_table())
             return
+        from kocrank.config import load_config
+
+        timezone = timezone or load_config(config).timezone
         if sql is not None:
-            _print_sql(sql, as_of, console)
+            _print_sql(sql, as_of, timezone, console)
             return
         if data is None or not as_of or out is None:
             raise typer.BadParameter("--data, --as-of and --out are required unless --list is given")
@@ -86,24 +90,19 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"--out must end in .parquet or .csv, got {out.name}")
 
         from features.build import absent_groups, build_features
-        from features.contract import ContractError, load_data, parse_as_of
+        from features.contract import load_data
         from features.io import write_frame
-        from kocrank.config import load_config
+        from serving.config import parse_cutoff
 
-        timezone = timezone or load_config(config).timezone
         started = time.perf_counter()
-        try:
-            cutoffs = [parse_as_of(value, timezone) for value in as_of]
-        except ValueError as error:
-            raise typer.BadParameter(f"cannot read --as-of: {error}") from error
-        try:
+        cutoffs = [parse_cutoff(value, timezone) for value in as_of]
+        with progress_steps(make_console(stderr=True), 3) as step:
+            step("loading and checking the data")
             brand = load_data(data, timezone=timezone)
-        except ContractError as error:
-            console.print(f"[red]{error}[/red]")
-            raise typer.Exit(code=1) from error
-        with console.status(f"building features for {len(cutoffs)} cutoff(s)"):
+            step(f"building features for {len(cutoffs)} cutoff(s)")
             features = build_features(brand, cutoffs)
-        write_frame(features, out)
+            step("writing")
+            write_frame(features, out)
         elapsed = time.perf_counter() - started
         absent = absent_groups(brand)
         console.print(

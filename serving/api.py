@@ -29,12 +29,13 @@ from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, create_model
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, create_model, field_validator
 
-from features.contract import BrandData, load_data, parse_as_of
+from features.contract import BrandData, load_data
 from features.labels import EXCLUSION_RULES, LabelConfig
-from serving.config import DEFAULT_MODEL_URI, RankConfig
+from serving.config import DEFAULT_MODEL_URI, RankConfig, default_cutoff
 from serving.model_store import IncompatibleModelError, LoadedModel, ModelInfo, load_model, resolve_registered_version
+from serving.output import split_reason, target_meaning, with_bilingual_reasons, write_csv, write_xlsx
 from serving.rank import RankResult, explain_members, filter_candidates, lookup_members, rank_members
 
 logger = logging.getLogger(__name__)
@@ -49,20 +50,34 @@ class ServeConfigError(ValueError):
 class ServeSettings(BaseModel):
     """Everything the API needs; built by `koc serve` from options and the environment."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
     model_uri: str = DEFAULT_MODEL_URI
     tracking_uri: str | None = None
     data_dir: Path | None = None
-    as_of: str | None = Field(None, description="cutoff of the ranking; default: the day after the data ends")
+    as_of: pd.Timestamp | None = Field(
+        None, description="cutoff of the ranking, parsed once by the caller (serving.config.parse_cutoff); "
+        "default: serving.config.default_cutoff of the data"
+    )
     top: int | None = Field(None, ge=1, description="K of the list computed at start-up; default rank.default_top")
     host: str = "127.0.0.1"
     port: int = 8000
     api_token: SecretStr | None = None
     insecure_local: bool = False
+    public_docs: bool = Field(False, description="serve /docs and /openapi.json without the token")
     timezone: str = "Asia/Shanghai"
     rank: RankConfig = RankConfig()
     labels: LabelConfig = LabelConfig()
+    config_digest: str | None = Field(None, description="digest of the full config (the CLI's), recorded on the list")
+    activation_log: Path | None = Field(None, description="ops activation log; default activation_log.jsonl beside data_dir")
+    session_secret: SecretStr | None = Field(None, description="signs ops session cookies; default: derived from the token")
+
+    @field_validator("as_of")
+    @classmethod
+    def _naive_timestamp(cls, value: pd.Timestamp | None) -> pd.Timestamp | None:
+        if value is not None and (not isinstance(value, pd.Timestamp) or value.tzinfo is not None):
+            raise ValueError("as_of must be a naive business-time pd.Timestamp (serving.config.parse_cutoff)")
+        return value
 
 
 def is_loopback(host: str) -> bool:
@@ -82,6 +97,8 @@ def check_serve_settings(settings: ServeSettings) -> None:
             f"--insecure-local is only allowed on a loopback host (127.0.0.1, ::1, localhost), not {settings.host!r}"
         )
     token = settings.api_token.get_secret_value() if settings.api_token else ""
+    if token and not token.strip():
+        raise ServeConfigError(f"the {TOKEN_ENV} token is only whitespace: set a real secret (e.g. `openssl rand -hex 32`)")
     if not token and not settings.insecure_local:
         raise ServeConfigError(
             f"no API token: set the {TOKEN_ENV} environment variable "
@@ -142,13 +159,22 @@ class RankingService:
 
     # -- lifecycle
     @property
+    def data(self) -> BrandData | None:
+        """The brand data being ranked (None when the server was started without --data)."""
+        return self._data
+
+    @property
     def started(self) -> bool:
         return self._state is not None
 
-    def start(self) -> None:
-        """Load the data and the model once, and compute the ranking."""
+    def load_data(self) -> None:
+        """Load and check the data directory (once)."""
         if self._data is None and self.settings.data_dir is not None:
             self._data = load_data(self.settings.data_dir, self.settings.timezone)
+
+    def start(self) -> None:
+        """Load the data and the model once, and compute the ranking."""
+        self.load_data()
         with self._reload_lock:
             self._state = self._build_state(self._loader(self.settings.model_uri, self.settings.tracking_uri))
             self._last_alias_check = self._clock()
@@ -156,9 +182,9 @@ class RankingService:
     def as_of(self) -> pd.Timestamp | None:
         if self._data is None:
             return None
-        if self.settings.as_of:
-            return parse_as_of(self.settings.as_of, self._data.timezone)
-        return self._data.data_end.normalize() + pd.Timedelta(days=1)
+        if self.settings.as_of is not None:
+            return self.settings.as_of
+        return default_cutoff(self._data.data_end)
 
     def _build_state(self, loaded: LoadedModel) -> _State:
         result = None
@@ -166,7 +192,8 @@ class RankingService:
             generated_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
             top = self.settings.top or self.settings.rank.default_top
             result = rank_members(
-                self._data, self.as_of(), loaded, top, self.settings.rank, self.settings.labels, generated_at=generated_at
+                self._data, self.as_of(), loaded, top, self.settings.rank, self.settings.labels,
+                generated_at=generated_at, generated_by="koc serve", config_digest=self.settings.config_digest,
             )
         return _State(loaded=loaded, result=result, loaded_at=self._clock())
 
@@ -246,6 +273,10 @@ class RankingService:
 # --------------------------------------------------------------------------- schemas
 
 
+class ErrorResponse(BaseModel):
+    detail: str
+
+
 class HealthResponse(BaseModel):
     status: Literal["ok", "starting"]
     model_loaded: bool
@@ -261,6 +292,8 @@ class ModelResponse(BaseModel):
     trained_at: str | None
     feature_set_version: str | None
     test_metrics: dict[str, float]
+    target: str = Field(description="what the score predicts: observed | if_invited | uplift")
+    score_meaning: str
 
 
 class MemberProfile(BaseModel):
@@ -274,13 +307,24 @@ class MemberProfile(BaseModel):
     trial_category: str | None = Field(description="suggested trial category: the member's strongest category")
 
 
+class Reason(BaseModel):
+    """One reason for the score: a feature that pushes it up, with the member's value and both languages."""
+
+    feature: str | None = Field(description="registry feature name")
+    value: float | str | None = Field(None, description="the member's value of the feature")
+    contribution: float | None = Field(None, description="the feature's push on the model's log-odds (positive)")
+    zh: str
+    en: str
+
+
 class Candidate(MemberProfile):
     rank: int
     member_id: str
-    score: float = Field(description="calibrated probability of becoming a productive KOC within the horizon")
+    score: float = Field(description="calibrated probability; what it is a probability of: the response's score_meaning")
     percentile: float = Field(description="percentile of the score among eligible members")
     tier: Literal["A", "B", "C"]
-    reasons: list[str]
+    reasons: list[Reason]
+    why_not_higher: str | None = None
     city_tier: int | None
     channel: str | None
     exploration: bool
@@ -288,10 +332,15 @@ class Candidate(MemberProfile):
 
 
 class CandidatesResponse(BaseModel):
+    list_id: str
     as_of: str
     model_version: str | None
+    target: str = Field(description="model target: observed | if_invited | uplift")
+    score_meaning: str
     k: int
     expected_productive: float = Field(description="sum of scores of the returned candidates")
+    total: int = Field(description="candidates matching the filters, before paging")
+    offset: int
     count: int
     candidates: list[Candidate]
 
@@ -325,12 +374,15 @@ class MemberScore(MemberProfile):
     exclusions: list[str] = Field(description="rules that exclude the member from invitation (empty when eligible)")
     percentile: float | None
     tier: Literal["A", "B", "C"] | None
-    reasons: list[str]
+    reasons: list[Reason]
+    why_not_higher: str | None = None
 
 
 class ScoreResponse(BaseModel):
     as_of: str
     model_version: str | None
+    target: str = Field(description="model target: observed | if_invited | uplift")
+    score_meaning: str
     results: list[MemberScore]
     unknown_ids: list[str] = Field(description="ids that are not members who joined before as_of")
 
@@ -352,8 +404,22 @@ def _clean(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def _reasons(row: dict[str, Any], n: int) -> list[str]:
-    return [text for i in range(n) if (text := row.get(f"reason_{i + 1}")) and isinstance(text, str)]
+def reason_objects(row: dict[str, Any], n: int) -> list[Reason]:
+    """The member's reasons as objects: from the `reasons` column when `serving.reasons` provides it,
+    else from the `reason_i` / `reason_feature_i` columns (split into Chinese and English)."""
+    given = row.get("reasons")
+    if isinstance(given, list | tuple) or (given is not None and hasattr(given, "tolist")):
+        return [Reason(**{k: _clean(v) for k, v in dict(item).items() if k in Reason.model_fields}) for item in given]
+    out = []
+    for i in range(1, n + 1):
+        text = row.get(f"reason_{i}")
+        if not isinstance(text, str) or not text:
+            continue
+        zh, en = row.get(f"reason_{i}_zh"), row.get(f"reason_{i}_en")
+        if not (isinstance(zh, str) and isinstance(en, str)):
+            zh, en = split_reason(text)
+        out.append(Reason(feature=_clean(row.get(f"reason_feature_{i}")), zh=zh, en=en))
+    return out
 
 
 _DETAIL_FIELDS = ("consumption_value", "interaction_value", "content_value", "social_value", "rfm_segment", "trial_category")
@@ -362,21 +428,98 @@ _DETAIL_FIELDS = ("consumption_value", "interaction_value", "content_value", "so
 # --------------------------------------------------------------------------- app
 
 
+UNAUTHORIZED = {401: {"description": "missing or invalid bearer token (or ops session)", "model": ErrorResponse}}
+NOT_READY = {503: {"description": "the model is not loaded yet, or the server has no --data to rank", "model": ErrorResponse}}
+SWAGGER_ASSETS = "/static/docs"
+
+
 def _auth_dependency(settings: ServeSettings) -> Callable[..., None]:
+    """Bearer token (constant-time check) or a logged-in ops session cookie (see `serving.ops`)."""
     bearer = HTTPBearer(auto_error=False, description=f"the token in the server's {TOKEN_ENV}")
     expected = settings.api_token.get_secret_value().encode() if settings.api_token else b""
 
     # a plain default (not Annotated) so the dependency resolves despite postponed annotations
-    def verify(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008
+    def verify(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008
         if not expected:
             return  # --insecure-local on loopback (checked at start-up)
-        given = credentials.credentials.encode() if credentials is not None else b""
-        if credentials is None or credentials.scheme.lower() != "bearer" or not secrets.compare_digest(given, expected):
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"}
-            )
+        if credentials is not None and credentials.scheme.lower() == "bearer":
+            if secrets.compare_digest(credentials.credentials.encode(), expected):
+                return
+        elif "session" in request.scope and request.session.get("user"):
+            return
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"}
+        )
 
     return verify
+
+
+def table_download(rows: pd.DataFrame, meta: dict[str, Any], fmt: str, filename: str) -> Response:
+    """The rows as a formula-safe CSV (UTF-8 with BOM) or a formatted .xlsx download."""
+    import tempfile
+
+    people = with_bilingual_reasons(rows)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{filename}.{fmt}"
+        if fmt == "csv":
+            write_csv(people, path)
+            media = "text/csv; charset=utf-8"
+        else:
+            write_xlsx(people, meta, path)
+            media = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+        body = path.read_bytes()
+    return Response(body, media_type=media, headers={"Content-Disposition": f'attachment; filename="{filename}.{fmt}"'})
+
+
+def candidate_items(rows: pd.DataFrame, n_reasons: int) -> list[Candidate]:
+    """API objects for rows of the ranked list."""
+    return [
+        Candidate(
+            **{key: _clean(row[key]) for key in ("rank", "member_id", "score", "percentile", "tier", "city_tier", "channel")},
+            **{key: _clean(row[key]) for key in _DETAIL_FIELDS},
+            reasons=reason_objects(row, n_reasons),
+            why_not_higher=_clean(row.get("why_not_higher")),
+            exploration=bool(row["exploration"]),
+            selection_probability=float(row["selection_probability"]),
+        )
+        for row in rows.to_dict("records")
+    ]
+
+
+def _install_docs(app: FastAPI, settings: ServeSettings, authorized: list[Any]) -> None:
+    """/openapi.json, /docs (Swagger UI 5) and /redoc (ReDoc 2), behind the token unless `public_docs`.
+
+    The JavaScript and CSS come from the `fastapi-offline` package's static folder (Swagger UI,
+    Apache-2.0; ReDoc, MIT), served by this server, so the pages work with no network. In a
+    browser, the ops session cookie (log in at /ops/login) opens them."""
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+    from fastapi_offline import __file__ as offline_init
+
+    guard = [] if settings.public_docs else authorized
+    docs_errors = {} if settings.public_docs else UNAUTHORIZED
+    app.mount(SWAGGER_ASSETS, StaticFiles(directory=Path(offline_init).parent / "static"), name="docs-assets")
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=guard, responses=docs_errors)
+    def openapi_document() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=guard)
+    def swagger_ui() -> Response:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="kocrank API",
+            swagger_js_url=f"{SWAGGER_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{SWAGGER_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{SWAGGER_ASSETS}/favicon.png",
+        )
+
+    @app.get("/redoc", include_in_schema=False, dependencies=guard)
+    def redoc() -> Response:
+        return get_redoc_html(
+            openapi_url="/openapi.json", title="kocrank API", redoc_js_url=f"{SWAGGER_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{SWAGGER_ASSETS}/favicon.png", with_google_fonts=False,
+        )
 
 
 def create_app(settings: ServeSettings, service: RankingService | None = None) -> FastAPI:
@@ -395,10 +538,14 @@ def create_app(settings: ServeSettings, service: RankingService | None = None) -
         summary="Ranks a brand's members for invitation into its KOC programme",
         version="1.0",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.service = service
     authorized = [Depends(_auth_dependency(settings))]
     n_reasons = settings.rank.n_reasons
+    _install_docs(app, settings, authorized)
 
     @app.get("/health", response_model=HealthResponse)
     def health() -> HealthResponse:
@@ -409,37 +556,53 @@ def create_app(settings: ServeSettings, service: RankingService | None = None) -
             ranking_available=state is not None and state.result is not None,
         )
 
-    @app.get("/model", response_model=ModelResponse, dependencies=authorized)
+    @app.get("/model", response_model=ModelResponse, dependencies=authorized, responses={**UNAUTHORIZED, **NOT_READY})
     def model_card() -> ModelResponse:
         service.maybe_check_alias()
-        info: ModelInfo = service.state().loaded.info
+        loaded = service.state().loaded
+        info: ModelInfo = loaded.info
+        target = str(getattr(loaded.model, "target_", "observed"))
         return ModelResponse(
             uri=info.uri, name=info.name, version=info.version, alias=info.alias, run_id=info.run_id,
             trained_at=info.trained_at, feature_set_version=info.feature_set_version, test_metrics=info.test_metrics,
+            target=target, score_meaning=target_meaning(target),
         )
 
-    @app.get("/candidates", response_model=CandidatesResponse, dependencies=authorized)
+    table_formats = {
+        200: {
+            "description": "the page of candidates as JSON, or the filtered list as a CSV / .xlsx download (format=)",
+            "content": {
+                "text/csv": {"schema": {"type": "string"}},
+                "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": {
+                    "schema": {"type": "string", "format": "binary"}
+                },
+            },
+        }
+    }
+
+    @app.get(
+        "/candidates", response_model=CandidatesResponse, dependencies=authorized,
+        responses={**table_formats, **UNAUTHORIZED, **NOT_READY},
+    )
     def candidates(
-        top: Annotated[int | None, Query(ge=1)] = None,
+        top: Annotated[int | None, Query(ge=1, description="only the first `top` of the list (after filters)")] = None,
         tier: Annotated[Literal["A", "B", "C"] | None, Query()] = None,
         city_tier: Annotated[int | None, Query(ge=1, le=6)] = None,
-    ) -> CandidatesResponse:
+        offset: Annotated[int, Query(ge=0, le=10_000_000, description="page start (JSON only)")] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000, description="page size (JSON only)")] = 100,
+        format: Annotated[Literal["json", "csv", "xlsx"], Query(description="json (paged), or the whole filtered list as a file")] = "json",  # noqa: A002
+    ) -> Any:
         result = service.ranking()
         rows = filter_candidates(result.candidates, top=top, tier=tier, city_tier=city_tier)
-        records = rows.to_dict("records")
-        items = [
-            Candidate(
-                **{key: _clean(row[key]) for key in ("rank", "member_id", "score", "percentile", "tier", "city_tier", "channel")},
-                **{key: _clean(row[key]) for key in _DETAIL_FIELDS},
-                reasons=_reasons(row, n_reasons),
-                exploration=bool(row["exploration"]),
-                selection_probability=float(row["selection_probability"]),
-            )
-            for row in records
-        ]
+        if format != "json":
+            return table_download(rows, result.meta, format, f"koc_candidates_{result.meta.get('list_id', '')}")
+        page = rows.iloc[offset: offset + limit]
+        target = result.meta.get("target", "observed")
         return CandidatesResponse(
-            as_of=result.meta["as_of"], model_version=result.meta["model"]["version"], k=result.meta["k"],
-            expected_productive=float(rows["score"].sum()), count=len(items), candidates=items,
+            list_id=result.meta.get("list_id", ""), as_of=result.meta["as_of"], model_version=result.meta["model"]["version"],
+            target=target, score_meaning=target_meaning(target), k=result.meta["k"],
+            expected_productive=float(rows["score"].sum()), total=len(rows), offset=offset, count=len(page),
+            candidates=candidate_items(page, n_reasons),
         )
 
     limit = settings.rank.score_batch_limit
@@ -470,27 +633,41 @@ def create_app(settings: ServeSettings, service: RankingService | None = None) -
                 exclusions=[rule.removeprefix("excl_") for rule in EXCLUSION_RULES if row[rule]],
                 percentile=_clean(row["percentile"]),
                 tier=_clean(row["tier"]),
-                reasons=_reasons(row, n_reasons),
+                reasons=reason_objects(row, n_reasons),
+                why_not_higher=_clean(row.get("why_not_higher")),
                 **{key: _clean(row[key]) for key in _DETAIL_FIELDS},
             )
             for row in rows.to_dict("records")
         ]
+        target = result.meta.get("target", "observed")
         return ScoreResponse(
-            as_of=result.meta["as_of"], model_version=result.meta["model"]["version"], results=results, unknown_ids=unknown
+            as_of=result.meta["as_of"], model_version=result.meta["model"]["version"], target=target,
+            score_meaning=target_meaning(target), results=results, unknown_ids=unknown,
         )
 
     # the body model depends on the configured limit, so it is built here; annotations in this
     # module are strings that FastAPI resolves in module globals, hence the explicit assignment
     score.__annotations__["request"] = score_request_model(limit)
+    too_large = {413: {"description": f"more than {limit} member ids, or a body too large for them", "model": ErrorResponse}}
     app.post(
-        "/score", response_model=ScoreResponse, dependencies=authorized, max_body_size=score_body_limit(limit)
+        "/score", response_model=ScoreResponse, dependencies=authorized, max_body_size=score_body_limit(limit),
+        responses={
+            **UNAUTHORIZED, **too_large, **NOT_READY,
+            400: {"description": "the body cannot be read (not UTF-8 text)", "model": ErrorResponse},
+        },
     )(score)
 
-    @app.post("/reload", response_model=ReloadResponse, dependencies=authorized)
+    @app.post(
+        "/reload", response_model=ReloadResponse, dependencies=authorized,
+        responses={**UNAUTHORIZED, **NOT_READY, 409: {"description": "the new model is incompatible", "model": ErrorResponse}},
+    )
     def reload(force: bool = True) -> ReloadResponse:
         try:
             return ReloadResponse(**service.reload(force=force))
         except IncompatibleModelError as error:
             raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from error
 
+    from serving.ops import install_ops
+
+    install_ops(app, settings, service)
     return app

@@ -4,11 +4,45 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
+import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DEFAULT_MODEL_URI = "models:/koc-potential@champion"
+
+ISO_CUTOFF_FORM = "YYYY-MM-DD, optionally with a time: YYYY-MM-DDTHH:MM[:SS][+08:00|Z]"
+_ISO_CUTOFF = re.compile(
+    r"^\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:Z|[+-]\d{2}:?\d{2})?)?$"
+)
+
+
+class CutoffError(ValueError):
+    """A cutoff that is not ISO 8601 (e.g. 02/01/2026, ambiguous between February 1st and January 2nd)."""
+
+
+def parse_cutoff(text: str, timezone: str) -> pd.Timestamp:
+    """The one parser of a user-given cutoff (CLI `--as-of`, API `as_of`): ISO 8601 only.
+
+    Returns a naive business-time `pd.Timestamp`; a date means local midnight, a time with an
+    offset is converted to the business time zone. Anything else is refused with the expected form.
+    """
+    from features.contract import parse_as_of
+
+    value = str(text).strip()
+    if not _ISO_CUTOFF.match(value):
+        raise CutoffError(f"cutoff {value[:40]!r} is not ISO 8601; expected {ISO_CUTOFF_FORM}, e.g. 2026-01-01")
+    try:
+        return parse_as_of(value, timezone)
+    except (ValueError, OverflowError) as error:
+        raise CutoffError(f"cutoff {value!r} is not a real date/time ({error}); expected {ISO_CUTOFF_FORM}") from None
+
+
+def default_cutoff(data_end: pd.Timestamp) -> pd.Timestamp:
+    """The one rule for the default cutoff: local midnight after the data's last day."""
+    return data_end.normalize() + pd.Timedelta(days=1)
+
 
 # Segment columns a quota may refer to (members table columns that describe a segment).
 QUOTA_COLUMNS = ("city_tier", "channel", "gender")

@@ -9,6 +9,8 @@ files and no clock: the caller passes `generated_at` and writes the outputs.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from features.build import build_features
-from features.contract import BrandData, parse_as_of
+from features.contract import BrandData
 from features.labels import EXCLUSION_RULES, LabelConfig, eligibility, exclusion_counts
 from features.registry import categorical_features
 from features.scores import rfm_scores, value_scores
@@ -134,8 +136,7 @@ def candidate_columns(n_reasons: int) -> list[str]:
         "percentile",
         "tier",
         *[f"reason_{i + 1}" for i in range(n_reasons)],
-        *[f"reason_{i + 1}_{lang}" for lang in ("zh", "en") for i in range(n_reasons)],
-        "why_not_higher",
+        *[f"reason_feature_{i + 1}" for i in range(n_reasons)],
         *VALUE_SCORE_COLUMNS,
         "rfm_segment",
         "trial_category",
@@ -147,23 +148,26 @@ def candidate_columns(n_reasons: int) -> list[str]:
 
 def rank_members(
     data: BrandData,
-    as_of: pd.Timestamp | str,
+    as_of: pd.Timestamp,
     loaded: LoadedModel,
     k: int,
     cfg: RankConfig | None = None,
     label_cfg: LabelConfig | None = None,
     *,
     generated_at: str | None = None,
+    generated_by: str | None = None,
     config_digest: str | None = None,
 ) -> RankResult:
     """Rank eligible members at `as_of` and pick the K to invite (quotas + exploration).
 
-    `generated_at` (ISO text) is recorded in the metadata as given; `config_digest` defaults
-    to a hash of the rank and label configs and K.
+    `as_of` is a naive business-time `pd.Timestamp`, parsed once by the caller (CLI or API).
+    `generated_at` (ISO text) and `generated_by` are recorded in the metadata as given;
+    `config_digest` defaults to a hash of the rank and label configs and K.
     """
+    if not isinstance(as_of, pd.Timestamp) or as_of.tzinfo is not None:
+        raise TypeError(f"as_of must be a naive business-time pd.Timestamp (parse it at the edge), got {as_of!r}")
     cfg = cfg or RankConfig()
     label_cfg = label_cfg or LabelConfig()
-    as_of = parse_as_of(as_of, data.timezone)
     if not (data.members["joined_at"] < as_of).any():
         raise ValueError(f"no member joined before as_of {as_of}: nobody can be ranked (is the date right?)")
     scored, inputs = score_population(data, as_of, loaded, cfg, label_cfg)
@@ -172,8 +176,10 @@ def rank_members(
     numeric = [name for name in inputs.columns if name not in set(categorical_features())]
     population = sorted_population(inputs, numeric)
     reasons = explain_members(loaded.model, inputs, chosen["member_id"], cfg.n_reasons, population)
-    chosen = chosen.join(reasons.drop(columns=["reasons", *[c for c in reasons if c.startswith("reason_feature_")]]), on="member_id")
-    candidates = chosen[candidate_columns(cfg.n_reasons)].reset_index(drop=True)
+    chosen = chosen.join(reasons, on="member_id")
+    # columns the reasons module adds beyond reason_i / reason_feature_i (zh/en halves, reason objects, why_not_higher)
+    extra = [c for c in reasons.columns if c not in set(candidate_columns(cfg.n_reasons))]
+    candidates = chosen[[*candidate_columns(cfg.n_reasons), *extra]].reset_index(drop=True)
     counts = exclusion_counts(scored[["eligible", *EXCLUSION_RULES]])
     exclusions = {rule.removeprefix("excl_"): counts[rule.removeprefix("excl_")] for rule in EXCLUSION_RULES}
     expected = float(candidates["score"].sum())
@@ -187,7 +193,12 @@ def rank_members(
         )
         logger.warning(stale)
         warnings.append(stale)
+    target = str(getattr(loaded.model, "target_", "observed"))
+    config_hash = config_digest or cfg.config_hash(k=int(k), labels=label_cfg.model_dump(mode="json"), timezone=data.timezone)
+    data_fingerprint = data.fingerprint()
     meta: dict[str, Any] = {
+        "list_id": list_id(as_of, info.run_id or info.uri, info.version, config_hash, data_fingerprint, int(k)),
+        "target": target,
         "model": {
             "name": info.name,
             "version": info.version,
@@ -197,10 +208,13 @@ def rank_members(
             "trained_at": info.trained_at,
             "feature_set_version": info.feature_set_version,
             "label_config": getattr(loaded.model, "label_config_", None),
+            "target": target,
+            "target_method": getattr(loaded.model, "target_method_", None),
         },
         "warnings": warnings,
         "as_of": as_of.isoformat(),
         "generated_at": generated_at,
+        "generated_by": generated_by,
         "k": int(k),
         "exclusions": exclusions,
         "counts": {
@@ -213,10 +227,9 @@ def rank_members(
         },
         "expected_productive": round(expected, 6),
         "segments": segment_shares(chosen, [*SEGMENT_COLUMNS, *(c for c in cfg.quotas if c not in SEGMENT_COLUMNS)]),
-        "config_hash": config_digest
-        or cfg.config_hash(k=int(k), labels=label_cfg.model_dump(mode="json"), timezone=data.timezone),
+        "config_hash": config_hash,
         "rank_config": cfg.model_dump(mode="json"),
-        "data_fingerprint": data.fingerprint(),
+        "data_fingerprint": data_fingerprint,
     }
     logger.info(
         "as of %s: %d eligible of %d members; listed %d (%d exploration); expected productive KOCs %.1f",
@@ -224,6 +237,16 @@ def rank_members(
         meta["counts"]["exploration"], expected,
     )
     return RankResult(candidates=candidates, scored=scored, meta=meta, features=inputs, population=population)
+
+
+def list_id(as_of: pd.Timestamp, model_ref: str, version: str | None, config_hash: str, data_fingerprint: Any, k: int) -> str:
+    """A short, stable id of one list: cutoff date plus a hash of model, config, data and K.
+
+    The same inputs give the same id (CLI and API alike), so the activation log can name the
+    list a member was approved from.
+    """
+    blob = json.dumps([as_of.isoformat(), model_ref, version, config_hash, data_fingerprint, k], sort_keys=True, default=str)
+    return f"{as_of:%Y%m%d}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
 
 def filter_candidates(
@@ -257,32 +280,3 @@ def lookup_members(scored: pd.DataFrame, member_ids: Sequence[str]) -> tuple[pd.
     known_positions = [int(pos) for pos, hit in zip(positions, found, strict=True) if hit]
     unknown = [member_id for member_id, hit in zip(wanted, found, strict=True) if not hit]
     return scored.iloc[known_positions].reset_index(drop=True), unknown
-
-
-def print_top(result: RankResult, n: int = 10, console: Any | None = None) -> None:
-    """Print the first `n` rows of the list and its headline numbers as a rich table (for the CLI and `make demo`)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = console or Console()
-    meta = result.meta
-    table = Table(title=f"KOC invitation list as of {meta['as_of'][:10]} — top {min(n, len(result.candidates))} of {len(result.candidates)}")
-    for column in ("rank", "member_id", "score", "tier", "trial category", "explore"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("strongest reasons", overflow="fold")
-    reason_columns = [c for c in result.candidates.columns if c.startswith("reason_")]
-    for row in result.candidates.head(n).to_dict("records"):
-        # English half of each bilingual phrase keeps the table narrow; the file has both
-        reasons = "; ".join(str(row[c]).split(" / ")[-1] for c in reason_columns if isinstance(row[c], str))
-        table.add_row(
-            str(row["rank"]), str(row["member_id"]), f"{row['score']:.3f}", str(row["tier"]),
-            "" if pd.isna(row["trial_category"]) else str(row["trial_category"]),
-            f"p={row['selection_probability']:.2f}" if row["exploration"] else "",
-            reasons,
-        )
-    console.print(table)
-    excl = ", ".join(f"{rule}: {count}" for rule, count in meta["exclusions"].items())
-    console.print(
-        f"eligible {meta['counts']['eligible']} of {meta['counts']['joined_before_as_of']} members (excluded — {excl}); "
-        f"expected productive KOCs in the list: {meta['expected_productive']:.1f}"
-    )

@@ -70,7 +70,7 @@ def world():
 def _client(world, registry=None, clock=None, background=None, **rank_overrides):
     registry = registry or FakeRegistry()
     rank = RankConfig(score_batch_limit=3, exploration_share=0.0, default_top=10, alias_check_seconds=30, **rank_overrides)
-    settings = ServeSettings(api_token=TOKEN, as_of=str(AS_OF.date()), rank=rank)
+    settings = ServeSettings(api_token=TOKEN, as_of=AS_OF, rank=rank)
     service = RankingService(settings, loader=registry.load, data=world, version_resolver=registry.resolve,
                              clock=clock or FakeClock(), background=background or ManualRunner())
     return TestClient(create_app(settings, service))
@@ -84,7 +84,8 @@ def client(world):
 
 def test_health_is_open_everything_else_needs_the_token(client):
     assert client.get("/health").json() == {"status": "ok", "model_loaded": True, "ranking_available": True}
-    for method, path, body in (("get", "/model", None), ("get", "/candidates", None),
+    for method, path, body in (("get", "/model", None), ("get", "/candidates", None), ("get", "/docs", None),
+                               ("get", "/openapi.json", None),
                                ("post", "/score", {"member_ids": ["c001"]}), ("post", "/reload", None)):
         assert client.request(method, path, json=body).status_code == 401
         wrong = client.request(method, path, json=body, headers={"Authorization": "Bearer nope"})
@@ -98,15 +99,21 @@ def test_model_card(client):
     assert card["name"] == "koc-potential" and card["version"] == "1" and card["alias"] == "champion"
     assert card["run_id"] == "run1" and card["test_metrics"] == {"test_precision_at_100": 0.5}
     assert card["trained_at"]
+    assert card["target"] == "observed" and "productive KOC" in card["score_meaning"]
 
 
 def test_candidates_and_filters(client):
     body = client.get("/candidates", headers=AUTH).json()
-    assert body["k"] == 10 and body["count"] == 10 and body["as_of"].startswith("2026-06-01")
+    assert body["k"] == 10 and body["count"] == 10 and body["total"] == 10 and body["as_of"].startswith("2026-06-01")
+    assert body["target"] == "observed" and body["list_id"].startswith("20260601-")
     ranks = [c["rank"] for c in body["candidates"]]
     assert ranks == list(range(1, 11))
     assert body["expected_productive"] == pytest.approx(sum(c["score"] for c in body["candidates"]))
     assert all(len(c["reasons"]) >= 1 for c in body["candidates"])
+    first = body["candidates"][0]["reasons"][0]
+    assert first["feature"] and first["zh"] and first["en"] and " / " not in first["en"]
+    page = client.get("/candidates", params={"offset": 4, "limit": 3}, headers=AUTH).json()
+    assert [c["rank"] for c in page["candidates"]] == [5, 6, 7] and page["total"] == 10 and page["offset"] == 4
     top3 = client.get("/candidates", params={"top": 3}, headers=AUTH).json()
     assert [c["member_id"] for c in top3["candidates"]] == [c["member_id"] for c in body["candidates"][:3]]
     tier_b = client.get("/candidates", params={"tier": "B"}, headers=AUTH).json()["candidates"]
@@ -136,10 +143,14 @@ def test_score_validation_and_batch_limit(client):
                 {"member_ids": ["c001"], "extra": 1}):
         assert client.post("/score", json=bad, headers=AUTH).status_code == 422, bad
     assert client.post("/score", content=b"not json", headers={**AUTH, "content-type": "application/json"}).status_code == 422
+    # a body that is not UTF-8 cannot be read: 400, as the schema says (found by schemathesis)
+    unreadable = client.post("/score", content=b"\xff\xfe\x80", headers={**AUTH, "content-type": "application/json"})
+    assert unreadable.status_code == 400
+    assert "400" in client.get("/openapi.json", headers=AUTH).json()["paths"]["/score"]["post"]["responses"]
     too_many = client.post("/score", json={"member_ids": ["c001", "c002", "c003", "c004"]}, headers=AUTH)
     assert too_many.status_code == 413 and too_many.json()["detail"] == "at most 3 member ids per request, got 4"
     # the limit is part of the request schema
-    schema = client.get("/openapi.json").json()["components"]["schemas"]["ScoreRequest"]
+    schema = client.get("/openapi.json", headers=AUTH).json()["components"]["schemas"]["ScoreRequest"]
     assert schema["properties"]["member_ids"]["maxItems"] == 3
     # a body far beyond what 3 ids can take is refused before it is parsed as JSON
     huge = b'{"member_ids": [' + b" " * score_body_limit(3) + b'"c001"]}'
@@ -155,10 +166,46 @@ def test_score_validation_and_batch_limit(client):
     assert ok.status_code == 200 and ok.json()["unknown_ids"] == [long_ids[0]]
 
 
-def test_openapi_docs_are_served(client):
-    assert client.get("/docs").status_code == 200
-    paths = client.get("/openapi.json").json()["paths"]
-    assert {"/health", "/model", "/candidates", "/score", "/reload"} <= set(paths)
+def test_openapi_docs_are_served_behind_the_token_with_local_assets(client):
+    import re
+
+    for page in ("/docs", "/redoc"):
+        docs = client.get(page, headers=AUTH)
+        assert docs.status_code == 200
+        assets = re.findall(r"""(?:src|href|spec-url)=["']([^"']+)["']""", docs.text)
+        assets += re.findall(r"url: '([^']+)'", docs.text)
+        assert len(assets) >= 3 and not [a for a in assets if "://" in a or a.startswith("//")], assets  # no CDN
+        for asset in assets:
+            fetched = client.get(asset, headers=AUTH)
+            assert fetched.status_code == 200 and len(fetched.content) > 100, (page, asset)
+    spec = client.get("/openapi.json", headers=AUTH).json()
+    assert {"/health", "/model", "/candidates", "/score", "/reload"} <= set(spec["paths"])
+    assert "401" in spec["paths"]["/candidates"]["get"]["responses"]
+    assert {"401", "413"} <= set(spec["paths"]["/score"]["post"]["responses"])
+
+
+def test_public_docs_setting_opens_only_the_docs(world):
+    settings = ServeSettings(api_token=TOKEN, as_of=AS_OF, public_docs=True, rank=RankConfig(default_top=3))
+    registry = FakeRegistry()
+    service = RankingService(settings, loader=registry.load, data=world, version_resolver=registry.resolve)
+    with TestClient(create_app(settings, service)) as client:
+        assert client.get("/docs").status_code == 200 and client.get("/openapi.json").status_code == 200
+        assert client.get("/candidates").status_code == 401
+
+
+def test_candidates_as_csv_and_xlsx_downloads(client, tmp_path):
+    csv_response = client.get("/candidates", params={"format": "csv", "tier": "A"}, headers=AUTH)
+    assert csv_response.status_code == 200 and csv_response.content.startswith(b"\xef\xbb\xbf")
+    assert "attachment" in csv_response.headers["content-disposition"]
+    listed = client.get("/candidates", params={"tier": "A"}, headers=AUTH).json()
+    (tmp_path / "c.csv").write_bytes(csv_response.content)
+    import pandas as pd
+
+    back = pd.read_csv(tmp_path / "c.csv", dtype={"member_id": str}, encoding="utf-8-sig")
+    assert back["member_id"].tolist() == [c["member_id"] for c in listed["candidates"]]
+    xlsx = client.get("/candidates", params={"format": "xlsx"}, headers=AUTH)
+    (tmp_path / "c.xlsx").write_bytes(xlsx.content)
+    assert set(pd.read_excel(tmp_path / "c.xlsx", sheet_name=None)) == {"list", "summary"}
 
 
 def test_reload_and_alias_check_pick_up_a_new_champion(world):
@@ -200,7 +247,7 @@ def test_alias_check_ranks_in_a_thread_while_requests_are_answered(world):
         return plain_load(uri, tracking_uri)
 
     registry.load = slow_load
-    settings = ServeSettings(api_token=TOKEN, as_of=str(AS_OF.date()),
+    settings = ServeSettings(api_token=TOKEN, as_of=AS_OF,
                              rank=RankConfig(exploration_share=0.0, default_top=10, alias_check_seconds=30))
     service = RankingService(settings, loader=registry.load, data=world, version_resolver=registry.resolve, clock=clock)
     with TestClient(create_app(settings, service)) as client:
@@ -245,6 +292,8 @@ def test_refuses_unsafe_settings():
         check_serve_settings(ServeSettings())
     with pytest.raises(ServeConfigError, match="KOC_API_TOKEN"):
         create_app(ServeSettings(api_token=""))
+    with pytest.raises(ServeConfigError, match="only whitespace"):
+        check_serve_settings(ServeSettings(api_token=" \t\n "))
     with pytest.raises(ServeConfigError, match="loopback"):
         check_serve_settings(ServeSettings(host="0.0.0.0", insecure_local=True))
     with pytest.raises(ServeConfigError, match="loopback"):
@@ -255,7 +304,7 @@ def test_refuses_unsafe_settings():
 
 
 def test_insecure_local_needs_no_token(world):
-    settings = ServeSettings(insecure_local=True, as_of="2026-06-01", rank=RankConfig(default_top=5))
+    settings = ServeSettings(insecure_local=True, as_of=AS_OF, rank=RankConfig(default_top=5))
     registry = FakeRegistry()
     service = RankingService(settings, loader=registry.load, data=world, version_resolver=registry.resolve)
     with TestClient(create_app(settings, service)) as client:
@@ -263,11 +312,14 @@ def test_insecure_local_needs_no_token(world):
 
 
 def test_serve_command_refuses_to_start_without_token(monkeypatch):
-    from kocrank.cli_serving import _standalone
+    from kocrank.cli import app
 
     monkeypatch.delenv("KOC_API_TOKEN", raising=False)
     runner = CliRunner()
-    result = runner.invoke(_standalone(), ["serve", "--port", "1"])
-    assert result.exit_code == 2 and "KOC_API_TOKEN" in result.output
-    result = runner.invoke(_standalone(), ["serve", "--host", "0.0.0.0", "--insecure-local", "--port", "1"])
+    result = runner.invoke(app, ["serve", "--port", "1"])
+    assert result.exit_code == 2 and "error (usage)" in result.output and "KOC_API_TOKEN" in result.output
+    result = runner.invoke(app, ["serve", "--host", "0.0.0.0", "--insecure-local", "--port", "1"])
     assert result.exit_code == 2 and "loopback" in result.output
+    monkeypatch.setenv("KOC_API_TOKEN", "   ")
+    result = runner.invoke(app, ["serve", "--port", "1"])
+    assert result.exit_code == 2 and "only whitespace" in result.output

@@ -91,17 +91,17 @@ def test_train_then_rank_lists_only_eligible_members_with_reasons(workdir: Path)
     out = invoke("train", "--data", str(workdir / "data"), "--config", config, "--tracking-uri", uri)
     assert "registered koc-potential v1" in out and "champion" in out
 
-    listed = workdir / "list.csv"
-    invoke("rank", "--data", str(workdir / "data"), "--as-of", AS_OF, "--top", "50", "--out", str(listed),
+    unit = workdir / "list"
+    invoke("rank", "--data", str(workdir / "data"), "--as-of", AS_OF, "--top", "50", "--out", str(unit),
            "--config", config, "--tracking-uri", uri)
-    ranked = pd.read_csv(listed, dtype={"member_id": str})
+    ranked = pd.read_csv(unit / "list.csv", dtype={"member_id": str}, encoding="utf-8-sig")
     assert len(ranked) == 50 and ranked["rank"].tolist() == list(range(1, 51))
     elig = eligibility(load_data(workdir / "data"), AS_OF).set_index("member_id")
     assert elig.loc[ranked["member_id"], "eligible"].all()
-    assert ranked[["reason_1", "reason_2", "reason_3"]].notna().all().all()
-    assert ranked["reason_1"].str.contains(" / ").all()  # Chinese / English
+    assert ranked[["reason_1_zh", "reason_2_zh", "reason_3_zh", "reason_1_en"]].notna().all().all()
+    assert ranked["reason_1_en"].str.contains("[a-z]").all() and not ranked["reason_1_zh"].str.contains(" / ").any()
     assert ranked["exploration"].sum() == 5
-    meta = json.loads(listed.with_name("list.csv.meta.json").read_text())
+    meta = json.loads((unit / "list.meta.json").read_text())
     assert meta["model"]["version"] == "1" and meta["k"] == 50
     assert set(meta["exclusions"]) == {"no_consent", "blacklisted", "active_koc", "cooldown"}
     assert meta["counts"]["eligible"] == int(elig["eligible"].sum())

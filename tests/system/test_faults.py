@@ -142,9 +142,9 @@ def _rank_in_process(world: dict[str, object], out: Path) -> str:
 
 def assert_healthy(world: dict[str, object], tmp_path: Path) -> str:
     """Rank (which runs recovery first), then check the store's invariants; returns the champion version."""
-    out = tmp_path / "list.csv"
+    out = tmp_path / "list"
     _rank_in_process(world, out)
-    assert out.exists() and Path(f"{out}.meta.json").exists()
+    assert (out / "list.csv").exists() and (out / "list.meta.json").exists()
     uri = str(world["uri"])
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     champion = current_aliases(client, MODEL)[CHAMPION]
@@ -156,7 +156,7 @@ def assert_healthy(world: dict[str, object], tmp_path: Path) -> str:
     assert not client.search_runs(experiments, "attributes.status = 'RUNNING'")
     history = promotion.promotion_history(uri, MODEL)
     _assert_history_consistent(history, champion)
-    with open(out, encoding="utf-8-sig") as fh:
+    with open(out / "list.csv", encoding="utf-8-sig") as fh:
         assert len(fh.readlines()) > 1
     return champion
 
@@ -237,7 +237,7 @@ def test_train_killed_at_each_stage_leaves_a_finished_recorded_champion(
 
 
 def test_rank_killed_mid_write_leaves_no_partial_list_and_ranks_again(world: dict[str, object], tmp_path: Path) -> None:
-    out = tmp_path / "list.csv"
+    out = tmp_path / "list"
     process = _koc(
         world,
         "rank",
@@ -256,11 +256,12 @@ def test_rank_killed_mid_write_leaves_no_partial_list_and_ranks_again(world: dic
         stage="rank_mid_write",
     )
     _killed(process)
-    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
-    assert not leftovers, f"temporary files left beside the list: {leftovers}"
-    assert_healthy(world, tmp_path)
-    meta = json.loads(Path(f"{out}.meta.json").read_text())
-    assert meta and len(pd.read_csv(out)) == 20
+    assert not out.exists(), "a killed write published a partial list unit"
+    assert_healthy(world, tmp_path)  # ranks again into the same folder
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".list.")]
+    assert not leftovers, f"staging folders of the killed write were not cleaned up: {leftovers}"
+    meta = json.loads((out / "list.meta.json").read_text())
+    assert meta and len(pd.read_csv(out / "list.csv", encoding="utf-8-sig")) == 20
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ from support.worlds import AS_OF, build_world, fake_loaded
 
 from features.registry import categorical_features, feature_names
 from serving.config import RankConfig
-from serving.output import sidecar_path, write_ranked_list
+from serving.output import write_ranked_list
 from serving.rank import (
     candidate_columns,
     explain_members,
@@ -207,7 +207,7 @@ def test_rank_members_draws_exploration_slots_per_cutoff(world):
     cfg = RankConfig(exploration_share=0.3, seed=7)
 
     def explored_slots(cutoff: str) -> tuple[int, ...]:
-        result = rank_members(world, cutoff, fake_loaded(), 10, cfg)
+        result = rank_members(world, pd.Timestamp(cutoff), fake_loaded(), 10, cfg)
         eligible = order_by_score(result.scored.loc[result.scored["eligible"]])
         return _explored_positions(eligible, result.candidates)
 
@@ -301,44 +301,45 @@ def test_filter_and_lookup(ranked):
 # ------------------------------------------------------- output / determinism
 
 
-@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
-def test_same_inputs_same_bytes(world, tmp_path, suffix):
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_same_inputs_same_bytes(world, tmp_path, fmt):
     cfg = RankConfig(quotas={"channel": 0.5}, exploration_share=0.2)
     first = rank_members(world, AS_OF, fake_loaded(), 8, cfg, generated_at="2026-06-01T01:00:00+00:00")
     second = rank_members(world, AS_OF, fake_loaded(), 8, cfg, generated_at="2026-06-01T02:00:00+00:00")
-    path_1, meta_1 = write_ranked_list(first.candidates, first.meta, tmp_path / f"one{suffix}")
-    path_2, meta_2 = write_ranked_list(second.candidates, second.meta, tmp_path / f"two{suffix}")
-    assert path_1.read_bytes() == path_2.read_bytes()
-    side_1, side_2 = json.loads(meta_1.read_text()), json.loads(meta_2.read_text())
+    one = write_ranked_list(first.candidates, first.meta, tmp_path / "one", [fmt])
+    two = write_ranked_list(second.candidates, second.meta, tmp_path / "two", [fmt])
+    assert one[fmt].read_bytes() == two[fmt].read_bytes()
+    side_1, side_2 = json.loads(one.sidecar.read_text()), json.loads(two.sidecar.read_text())
     assert side_1.pop("generated_at") != side_2.pop("generated_at")
-    assert side_1 == side_2
-    assert meta_1 == sidecar_path(path_1) and meta_1.name == f"one{suffix}.meta.json"
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert side_1 == side_2 and side_1["list_id"] == first.meta["list_id"]
+    assert one.sidecar == tmp_path / "one" / "one.meta.json" and one[fmt] == tmp_path / "one" / f"one.{fmt}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # no temporary folders left
 
 
 def test_csv_keeps_ids_and_sidecar_fields(ranked, tmp_path):
-    path, meta_path = write_ranked_list(ranked.candidates, ranked.meta, tmp_path / "list.csv")
-    back = pd.read_csv(path, dtype={"member_id": str})
+    written = write_ranked_list(ranked.candidates, ranked.meta, tmp_path / "list", ["csv"])
+    assert written["csv"].read_bytes().startswith(b"\xef\xbb\xbf")  # UTF-8 BOM for spreadsheet programs
+    back = pd.read_csv(written["csv"], dtype={"member_id": str}, encoding="utf-8-sig")
     assert back["member_id"].tolist() == ranked.candidates["member_id"].tolist()
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    for key in ("model", "as_of", "generated_at", "k", "exclusions", "counts", "expected_productive", "config_hash"):
+    assert {"reason_1_zh", "reason_1_en"} <= set(back.columns) and "reason_1" not in back.columns
+    meta = json.loads(written.sidecar.read_text(encoding="utf-8"))
+    for key in ("model", "as_of", "generated_at", "k", "exclusions", "counts", "expected_productive", "config_hash",
+                "list_id", "target"):
         assert key in meta
-    assert meta["model"]["version"] == "1" and meta["model"]["run_id"] == "run1"
+    assert meta["model"]["version"] == "1" and meta["model"]["run_id"] == "run1" and meta["target"] == "observed"
 
 
-def test_xlsx_has_candidates_and_meta_sheets(ranked, tmp_path):
-    path, _ = write_ranked_list(ranked.candidates, ranked.meta, tmp_path / "list.xlsx")
-    sheets = pd.read_excel(path, sheet_name=None)
-    assert set(sheets) == {"candidates", "meta"}
-    assert len(sheets["candidates"]) == len(ranked.candidates)
-    meta = dict(zip(sheets["meta"]["key"], sheets["meta"]["value"].astype(str), strict=True))
-    assert meta["model.version"] == "1" and meta["exclusions.cooldown"] == "2"
-
-
-def test_unsupported_output_suffix(ranked, tmp_path):
-    with pytest.raises(ValueError, match="must end in"):
-        write_ranked_list(ranked.candidates, ranked.meta, tmp_path / "list.json")
+def test_unsupported_output_names(ranked, tmp_path):
+    with pytest.raises(ValueError, match="a ranked list is a folder"):
+        write_ranked_list(ranked.candidates, ranked.meta, tmp_path / "list.csv")
+    with pytest.raises(ValueError, match="unknown output format"):
+        write_ranked_list(ranked.candidates, ranked.meta, tmp_path / "list", ["json"])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_as_of_must_be_parsed_at_the_edge(world):
+    with pytest.raises(TypeError, match="parse it at the edge"):
+        rank_members(world, "2026-06-01", fake_loaded(), 3)
 
 
 def test_stale_data_and_impossible_cutoffs_are_flagged(world):

@@ -49,14 +49,14 @@ def test_model_of_another_feature_set_is_refused(tmp_path):
 
 def test_koc_rank_refuses_an_incompatible_model(world, tmp_path):
     from features.io import write_tables
-    from kocrank.cli_serving import _standalone
+    from kocrank.cli import app
 
     write_tables(world.tables, tmp_path / "data")
     uri = _dump(_model(feature_set_version="0.9.0"), tmp_path / "old.joblib")
-    result = CliRunner().invoke(_standalone(), ["rank", "--data", str(tmp_path / "data"), "--as-of", str(AS_OF.date()),
-                                                "--top", "5", "--out", str(tmp_path / "list.csv"), "--model", uri])
-    assert result.exit_code == 2 and "retrain" in result.output
-    assert not (tmp_path / "list.csv").exists()
+    result = CliRunner().invoke(app, ["rank", "--data", str(tmp_path / "data"), "--as-of", str(AS_OF.date()),
+                                      "--top", "5", "--out", str(tmp_path / "list"), "--model", uri])
+    assert result.exit_code == 3 and "error (model)" in result.output and "retrain" in result.output
+    assert not (tmp_path / "list").exists()
 
 
 def test_label_horizon_mismatch_is_logged_and_recorded(world, tmp_path, caplog):
@@ -67,7 +67,7 @@ def test_label_horizon_mismatch_is_logged_and_recorded(world, tmp_path, caplog):
     result = rank_members(world, AS_OF, loaded, 5, label_cfg=LabelConfig(horizon_days=90))
     assert len(result.meta["warnings"]) == 1 and "60-day" in result.meta["warnings"][0]
     assert result.meta["model"]["label_config"]["horizon_days"] == 60
-    _, sidecar = write_ranked_list(result.candidates, result.meta, tmp_path / "list.csv")
+    sidecar = write_ranked_list(result.candidates, result.meta, tmp_path / "list").sidecar
     assert "60-day" in json.loads(sidecar.read_text(encoding="utf-8"))["warnings"][0]
     # the same horizon, or a model that recorded none: no warning
     assert rank_members(world, AS_OF, loaded, 5, label_cfg=LabelConfig(horizon_days=60)).meta["warnings"] == []
