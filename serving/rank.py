@@ -137,6 +137,11 @@ def candidate_columns(n_reasons: int) -> list[str]:
         "tier",
         *[f"reason_{i + 1}" for i in range(n_reasons)],
         *[f"reason_feature_{i + 1}" for i in range(n_reasons)],
+        *[f"reason_{i + 1}_{lang}" for lang in ("zh", "en") for i in range(n_reasons)],
+        "why_not_higher",
+        "why_not_higher_zh",
+        "why_not_higher_en",
+        "reasons",  # reason objects {feature, value, contribution, zh, en} for the API (not written to files)
         *VALUE_SCORE_COLUMNS,
         "rfm_segment",
         "trial_category",
@@ -177,9 +182,7 @@ def rank_members(
     population = sorted_population(inputs, numeric)
     reasons = explain_members(loaded.model, inputs, chosen["member_id"], cfg.n_reasons, population)
     chosen = chosen.join(reasons, on="member_id")
-    # columns the reasons module adds beyond reason_i / reason_feature_i (zh/en halves, reason objects, why_not_higher)
-    extra = [c for c in reasons.columns if c not in set(candidate_columns(cfg.n_reasons))]
-    candidates = chosen[[*candidate_columns(cfg.n_reasons), *extra]].reset_index(drop=True)
+    candidates = chosen[candidate_columns(cfg.n_reasons)].reset_index(drop=True)
     counts = exclusion_counts(scored[["eligible", *EXCLUSION_RULES]])
     exclusions = {rule.removeprefix("excl_"): counts[rule.removeprefix("excl_")] for rule in EXCLUSION_RULES}
     expected = float(candidates["score"].sum())
