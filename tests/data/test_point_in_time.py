@@ -230,13 +230,16 @@ def mutate_late_fields(
     return out
 
 
+EXPORTED = T + 365 * DAY  # the synthetic world runs up to 200 days past T, which may be after today
+
+
 def _features(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    return build_features(from_frames(frames), [T])
+    return build_features(from_frames(frames, export_time=EXPORTED), [T])
 
 
 def _features_and_eligibility(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """What ranking sees at T: the features and the eligibility flags, one row per member."""
-    data = from_frames(frames)
+    data = from_frames(frames, export_time=EXPORTED)
     return build_features(data, [T]).merge(eligibility(data, T), on=["member_id", "as_of"], validate="one_to_one")
 
 
