@@ -29,8 +29,8 @@ from __future__ import annotations
 import logging
 import os
 import string
-from collections import ChainMap
 import time
+from collections import ChainMap
 from collections.abc import Mapping, Sequence
 from typing import Literal
 

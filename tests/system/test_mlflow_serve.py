@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pandas as pd
 from support.worlds import SIM_AS_OF, free_port, stop, train_simulated_store, wait_until_up
 
 from features.build import build_features
@@ -25,7 +26,7 @@ def test_mlflow_models_serve_champion(tmp_path):
     _, tracking_uri, data, result = train_simulated_store(tmp_path)
     assert result.decision.promoted  # first model of the store becomes champion
 
-    features = build_features(data, [SIM_AS_OF]).head(3)
+    features = build_features(data, [pd.Timestamp(SIM_AS_OF)]).head(3)
     rows = to_pyfunc_input(features, result.model.feature_names_, categorical_features())
     payload = {"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}
 

@@ -10,7 +10,6 @@ import pytest
 from pydantic import ValidationError
 from support.worlds import AS_OF, build_world, fake_loaded
 
-from features.registry import categorical_features, feature_names
 from serving.config import RankConfig
 from serving.output import write_ranked_list
 from serving.rank import (
