@@ -174,6 +174,10 @@ def register_loop(app: typer.Typer) -> None:
                     f"in the whole world {world['kocrank']} vs {world[other]}"
                 )
         console.print(
+            "productive KOCs in the whole world during the loop (invited or not): "
+            + ", ".join(f"{policy} {count}" for policy, count in world.items())
+        )
+        console.print(
             f"{result.trainings} training(s); seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in result.seconds.items())
         )
         if out is not None:
