@@ -165,27 +165,17 @@ def test_validating_any_frames_gives_data_or_a_contract_error(frames, tz):
     _only_contract_errors(lambda: from_frames(frames, tz))
 
 
+# a small valid world, one row per record: the fuzz changes one cell of it at a time
 VALID = {
-    "members": pd.DataFrame(
-        {
-            "member_id": ["000123", "000456", "789"],
-            "joined_at": ["2024-01-01", "2024-02-01 09:30:00", "2024-03-01"],
-            "birth_year": [1990, None, 1985],
-            "gender": ["F", "M", None],
-            "city_tier": [1, 3, None],
-            "channel": ["store", "ads", None],
-        }
+    "members": pd.DataFrame.from_records(
+        [("A1", "2024-01-01", 1990, "F", 1, "store"), ("B2", "2024-02-01 09:30", None, "M", 3, "ads"), ("C3", "2024-03-01", None, None, None, None)],
+        columns=["member_id", "joined_at", "birth_year", "gender", "city_tier", "channel"],
     ),
-    "orders": pd.DataFrame(
-        {
-            "order_id": ["o1", "o2", "o3"],
-            "member_id": ["000123", "000123", "000456"],
-            "ordered_at": ["2024-04-01 10:00:00", "2024-05-01T10:00:00+08:00", "2024-05-02"],
-            "amount": [99.0, 150.5, 20.0],
-            "category": ["skincare", "makeup", None],
-        }
+    "orders": pd.DataFrame.from_records(
+        [("o1", "A1", "2024-04-01 10:00", 99.0, "skincare"), ("o2", "A1", "2024-05-01T10:00+08:00", 150.5, None), ("o3", "B2", "2024-05-02", 20.0, "makeup")],
+        columns=["order_id", "member_id", "ordered_at", "amount", "category"],
     ),
-    "labels": pd.DataFrame({"member_id": ["000123", "789"], "as_of": ["2024-06-01", "2024-06-01"], "label": [1, 0]}),
+    "labels": pd.DataFrame.from_records([("A1", "2024-06-01", 1), ("C3", "2024-06-01", 0)], columns=["member_id", "as_of", "label"]),
 }
 
 
