@@ -96,7 +96,7 @@ def test_train_then_rank_lists_only_eligible_members_with_reasons(workdir: Path)
            "--config", config, "--tracking-uri", uri)
     ranked = pd.read_csv(listed, dtype={"member_id": str})
     assert len(ranked) == 50 and ranked["rank"].tolist() == list(range(1, 51))
-    elig = eligibility(load_data(workdir / "data"), AS_OF).set_index("member_id")
+    elig = eligibility(load_data(workdir / "data"), pd.Timestamp(AS_OF)).set_index("member_id")
     assert elig.loc[ranked["member_id"], "eligible"].all()
     assert ranked[["reason_1", "reason_2", "reason_3"]].notna().all().all()
     assert ranked["reason_1"].str.contains(" / ").all()  # Chinese / English
