@@ -51,7 +51,9 @@ def phrase(feature: Feature, value: object) -> tuple[str, str]:
         fields: dict[str, Any] = {"value": str(value)}
     else:
         number = float(value)  # type: ignore[arg-type]
-        fields = {"value": number, "value_exp": math.expm1(number)}
+        fields = {"value": number}
+        if "value_exp" in feature.zh + feature.en:  # a log-scale feature phrased on its natural scale
+            fields["value_exp"] = math.expm1(min(number, 700.0))
     return feature.zh.format(**fields), feature.en.format(**fields)
 
 

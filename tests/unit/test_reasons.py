@@ -28,6 +28,8 @@ def test_phrases_show_the_members_own_values():
     assert phrase(by_name["recency_days"], 3.4)[1] == "last order 3 days ago"
     assert phrase(by_name["recency_days"], np.nan)[1] == "no purchases yet"
     assert phrase(by_name["channel"], "ads")[1] == "joined via ads"
+    assert phrase(by_name["spend_total"], 2.5e6)[1] == "spent 2,500,000 in total"  # large values phrase too
+    assert phrase(by_name["post_log_interactions_mean_last10"], np.log1p(99))[1].startswith("typical post reaches about 99")
 
 
 def _frames():
