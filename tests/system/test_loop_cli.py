@@ -22,11 +22,11 @@ def test_issue_outcomes_monitor_compare(trained_store, tmp_path):
     data_dir, uri, _, _ = trained_store
     for as_of in ("2024-09-01", "2024-12-01"):
         code, out = run("rank", "--data", str(data_dir), "--as-of", as_of, "--top", "40", "--tracking-uri", uri,
-                        "--issue", "--show", "0", "--out", str(tmp_path / f"list_{as_of}.csv"))
+                        "--issue", "--show", "0", "--out", str(tmp_path / f"list_{as_of}"))
         assert code == 0, out
         assert f"issued list koc-{as_of}" in out and "control group 2" in out
     code, out = run("rank", "--data", str(data_dir), "--as-of", "2024-09-01", "--top", "40", "--tracking-uri", uri,
-                    "--issue", "--show", "0", "--out", str(tmp_path / "again.csv"))
+                    "--issue", "--show", "0", "--out", str(tmp_path / "again"))
     assert code == 1 and "already issued" in out
     store = IssuedStore(default_store_path(uri))
     assert list(store.lists()["list_id"]) == ["koc-2024-09-01", "koc-2024-12-01"]
