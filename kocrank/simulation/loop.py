@@ -38,7 +38,7 @@ from kocrank.simulation.world import Invitations, SimulatedWorld, Simulation
 from serving.config import RankConfig
 from serving.model_store import LoadedModel, ModelInfo
 from serving.rank import rank_members
-from serving.selection import order_by_score
+from serving.selection import draw_policy, order_by_score
 from training.config import TrainConfig
 from training.dataset import build_snapshots
 from training.train import fit_model
@@ -143,26 +143,20 @@ class KocrankPolicy:
         k = Budget.for_eligible(len(eligible), sim.world.spec).k
         result = rank_members(data, as_of, loaded, k, cfg.rank, cfg.label)
         chosen = result.candidates["member_id"].astype("int64").to_numpy()
-        return Invitations(chosen, _list_probabilities(result.scored, eligible, k, cfg.rank))
+        return Invitations(chosen, _list_probabilities(result.scored, eligible, k, cfg.rank, as_of))
 
 
-def _list_probabilities(scored: pd.DataFrame, eligible: np.ndarray, k: int, cfg: RankConfig) -> np.ndarray | None:
-    """P(invited) of every eligible member under kocrank's list: 1 for exploit ranks, the band's share for exploration.
+def _list_probabilities(
+    scored: pd.DataFrame, eligible: np.ndarray, k: int, cfg: RankConfig, as_of: pd.Timestamp
+) -> np.ndarray:
+    """P(invited) of every eligible member under kocrank's list, from the same policy draw the list used.
 
-    Exact without quotas (`serving.selection.select_candidates`); with quotas the
-    exploited ranks depend on segments, so the probabilities are left unknown.
+    `serving.selection.draw_policy` gives exploit-block members (block - control) / block, the
+    exploration band its share, everyone else 0 (exact unless a quota fills during the draw).
     """
-    if cfg.quotas:
-        return None
     ordered = order_by_score(scored.loc[scored["eligible"]])
-    n_explore = int(round(k * cfg.exploration_share))
-    n_exploit = k - n_explore
-    band = min(cfg.exploration_band_size or k, max(len(ordered) - n_exploit, 0))
-    prob = np.zeros(len(ordered))
-    prob[:n_exploit] = 1.0
-    if n_explore and band:
-        prob[n_exploit : n_exploit + band] = min(1.0, n_explore / band)
-    by_member = pd.Series(prob, index=ordered["member_id"].astype("int64").to_numpy())
+    policy = draw_policy(ordered, k, cfg, as_of=as_of)
+    by_member = pd.Series(policy["p_invite"].to_numpy(), index=policy["member_id"].astype("int64").to_numpy())
     return by_member.reindex(eligible).fillna(0.0).to_numpy()
 
 
