@@ -175,6 +175,13 @@ def register(app: typer.Typer) -> None:
             typer.Option("--scorers", help="Comma-separated targets: observed, if_invited:<method>, uplift:<method>."),
         ] = None,
         k: Annotated[str, typer.Option("--k", help="Top-K share for yield, precision and uplift.")] = "1%",
+        test_cutoffs: Annotated[
+            int,
+            typer.Option("--test-cutoffs", min=1, help="Latest test cutoffs judged (rolling origin, one fit each)."),
+        ] = 3,
+        out: Annotated[
+            Path | None, typer.Option("--out", help="Also write the grid (one row per cell and scorer) to this CSV.")
+        ] = None,
         config: Annotated[Path | None, typer.Option("--config", help="TOML config file.")] = None,
         tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow store.")] = None,
     ) -> None:
@@ -187,7 +194,7 @@ def register(app: typer.Typer) -> None:
 
         from features.contract import from_frames
         from kocrank.simulation import SimConfig, simulate
-        from training.eval_grid import DEFAULT_SCORERS, run_grid
+        from training.eval_grid import DEFAULT_SCORERS, run_grid, summarise
 
         console = make_console()
         cfg = _load_config(config, console)
@@ -216,17 +223,42 @@ def register(app: typer.Typer) -> None:
                     yield scenario, seed, from_frames(simulate(sim).tables, timezone=cfg.timezone)
 
         def show(scenario: str, seed: int, result) -> None:  # noqa: ANN001
-            table = Table(title=f"{scenario} seed {seed}: test cutoff {result.table.attrs['test_cutoff']}, K={k}")
+            cutoffs = ", ".join(result.table.attrs["test_cutoffs"])
+            table = Table(title=f"{scenario} seed {seed}: test cutoffs {cutoffs}, K={k}")
+            table.add_column("test cutoff")
             table.add_column("scorer", style="bold")
-            for column in result.table.columns:
+            metrics = [c for c in result.table.columns if c != "test_cutoff"]
+            for column in metrics:
                 table.add_column(column.replace("_at_", "@").replace("_ratio", "/oracle"), justify="right")
             for scorer, row in result.table.iterrows():
-                table.add_row(str(scorer), *(_format(float(v)) for v in row))
+                table.add_row(str(row["test_cutoff"]), str(scorer), *(_format(float(row[c])) for c in metrics))
             console.print(table)
             console.print(f"seconds: {result.seconds}")
 
         chosen = tuple(s.strip() for s in scorers.split(",")) if scorers else DEFAULT_SCORERS
-        grid = run_grid(worlds(), cfg.training, labels, scorers=chosen, k=k, tracking_uri=tracking_uri, on_cell=show)
+        grid = run_grid(
+            worlds(),
+            cfg.training,
+            labels,
+            scorers=chosen,
+            k=k,
+            tracking_uri=tracking_uri,
+            on_cell=show,
+            test_cutoffs=test_cutoffs,
+        )
+        if out is not None:
+            from features.io import write_frame
+
+            write_frame(grid, out)
+        summary = summarise(grid, k)
+        table = Table(title=f"mean over seeds {seeds} and {test_cutoffs} test cutoffs, K={k}")
+        table.add_column("scenario")
+        table.add_column("scorer", style="bold")
+        for column in summary.columns:
+            table.add_column(column.replace("_at_", "@").replace("_ratio", "/oracle"), justify="right")
+        for (scenario, scorer), row in summary.iterrows():
+            table.add_row(str(scenario), str(scorer), *(_format(float(v)) for v in row))
+        console.print(table)
         console.print(f"{len(grid)} rows logged to MLflow experiment kocrank-eval")
 
     @app.command("promote")
@@ -280,7 +312,19 @@ def register(app: typer.Typer) -> None:
             table.add_column(column, overflow="fold")
         for row in rows:
             table.add_row(
-                *(str(row[c]) for c in ("version", "aliases", "run_status", "created", "test_cutoff", "metric", "value", "decision"))
+                *(
+                    str(row[c])
+                    for c in (
+                        "version",
+                        "aliases",
+                        "run_status",
+                        "created",
+                        "test_cutoff",
+                        "metric",
+                        "value",
+                        "decision",
+                    )
+                )
             )
         console.print(table)
         history = promotion_history(uri, model_name)[-HISTORY_ROWS:][::-1]

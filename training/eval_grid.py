@@ -32,7 +32,7 @@ from features.contract import BrandData
 from features.labels import LabelConfig
 from training.baselines import all_baselines
 from training.config import KSpec, TrainConfig
-from training.dataset import SnapshotDataset, build_snapshots
+from training.dataset import build_snapshots
 from training.evaluate import k_label, rank_order, resolve_k, truth_for
 from training.targets import IF_INVITED_METHODS, TargetUnavailable, components_for, fit_components
 from training.train import fit_target, model_factory
@@ -68,22 +68,30 @@ def top_k_ratio(scores: np.ndarray, value: np.ndarray, member_ids: pd.Series, k:
     return float(top.mean() / oracle) if oracle > 0 and len(top) else float("nan")
 
 
-def fit_ceiling(dataset: SnapshotDataset, truth: pd.DataFrame, train_cfg: TrainConfig, column: str) -> np.ndarray:
-    """Test-cutoff scores of LightGBM trained on `truth[column]` (same params, features, early stopping)."""
-    names = dataset.feature_names
-    parts = {}
-    for part in ("train", "validation", "test"):
-        rows = dataset.part(part)
+def fit_ceiling(
+    parts: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame],
+    names: list[str],
+    truth: pd.DataFrame,
+    train_cfg: TrainConfig,
+    column: str,
+) -> np.ndarray:
+    """Test scores of LightGBM trained on `truth[column]` (same params, features, early stopping).
+
+    `parts` are one fold's (train, validation, test) rows; training and early stopping see only
+    the rows the simulator has a truth value for.
+    """
+    fitted = {}
+    for part, rows in zip(("train", "validation", "test"), parts, strict=True):
         target = truth_column(truth, rows, column)
-        parts[part] = (rows.loc[~np.isnan(target)] if part != "test" else rows, target[~np.isnan(target)])
+        fitted[part] = (rows.loc[~np.isnan(target)] if part != "test" else rows, target[~np.isnan(target)])
     model = model_factory(train_cfg, LabelConfig())()
-    model._remember_columns(parts["train"][0][names])
+    model._remember_columns(fitted["train"][0][names])
     params, rounds, stopping = model._lgb_params()
     regression = column != "p_productive_if_invited"
     params.update({"objective": "regression" if regression else "cross_entropy", "metric": ["l2"]})
-    train_set = lgb.Dataset(model._model_input(parts["train"][0][names]), label=parts["train"][1])
+    train_set = lgb.Dataset(model._model_input(fitted["train"][0][names]), label=fitted["train"][1])
     valid_set = lgb.Dataset(
-        model._model_input(parts["validation"][0][names]), label=parts["validation"][1], reference=train_set
+        model._model_input(fitted["validation"][0][names]), label=fitted["validation"][1], reference=train_set
     )
     booster = lgb.train(
         params,
@@ -93,7 +101,7 @@ def fit_ceiling(dataset: SnapshotDataset, truth: pd.DataFrame, train_cfg: TrainC
         callbacks=[lgb.early_stopping(stopping, verbose=False)],
     )
     return np.asarray(
-        booster.predict(model._model_input(parts["test"][0][names]), num_iteration=booster.best_iteration)
+        booster.predict(model._model_input(fitted["test"][0][names]), num_iteration=booster.best_iteration)
     )
 
 
@@ -112,76 +120,119 @@ def evaluate_world(
     *,
     scorers: Sequence[str] = DEFAULT_SCORERS,
     k: KSpec = "1%",
+    test_cutoffs: int = 1,
 ) -> WorldResult:
-    """Every scorer (`observed`, `if_invited:<method>`, `uplift:<method>`), the ceiling and the baselines."""
+    """Every scorer (`observed`, `if_invited:<method>`, `uplift:<method>`), the ceiling and the baselines.
+
+    Judged on the latest `test_cutoffs` test cutoffs (the rolling-origin folds of
+    `training.dataset.backtest_splits`, oldest first): each fold fits everything on its own
+    train cutoffs, early-stops and calibrates on its own validation cutoff and is scored on
+    its test cutoff. The snapshots are built once and shared by every fold and target.
+    The table has one row per (test cutoff, scorer).
+    """
     if "truth" in data.absent:
         raise ValueError("evaluate_world needs the simulator's truth table (simulate a world with `koc simulate`)")
-    seconds: dict[str, float] = {}
+    seconds: dict[str, float] = {"snapshots": 0.0, "fit_targets": 0.0, "ceiling": 0.0, "baselines": 0.0}
     clock = time.perf_counter()
-    # one split: the grid compares targets on the latest test cutoff, so no backtest folds are built
-    dataset = build_snapshots(data, label_cfg, train_cfg.model_copy(update={"backtest_cutoffs": 1}))
+    dataset = build_snapshots(data, label_cfg, train_cfg.model_copy(update={"backtest_cutoffs": test_cutoffs}))
     seconds["snapshots"] = time.perf_counter() - clock
-    train, valid, test = dataset.part("train"), dataset.part("validation"), dataset.part("test")
     names = dataset.feature_names
-    scores: dict[str, np.ndarray] = {}
-
-    clock = time.perf_counter()
-    needed: list[str] = []
+    needed_all: list[str] = []
     for scorer in scorers:
         target, _, method = scorer.partition(":")
-        needed += [c for c in components_for(target, method or "two_stage") if c not in needed]
-    if "observed" in needed:
-        observed, _, _ = fit_target(train, valid, names, train_cfg.model_copy(update={"target": "observed"}), label_cfg)
-        scores["observed"] = observed.predict_proba(test[names])
-        needed.remove("observed")
-    try:
-        fitted = fit_components(
-            train, valid, names, needed, model_factory(train_cfg, label_cfg), propensity_clip=train_cfg.propensity_clip
-        )
-    except TargetUnavailable as err:
-        logger.warning("treatment-aware targets skipped on this world: %s", err)
-        fitted = None
-    if fitted is not None:
-        for scorer in scorers:
-            target, _, method = scorer.partition(":")
-            if target != "observed":
-                scores[scorer] = fitted.model(target, method).predict_proba(test[names])
-    seconds["fit_targets"] = time.perf_counter() - clock
-
-    clock = time.perf_counter()
+        needed_all += [c for c in components_for(target, method or "two_stage") if c not in needed_all]
     truth = data.truth
-    scores[CEILING] = fit_ceiling(dataset, truth, train_cfg, "p_productive_if_invited")
     has_uplift = NOT_INVITED in truth.columns
-    if has_uplift:
-        uplift_truth = truth.assign(true_uplift=truth["p_productive_if_invited"] - truth[NOT_INVITED])
-        scores[f"{CEILING}:uplift"] = fit_ceiling(dataset, uplift_truth, train_cfg, "true_uplift")
-    seconds["ceiling"] = time.perf_counter() - clock
-    clock = time.perf_counter()
-    for baseline in all_baselines(train, test, names, seed=train_cfg.seed, value_weights=train_cfg.value_weights):
-        scores[baseline.name] = baseline.scores
-    seconds["baselines"] = time.perf_counter() - clock
-
-    p_invited = truth_for(truth, test["member_id"], dataset.split.test)
-    uplift_value = p_invited - truth_column(truth, test, NOT_INVITED) if has_uplift else np.full(len(test), np.nan)
-    labels = test["label"].to_numpy()
-    top = resolve_k(k, len(test))
-    suffix = k_label(k)
     rows = []
-    for name, values in scores.items():
-        order = rank_order(values, test["member_id"])
-        rows.append(
-            {
-                "scorer": name,
-                f"yield_ratio_at_{suffix}": top_k_ratio(values, p_invited, test["member_id"], top),
-                f"precision_at_{suffix}": float(labels[order][:top].mean()),
-                f"uplift_ratio_at_{suffix}": top_k_ratio(values, uplift_value, test["member_id"], top)
-                if has_uplift
-                else float("nan"),
-            }
-        )
+    for fold in dataset.folds:
+        train, valid, test = dataset.fold_parts(fold)
+        scores: dict[str, np.ndarray] = {}
+        clock = time.perf_counter()
+        needed = list(needed_all)
+        if "observed" in needed:
+            observed, _, _ = fit_target(
+                train, valid, names, train_cfg.model_copy(update={"target": "observed"}), label_cfg
+            )
+            scores["observed"] = observed.predict_proba(test[names])
+            needed.remove("observed")
+        try:
+            fitted = fit_components(
+                train,
+                valid,
+                names,
+                needed,
+                model_factory(train_cfg, label_cfg),
+                propensity_clip=train_cfg.propensity_clip,
+            )
+        except TargetUnavailable as err:
+            logger.warning("treatment-aware targets skipped at test cutoff %s: %s", fold.test.date(), err)
+            fitted = None
+        if fitted is not None:
+            for scorer in scorers:
+                target, _, method = scorer.partition(":")
+                if target != "observed":
+                    scores[scorer] = fitted.model(target, method).predict_proba(test[names])
+        seconds["fit_targets"] += time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        parts = (train, valid, test)
+        scores[CEILING] = fit_ceiling(parts, names, truth, train_cfg, "p_productive_if_invited")
+        if has_uplift:
+            uplift_truth = truth.assign(true_uplift=truth["p_productive_if_invited"] - truth[NOT_INVITED])
+            scores[f"{CEILING}:uplift"] = fit_ceiling(parts, names, uplift_truth, train_cfg, "true_uplift")
+        seconds["ceiling"] += time.perf_counter() - clock
+        clock = time.perf_counter()
+        for baseline in all_baselines(train, test, names, seed=train_cfg.seed, value_weights=train_cfg.value_weights):
+            scores[baseline.name] = baseline.scores
+        seconds["baselines"] += time.perf_counter() - clock
+
+        p_invited = truth_for(truth, test["member_id"], fold.test)
+        uplift_value = p_invited - truth_column(truth, test, NOT_INVITED) if has_uplift else np.full(len(test), np.nan)
+        labels = test["label"].to_numpy()
+        top = resolve_k(k, len(test))
+        suffix = k_label(k)
+        for name, values in scores.items():
+            order = rank_order(values, test["member_id"])
+            rows.append(
+                {
+                    "test_cutoff": str(fold.test.date()),
+                    "scorer": name,
+                    f"yield_ratio_at_{suffix}": top_k_ratio(values, p_invited, test["member_id"], top),
+                    f"precision_at_{suffix}": float(labels[order][:top].mean()),
+                    f"uplift_ratio_at_{suffix}": top_k_ratio(values, uplift_value, test["member_id"], top)
+                    if has_uplift
+                    else float("nan"),
+                }
+            )
     table = pd.DataFrame(rows).set_index("scorer")
-    table.attrs.update({"test_cutoff": str(dataset.split.test.date()), "k": top, "rows": len(test)})
+    table.attrs.update(
+        {
+            "test_cutoffs": [str(f.test.date()) for f in dataset.folds],
+            "test_cutoff": str(dataset.split.test.date()),
+            "k": top,
+            "rows": len(test),
+        }
+    )
     return WorldResult(table=table, seconds={k: round(v, 1) for k, v in seconds.items()})
+
+
+def summarise(grid: pd.DataFrame, k: KSpec = "1%") -> pd.DataFrame:
+    """Per (scenario, scorer): mean over seeds and test cutoffs of each metric, the seed-to-seed
+    spread of the yield ratio (max - min of the per-seed means) and the yield as a share of the
+    ceiling's (mean of the per-(seed, cutoff) ratios)."""
+    suffix = k_label(k)
+    yield_col = f"yield_ratio_at_{suffix}"
+    ceiling = grid.loc[grid["scorer"] == CEILING, ["scenario", "seed", "test_cutoff", yield_col]].rename(
+        columns={yield_col: "ceiling_yield"}
+    )
+    cells = grid.merge(ceiling, on=["scenario", "seed", "test_cutoff"], how="left")
+    cells["of_ceiling"] = cells[yield_col] / cells["ceiling_yield"]
+    metrics = [c for c in grid.columns if c.endswith(suffix)]
+    per_seed = cells.groupby(["scenario", "scorer", "seed"], sort=False)[yield_col].mean()
+    spread = per_seed.groupby(level=["scenario", "scorer"], sort=False).agg(lambda v: v.max() - v.min())
+    summary = cells.groupby(["scenario", "scorer"], sort=False)[[*metrics, "of_ceiling"]].mean()
+    summary[f"{yield_col}_seed_spread"] = spread
+    return summary
 
 
 def run_grid(
@@ -194,6 +245,7 @@ def run_grid(
     tracking_uri: str | None = None,
     experiment: str = "kocrank-eval",
     on_cell: Callable[[str, int, WorldResult], None] | None = None,
+    test_cutoffs: int = 1,
 ) -> pd.DataFrame:
     """Every (scenario, seed) world through `evaluate_world`; one long table, logged as one MLflow run.
 
@@ -212,26 +264,44 @@ def run_grid(
                     "scorers": ",".join(scorers),
                     "lgbm": json.dumps(train_cfg.lgbm.model_dump()),
                     "horizon_days": str(label_cfg.horizon_days),
+                    "test_cutoffs": str(test_cutoffs),
                 }
             )
             for scenario, seed, data in worlds:
-                result = evaluate_world(data, train_cfg, label_cfg, scorers=scorers, k=k)
+                result = evaluate_world(data, train_cfg, label_cfg, scorers=scorers, k=k, test_cutoffs=test_cutoffs)
                 cell = result.table.reset_index().assign(scenario=scenario, seed=seed)
                 frames.append(cell)
+                metric_columns = [c for c in result.table.columns if c != "test_cutoff"]
                 mlflow.log_metrics(
                     {
-                        f"{scenario}.seed{seed}.{row.scorer.replace(':', '.')}.{metric}": float(getattr(row, metric))
+                        f"{scenario}.seed{seed}.{row.test_cutoff}.{row.scorer.replace(':', '.')}.{metric}": float(
+                            getattr(row, metric)
+                        )
                         for row in cell.itertuples()
-                        for metric in result.table.columns
+                        for metric in metric_columns
                         if not np.isnan(getattr(row, metric))
                     }
                 )
                 if on_cell is not None:
                     on_cell(scenario, seed, result)
             table = pd.concat(frames, ignore_index=True)
-            table = table[["scenario", "seed", "scorer", *[c for c in table.columns if c.endswith(k_label(k))]]]
+            table = table[
+                ["scenario", "seed", "test_cutoff", "scorer", *[c for c in table.columns if c.endswith(k_label(k))]]
+            ]
+            summary = summarise(table, k)
+            mlflow.log_metrics(
+                {
+                    f"mean.{scenario}.{scorer.replace(':', '.')}.{metric}": float(value)
+                    for (scenario, scorer), row in summary.iterrows()
+                    for metric, value in row.items()
+                    if not np.isnan(value)
+                }
+            )
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "eval_grid.csv"
                 table.to_csv(path, index=False)
                 mlflow.log_artifact(str(path))
+                summary_path = Path(tmp) / "eval_summary.csv"
+                summary.reset_index().to_csv(summary_path, index=False)
+                mlflow.log_artifact(str(summary_path))
     return table

@@ -50,3 +50,64 @@ def test_slice_metrics_per_city_tier_and_channel() -> None:
     assert table.loc[("channel", "app"), "rows"] == 6 and table.loc[("channel", "app"), "base_rate"] == pytest.approx(
         1 / 3
     )
+
+
+def test_summarise_means_over_cutoffs_and_seeds_with_spread_and_share_of_ceiling() -> None:
+    from training.eval_grid import CEILING, summarise
+
+    rows = []
+    for seed, model_yields, ceiling_yields in ((1, (0.6, 0.8), (0.8, 0.8)), (2, (0.4, 0.4), (0.5, 0.8))):
+        for cutoff, model, ceiling in zip(("2025-08-01", "2025-09-01"), model_yields, ceiling_yields, strict=True):
+            rows.append(
+                {
+                    "scenario": "s",
+                    "seed": seed,
+                    "test_cutoff": cutoff,
+                    "scorer": "observed",
+                    "yield_ratio_at_1pct": model,
+                    "precision_at_1pct": 0.1,
+                }
+            )
+            rows.append(
+                {
+                    "scenario": "s",
+                    "seed": seed,
+                    "test_cutoff": cutoff,
+                    "scorer": CEILING,
+                    "yield_ratio_at_1pct": ceiling,
+                    "precision_at_1pct": 0.2,
+                }
+            )
+    summary = summarise(pd.DataFrame(rows), "1%").loc["s"]
+    assert summary.loc["observed", "yield_ratio_at_1pct"] == pytest.approx(0.55)
+    # per-seed means 0.7 and 0.4
+    assert summary.loc["observed", "yield_ratio_at_1pct_seed_spread"] == pytest.approx(0.3)
+    # mean of 0.6/0.8, 0.8/0.8, 0.4/0.5, 0.4/0.8
+    assert summary.loc["observed", "of_ceiling"] == pytest.approx((0.75 + 1.0 + 0.8 + 0.5) / 4)
+    assert summary.loc[CEILING, "of_ceiling"] == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_evaluate_world_judges_every_scorer_on_each_test_cutoff() -> None:
+    from features.contract import from_frames
+    from features.labels import LabelConfig
+    from kocrank.simulation import SimConfig, simulate
+    from training.eval_grid import CEILING, evaluate_world
+
+    world = from_frames(simulate(SimConfig(members=1500, seed=3, scenario="spend_led")).tables)
+    result = evaluate_world(
+        world, TrainConfig(), LabelConfig(), scorers=("observed", "if_invited:auxiliary"), k="5%", test_cutoffs=2
+    )
+    table = result.table
+    cutoffs = result.table.attrs["test_cutoffs"]
+    assert len(cutoffs) == 2 and cutoffs[0] < cutoffs[1]
+    assert sorted(table["test_cutoff"].unique()) == cutoffs
+    for cutoff in cutoffs:
+        scorers = set(table.loc[table["test_cutoff"] == cutoff].index)
+        assert {"observed", "if_invited:auxiliary", CEILING, "random", "logistic"} <= scorers
+    yields = table["yield_ratio_at_5pct"]
+    assert ((yields > 0) & (yields <= 1.0 + 1e-9)).all()
+    # the truth-trained ceiling ranks far better than chance on every cutoff
+    for cutoff in cutoffs:
+        at = table.loc[table["test_cutoff"] == cutoff, "yield_ratio_at_5pct"]
+        assert at[CEILING] > at["random"] + 0.1
