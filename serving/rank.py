@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.build import build_features
+from features.build import REFUNDS_WITHOUT_TIME, RefundsWithoutTime, build_features
 from features.contract import BrandData
 from features.labels import EXCLUSION_RULES, LabelConfig, eligibility, exclusion_counts
 from features.registry import categorical_features
@@ -72,16 +72,30 @@ def explain_members(
     return explain(model, features, member_ids, n_reasons, population)
 
 
-def trial_categories(orders: pd.DataFrame, as_of: pd.Timestamp, lookback_days: int = 365) -> pd.DataFrame:
-    """Each member's strongest category: most non-refunded spend in `[as_of - lookback, as_of)`.
+def trial_categories(
+    orders: pd.DataFrame,
+    as_of: pd.Timestamp,
+    lookback_days: int = 365,
+    refunds_without_time: RefundsWithoutTime = REFUNDS_WITHOUT_TIME,
+) -> pd.DataFrame:
+    """Each member's strongest category: most counted spend in `[as_of - lookback, as_of)`.
 
-    Only orders strictly before `as_of` count. Ties go to the category name first in
-    alphabetical order; orders without a category are ignored. Returns `member_id, trial_category`
-    for members with at least one such order.
+    Only orders strictly before `as_of` count, and refunds follow the feature pipeline's rule
+    (`features.build.refund_rule`): an order with `refunded_at` stops counting from that
+    instant; a `refunded` order without it counts per `refunds_without_time`. Ties go to the
+    category name first in alphabetical order; orders without a category are ignored.
+    Returns `member_id, trial_category` for members with at least one such order.
     """
     start = as_of - pd.Timedelta(days=lookback_days)
+    refunded_at = orders["refunded_at"] if "refunded_at" in orders.columns else pd.Series(pd.NaT, index=orders.index)
+    unknown = refunded_at.isna()
+    counted = ~unknown & (refunded_at >= as_of)
+    if refunds_without_time == "drop":
+        counted |= unknown & ~orders["refunded"].fillna(False).astype(bool)
+    else:
+        counted |= unknown
     window = orders.loc[
-        (orders["ordered_at"] >= start) & (orders["ordered_at"] < as_of) & ~orders["refunded"] & orders["category"].notna(),
+        (orders["ordered_at"] >= start) & (orders["ordered_at"] < as_of) & counted & orders["category"].notna(),
         ["member_id", "category", "amount"],
     ]
     spend = window.groupby(["member_id", "category"], as_index=False, observed=True)["amount"].sum()

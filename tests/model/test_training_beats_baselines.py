@@ -1,6 +1,6 @@
 """Model behaviour at the issue's scale: on a simulated world of 50,000 members (seed 7, the
 observed-label target) the model beats every baseline on the test cutoff in PR AUC and in precision@K for
-every configured K. One training run (~45-60 s) with its own temporary MLflow store.
+every configured K. One training run (one fold, no refit) with its own temporary MLflow store.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ pytestmark = pytest.mark.slow
 MEMBERS = 50_000
 SEED = 7
 BASELINES = ("rfm", "value", "logistic", "random", "source_rule", "bgnbd")
-CONFIG = TrainConfig(target="observed")  # precision and PR AUC below are on the observed label
+# precision and PR AUC below are on the observed label. The figures compared are the latest fold's model on
+# the test cutoff whatever the backtest length, so one fold and no refit keep this run short
+CONFIG = TrainConfig(target="observed", backtest_cutoffs=1, refit=False)
 
 
 @pytest.fixture(scope="module")

@@ -271,12 +271,33 @@ def test_trial_category_is_point_in_time():
             "amount": [50.0, 60.0, 1000.0, 900.0, 100.0, 100.0, 500.0],
             "category": ["lip", "eye", "fragrance", "hair", "zeta", "alpha", None],
             "refunded": [False, False, False, False, False, False, False],
+            "refunded_at": pd.to_datetime([None] * 7),
         }
     )
-    orders.loc[len(orders)] = ["a", pd.Timestamp("2026-04-01"), 700.0, "refund", True]
+    # refunded before the cutoff: no longer counts
+    orders.loc[len(orders)] = ["a", pd.Timestamp("2026-04-01"), 700.0, "refund", True, pd.Timestamp("2026-04-20")]
+    # refunded only after the cutoff: still counted at the cutoff (the refund was not known yet)
+    orders.loc[len(orders)] = ["b", pd.Timestamp("2026-03-01"), 300.0, "later", True, pd.Timestamp("2026-06-15")]
     out = trial_categories(orders, pd.Timestamp("2026-06-01"), 365).set_index("member_id")["trial_category"]
-    # order at the cutoff, a refunded order and one older than 365 days are ignored; ties -> alphabetical
-    assert out.to_dict() == {"a": "eye", "b": "alpha"}
+    # an order at the cutoff, one refunded before it and one older than 365 days are ignored; ties -> alphabetical
+    assert out.to_dict() == {"a": "eye", "b": "later"}
+
+
+def test_trial_category_refund_without_time_follows_the_feature_rule():
+    orders = pd.DataFrame(
+        {
+            "member_id": ["a", "a"],
+            "ordered_at": pd.to_datetime(["2026-05-01", "2026-05-02"]),
+            "amount": [50.0, 900.0],
+            "category": ["lip", "eye"],
+            "refunded": [False, True],
+        }
+    )
+    as_of = pd.Timestamp("2026-06-01")
+    # no refunded_at column: "count" (the feature pipeline's default) keeps the order, "drop" removes it
+    assert trial_categories(orders, as_of).set_index("member_id")["trial_category"].to_dict() == {"a": "eye"}
+    dropped = trial_categories(orders, as_of, refunds_without_time="drop")
+    assert dropped.set_index("member_id")["trial_category"].to_dict() == {"a": "lip"}
 
 
 def test_world_trial_category_ignores_order_at_cutoff(ranked):
