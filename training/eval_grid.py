@@ -177,7 +177,8 @@ def evaluate_world(
         clock = time.perf_counter()
         parts = (train, valid, test)
         scores[CEILING] = fit_ceiling(parts, names, truth, train_cfg, "p_productive_if_invited")
-        if has_uplift:
+        if has_uplift and any(scorer.startswith("uplift") for scorer in scorers):
+            # the uplift ceiling is what an uplift scorer is judged against; without one it is not fitted
             uplift_truth = truth.assign(true_uplift=truth["p_productive_if_invited"] - truth[NOT_INVITED])
             scores[f"{CEILING}:uplift"] = fit_ceiling(parts, names, uplift_truth, train_cfg, "true_uplift")
         seconds["ceiling"] += time.perf_counter() - clock
