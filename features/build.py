@@ -45,8 +45,9 @@ import duckdb
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from features.clv import bgnbd_features
+from features.clv import fit_bgnbd, rfm_summary, score_bgnbd
 from features.contract import BrandData
+from features.io import atomic_path
 from features.labels import as_cutoff
 from features.registry import (
     ALL_EVENT_TYPES,
@@ -59,6 +60,7 @@ from features.registry import (
     group_tables,
     source_columns,
 )
+from features.store import StoredBrandData
 
 logger = logging.getLogger(__name__)
 
@@ -85,10 +87,13 @@ MEMBER_TABLES = ("members", "orders", "events", "posts", "program", "social")
 RefundsWithoutTime = Literal["count", "drop"]
 REFUNDS_WITHOUT_TIME: RefundsWithoutTime = "count"
 
-# Python-computed registry entries (`Feature.python`) and the function computing them.
-# `population`: the inputs for every member at the cutoff (None: `inputs` is the population).
+# Python-computed registry entries (`Feature.python`): how the model is fitted on the inputs of
+# every member at a cutoff, and how a fitted model scores any rows' inputs.
 PYTHON_FEATURES = {
-    "bgnbd": lambda inputs, as_of, population: bgnbd_features(inputs, as_of, BGNBD_HORIZON_DAYS, population)
+    "bgnbd": (
+        lambda population, as_of: fit_bgnbd(rfm_summary(population, as_of)),
+        lambda model, inputs, as_of: score_bgnbd(model, inputs, as_of, BGNBD_HORIZON_DAYS),
+    )
 }
 
 
@@ -271,18 +276,22 @@ def _python_inputs(raw: pd.DataFrame, kind: str) -> pd.DataFrame:
     )
 
 
-def _finish(raw: pd.DataFrame, cutoff: pd.Timestamp, population: pd.DataFrame | None = None) -> pd.DataFrame:
+def _fit_python(population: pd.DataFrame, cutoff: pd.Timestamp) -> dict[str, object]:
+    """The python features' models fitted on `population` (every member's inputs at the cutoff)."""
+    return {kind: fit(_python_inputs(population, kind), cutoff) for kind, (fit, _) in PYTHON_FEATURES.items()}
+
+
+def _finish(raw: pd.DataFrame, cutoff: pd.Timestamp, models: Mapping[str, object] | None = None) -> pd.DataFrame:
     """Python-computed features added, then the canonical dtypes (`coerce_features`).
 
-    `population`: the python features' inputs for every member at the cutoff, when `raw`
-    holds only a subset of them (the models are fitted on the population).
+    `models`: the python features' models fitted on every member at the cutoff, when `raw`
+    holds only some of them (default: fitted on `raw`).
     """
     raw = raw.copy()
-    for kind, compute in PYTHON_FEATURES.items():
-        entries = [f for f in FEATURES if f.python == kind]
-        everyone = None if population is None else _python_inputs(population, kind)
-        computed = compute(_python_inputs(raw, kind), cutoff, everyone)
-        for feature in entries:
+    models = models if models is not None else _fit_python(raw, cutoff)
+    for kind, (_, score) in PYTHON_FEATURES.items():
+        computed = score(models[kind], _python_inputs(raw, kind), cutoff)
+        for feature in (f for f in FEATURES if f.python == kind):
             raw[feature.name] = computed[feature.name]
     features = coerce_features(raw)
     features.insert(0, "as_of", pd.Series(cutoff, index=raw.index, dtype="datetime64[us]"))
@@ -305,7 +314,14 @@ def _empty_features() -> pd.DataFrame:
 
 
 def _input_relations(con: duckdb.DuckDBPyConnection, data: BrandData) -> dict[str, str]:
-    """Make each input table readable in `con`; returns the relation name per table."""
+    """Make each input table readable in `con`; returns the relation name per table.
+
+    Tables of a `StoredBrandData` are read where they are (the database is attached read
+    only); in-memory frames are registered zero-copy.
+    """
+    if isinstance(data, StoredBrandData):
+        con.execute("ATTACH ? AS brand (READ_ONLY)", [data.path])
+        return {table: f'brand.main."{table}"' for table in SQL_COLUMNS}
     relations = {}
     for table, columns in SQL_COLUMNS.items():
         relations[table] = f"_input_{table}"
@@ -368,14 +384,14 @@ def build_features(
         parts = []
         for cutoff, members in subsets.items():
             started = time.perf_counter()
-            population = None
+            models = None
             if members is not None:
                 _point_views(con, relations, subset=False)
-                population = con.execute(python_inputs_sql(cutoff, engine.refunds_without_time)).df()
+                models = _fit_python(con.execute(python_inputs_sql(cutoff, engine.refunds_without_time)).df(), cutoff)
                 con.register("_subset", members)
             _point_views(con, relations, subset=members is not None)
             raw = con.execute(feature_sql(cutoff, engine.refunds_without_time)).df()
-            parts.append(_finish(raw, cutoff, population))
+            parts.append(_finish(raw, cutoff, models))
             logger.info("features at %s: %d members in %.2fs", cutoff, len(raw), time.perf_counter() - started)
     finally:
         con.close()
@@ -385,3 +401,55 @@ def build_features(
     categorical = [name for name in CATEGORY_LEVELS if name in result.columns]
     # concat keeps categories only when identical: restore the fixed levels
     return coerce_features(result, categorical, keep_other_columns=True)
+
+
+def write_features(
+    data: BrandData,
+    as_of: Sequence[pd.Timestamp] | pd.Timestamp,
+    out: str | os.PathLike[str],
+    engine: EngineConfig | None = None,
+    *,
+    batch_rows: int = 100_000,
+) -> dict[str, int]:
+    """Build the features of every cutoff and stream them to the Parquet file `out` (atomically).
+
+    The same rows and values as `build_features` (sorted by `as_of, member_id`), but never
+    the whole result in memory: DuckDB's result is read `batch_rows` at a time (an Arrow stream), the
+    python features are scored per batch with models fitted once per cutoff on every
+    member. Returns `{"rows": n, "members": distinct members, "cutoffs": k}`.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    engine = engine or EngineConfig()
+    cutoffs = _normalise_cutoffs(as_of, data.timezone)
+    rows, members = 0, set()
+    con = _connect(engine)
+    try:
+        relations = _input_relations(con, data)
+        _point_views(con, relations, subset=False)
+        with atomic_path(out) as tmp:
+            writer: pq.ParquetWriter | None = None
+            try:
+                for cutoff in cutoffs:
+                    started = time.perf_counter()
+                    population = con.execute(python_inputs_sql(cutoff, engine.refunds_without_time)).df()
+                    models = _fit_python(population, cutoff)
+                    members.update(population["member_id"])
+                    del population
+                    reader = con.sql(feature_sql(cutoff, engine.refunds_without_time)).to_arrow_reader(batch_rows)
+                    for batch in reader:
+                        table = pa.Table.from_pandas(_finish(batch.to_pandas(), cutoff, models), preserve_index=False)
+                        if writer is None:
+                            writer = pq.ParquetWriter(tmp, table.schema)
+                        writer.write_table(table.cast(writer.schema))
+                        rows += table.num_rows
+                    logger.info("features at %s written in %.2fs", cutoff, time.perf_counter() - started)
+                if writer is None:  # no cutoff had members: an empty file with the columns
+                    pq.write_table(pa.Table.from_pandas(_empty_features(), preserve_index=False), tmp)
+            finally:
+                if writer is not None:
+                    writer.close()
+    finally:
+        con.close()
+    return {"rows": rows, "members": len(members), "cutoffs": len(cutoffs)}

@@ -80,10 +80,15 @@ def bgnbd_features(
     Deterministic: the fit sees the buyers in `population` order, which `features.build`
     keeps sorted by member_id.
     """
+    model = fit_bgnbd(rfm_summary(inputs if population is None else population, as_of))
+    return score_bgnbd(model, inputs, as_of, horizon_days)
+
+
+def score_bgnbd(model, inputs: pd.DataFrame, as_of: pd.Timestamp, horizon_days: int) -> pd.DataFrame:  # noqa: ANN001
+    """The BG/NBD features of each row of `inputs` under a fitted `model` (all null when None)."""
     out = pd.DataFrame(
         {"bgnbd_p_alive": np.nan, "bgnbd_expected_purchases_h": np.nan}, index=inputs.index, dtype="float64"
     )
-    model = fit_bgnbd(rfm_summary(inputs if population is None else population, as_of))
     summary = rfm_summary(inputs, as_of)
     if model is None or summary.empty:
         return out
