@@ -939,7 +939,10 @@ def load_data(
     if Path(path).suffix == ".duckdb" and Path(path).is_file():
         from features.store import open_store  # the store module builds on this one
 
-        return open_store(path)
+        stored = open_store(path)
+        if stored.timezone != timezone:
+            logger.warning("%s was ingested in time zone %s, not %s: its tables keep %s", path, stored.timezone, timezone, stored.timezone)
+        return stored
     sources, locators, bounds = load_sources(path, timezone, tables=tables, time_floor=time_floor, export_time=export_time)
     return _validate(sources, timezone, current_year=current_year, source=str(path), bounds=bounds, locators=locators)
 
