@@ -409,7 +409,7 @@ def write_features(
     out: str | os.PathLike[str],
     engine: EngineConfig | None = None,
     *,
-    batch_rows: int = 100_000,
+    batch_rows: int = 50_000,
 ) -> dict[str, int]:
     """Build the features of every cutoff and stream them to the Parquet file `out` (atomically).
 
@@ -423,7 +423,7 @@ def write_features(
 
     engine = engine or EngineConfig()
     cutoffs = _normalise_cutoffs(as_of, data.timezone)
-    rows, members = 0, set()
+    rows, members = 0, 0
     con = _connect(engine)
     try:
         relations = _input_relations(con, data)
@@ -435,7 +435,7 @@ def write_features(
                     started = time.perf_counter()
                     population = con.execute(python_inputs_sql(cutoff, engine.refunds_without_time)).df()
                     models = _fit_python(population, cutoff)
-                    members.update(population["member_id"])
+                    members = max(members, len(population))  # the latest cutoff's members include every earlier one's
                     del population
                     reader = con.sql(feature_sql(cutoff, engine.refunds_without_time)).to_arrow_reader(batch_rows)
                     for batch in reader:
@@ -452,4 +452,4 @@ def write_features(
                     writer.close()
     finally:
         con.close()
-    return {"rows": rows, "members": len(members), "cutoffs": len(cutoffs)}
+    return {"rows": rows, "members": members, "cutoffs": len(cutoffs)}
