@@ -47,6 +47,7 @@ FLOOR = """
 import sys, time, duckdb
 con = duckdb.connect()
 con.execute("SET threads = 2")
+con.execute("SET enable_progress_bar = false")
 started = time.perf_counter()
 con.execute("SELECT count(*), sum(n), sum(spend) FROM (SELECT member_id, count(*) AS n, sum(amount) AS spend "
             "FROM read_parquet(?) GROUP BY member_id)", [sys.argv[1]]).fetchall()
@@ -122,6 +123,7 @@ def main() -> None:
     parser.add_argument("--train", default="", help="sizes at which to run koc train (comma-separated)")
     parser.add_argument("--rank", default="", help="sizes at which to run koc rank (needs a train run first)")
     parser.add_argument("--project", type=int, default=18_000_000, help="members to project to")
+    parser.add_argument("--previous", type=Path, help="a scale.json of earlier sizes to fit the projection with too")
     opts = parser.parse_args()
     sizes = [int(v) for v in opts.members.split(",") if v]
     train_at = {int(v) for v in opts.train.split(",") if v}
@@ -138,6 +140,9 @@ def main() -> None:
 
     rows: list[dict] = []
     ratios = []
+    if opts.previous:
+        earlier = json.loads(opts.previous.read_text())
+        rows, ratios = earlier["stages"], earlier["floor"]
     for members in sizes:
         data = opts.data_root / f"m{members}"
         if not (data / "members.parquet").exists():
@@ -170,7 +175,7 @@ def main() -> None:
                         env,
                     )
                 )
-        floor_query = float(size_rows[2].pop("stdout").strip())
+        floor_query = float(size_rows[2].pop("stdout").strip().splitlines()[-1])
         size_rows[2]["query_seconds"] = round(floor_query, 2)
         for row in size_rows:
             row.pop("stdout", None)
@@ -189,6 +194,7 @@ def main() -> None:
         )
         store.unlink(missing_ok=True)  # several GB at 1M: the machine's disk is shared
         features.unlink(missing_ok=True)
+        (out / "scale.json").write_text(json.dumps({"stages": rows, "floor": ratios}, indent=2))  # kept if a later size fails
 
     projection = project([r for r in rows if r["stage"] != "floor"], opts.project)
     bottleneck_time = max(projection, key=lambda s: projection[s]["seconds"]) if projection else None
