@@ -10,7 +10,7 @@ DEMO_MEMBERS ?= 20000
 DEMO_SEED ?= 7
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test browser bench lint docs clean
+.PHONY: help install demo test browser bench bench-scale lint docs clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ test: $(STAMP) ## run the test suite
 bench: $(STAMP) ## time and peak memory of simulate, features, train, rank and /score at 100k members
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/monitor.py
+
+bench-scale: $(STAMP) ## ingest, features (+ DuckDB floor), train, rank at 100k/300k/1M; projection to 18M
+	$(BIN)/python bench/scale.py --members 100000,300000,1000000 --train 100000 --rank 100000,300000
 
 lint: $(STAMP) ## ruff check
 	$(BIN)/ruff check features training serving kocrank tests bench

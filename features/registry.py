@@ -117,10 +117,15 @@ def days_before(column: str) -> str:
 
 
 def count_if(condition: str) -> str:
-    return f"SUM(CASE WHEN {condition} THEN 1 ELSE 0 END)"
+    # COUNT of a CASE without ELSE, not SUM(CASE ... ELSE 0): the same number (0 for a member
+    # with rows but no match), but DuckDB counts into a BIGINT instead of summing into a
+    # 128-bit integer, which halves the time of the wide events aggregate
+    return f"COUNT(CASE WHEN {condition} THEN 1 END)"
 
 
 def sum_if(condition: str, value: str) -> str:
+    if value == "1":
+        return count_if(condition)
     return f"SUM(CASE WHEN {condition} THEN {value} ELSE 0 END)"
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -14,7 +14,9 @@ from features.io import write_frame, write_tables
 from kocrank.console import make_console
 from kocrank.simulation import SCENARIOS, SimConfig, SimulatedWorld, simulate
 from kocrank.simulation.diagnostics import world_stats
-from kocrank.simulation.loop import LoopConfig, LoopResult, run_loop
+
+if TYPE_CHECKING:
+    from kocrank.simulation.loop import LoopResult
 
 console = make_console()
 
@@ -150,6 +152,8 @@ def register_loop(app: typer.Typer) -> None:
         ] = "observed",
     ) -> None:
         """Closed loop: kocrank invites in a simulated world, against its historical rule and random invitations."""
+        from kocrank.simulation.loop import LoopConfig, run_loop  # trains models: imports MLflow, only when used
+
         try:
             cfg = LoopConfig(
                 members=members,
