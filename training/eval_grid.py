@@ -81,9 +81,10 @@ def fit_ceiling(dataset: SnapshotDataset, truth: pd.DataFrame, train_cfg: TrainC
     params, rounds, stopping = model._lgb_params()
     regression = column != "p_productive_if_invited"
     params.update({"objective": "regression" if regression else "cross_entropy", "metric": ["l2"]})
-    train_set = lgb.Dataset(model._model_input(parts["train"][0][names]), label=parts["train"][1])
+    layout = {"feature_name": model.feature_names_, "categorical_feature": model._categorical_positions()}
+    train_set = lgb.Dataset(model._model_input(parts["train"][0][names]), label=parts["train"][1], **layout)
     valid_set = lgb.Dataset(
-        model._model_input(parts["validation"][0][names]), label=parts["validation"][1], reference=train_set
+        model._model_input(parts["validation"][0][names]), label=parts["validation"][1], reference=train_set, **layout
     )
     booster = lgb.train(
         params,
