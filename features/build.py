@@ -22,6 +22,13 @@ on DuckDB's parallel summation order) and only converted to DOUBLE at the end.
 Out of core: DuckDB spills large aggregations and sorts to disk when `EngineConfig`
 sets `memory_limit` (e.g. "2GB") and `temp_directory`; the input tables themselves
 are the pandas frames already in memory (registered zero-copy).
+
+Subsets: `build_features(..., rows=...)` computes features only for given
+`(member_id, as_of)` pairs. The SQL is unchanged; it reads views of the tables that keep
+only those members' rows (a semi-join), except `referrals`, which a member's second-hop
+reach reads for other members too. The BG/NBD parameters are fitted on the whole
+population's RFM summary at the cutoff (a cheap orders-only query), so a subset equals
+the same rows of the full build exactly.
 """
 
 from __future__ import annotations
@@ -38,8 +45,9 @@ import duckdb
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from features.clv import bgnbd_features
+from features.clv import fit_bgnbd, rfm_summary, score_bgnbd
 from features.contract import BrandData
+from features.io import atomic_path
 from features.labels import as_cutoff
 from features.registry import (
     ALL_EVENT_TYPES,
@@ -52,6 +60,7 @@ from features.registry import (
     group_tables,
     source_columns,
 )
+from features.store import StoredBrandData
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +75,11 @@ SQL_COLUMNS: dict[str, tuple[str, ...]] = {
     "social": ("member_id", "platform", "followers", "observed_at"),
 }
 
+# Tables whose rows each belong to one member (`member_id`): a subset build reads only its
+# members' rows of these. `referrals` is read whole: the second-hop reach of a member goes
+# through the referrals of the members it referred.
+MEMBER_TABLES = ("members", "orders", "events", "posts", "program", "social")
+
 # How an order flagged `refunded` without a `refunded_at` counts (README "Refunds point in
 # time" has the measurement behind the default): "count" keeps every order (the refund
 # time is unknown, so counting it is what ranking time sees for a recent order too);
@@ -73,8 +87,14 @@ SQL_COLUMNS: dict[str, tuple[str, ...]] = {
 RefundsWithoutTime = Literal["count", "drop"]
 REFUNDS_WITHOUT_TIME: RefundsWithoutTime = "count"
 
-# Python-computed registry entries (`Feature.python`) and the function computing them.
-PYTHON_FEATURES = {"bgnbd": lambda inputs, as_of: bgnbd_features(inputs, as_of, BGNBD_HORIZON_DAYS)}
+# Python-computed registry entries (`Feature.python`): how the model is fitted on the inputs of
+# every member at a cutoff, and how a fitted model scores any rows' inputs.
+PYTHON_FEATURES = {
+    "bgnbd": (
+        lambda population, as_of: fit_bgnbd(rfm_summary(population, as_of)),
+        lambda model, inputs, as_of: score_bgnbd(model, inputs, as_of, BGNBD_HORIZON_DAYS),
+    )
+}
 
 
 class EngineConfig(BaseModel):
@@ -190,6 +210,41 @@ def feature_sql(as_of: pd.Timestamp, refunds_without_time: RefundsWithoutTime = 
     )
 
 
+def python_inputs_sql(as_of: pd.Timestamp, refunds_without_time: RefundsWithoutTime = REFUNDS_WITHOUT_TIME) -> str:
+    """The SQL returning only the inputs of the `python` features for every member at one cutoff.
+
+    The same CTEs and aggregates as `feature_sql`, restricted to the sources and columns the
+    `python` features read (for BG/NBD: the orders' RFM summary), by `member_id`.
+    """
+    cutoff = as_cutoff(as_of)
+    fill = _Placeholders(cutoff, refunds_without_time)
+    needed: dict[str, dict[str, str]] = {}
+    for feature in FEATURES:
+        if feature.python:
+            needed.setdefault(feature.source, {}).update(dict(feature.columns))
+    ctes, joins = [], []
+    select = ["m.member_id AS member_id"]
+    for source in SOURCES:
+        if source.kind == "base":
+            ctes += [f"{name} AS (\n    {fill.fill(rows)}\n)" for name, rows in source.rows]
+        if source.name not in needed:
+            continue
+        ctes += [f"{name} AS (\n    {fill.fill(rows)}\n)" for name, rows in source.rows]
+        body = ",\n        ".join(f"{fill.fill(sql)} AS {column}" for column, sql in needed[source.name].items())
+        ctes.append(
+            f"{source.name} AS (\n    SELECT {source.key} AS member_id,\n        {body}\n"
+            f"    FROM {source.rows[-1][0]} GROUP BY {source.key}\n)"
+        )
+        joins.append(f"LEFT JOIN {source.name} ON {source.name}.member_id = m.member_id")
+        select += [f"{source.name}.{column} AS {python_input_column(source.name, column)}" for column in needed[source.name]]
+    nl = "\n"
+    return (
+        f"WITH\n{(','+nl).join(ctes)}\n"
+        f"SELECT {', '.join(select)}\n"
+        f"FROM m\n{nl.join(joins)}\nORDER BY m.member_id\n"
+    )
+
+
 def absent_groups(data: BrandData) -> list[str]:
     """Feature groups none of whose source tables were supplied (they are all zero/null)."""
     return [group for group in GROUPS if all(t in data.absent for t in group_tables(group))]
@@ -214,16 +269,29 @@ def _normalise_cutoffs(as_of: Sequence[pd.Timestamp] | pd.Timestamp, timezone: s
     return sorted({as_cutoff(v, timezone) for v in values})
 
 
-def _finish(raw: pd.DataFrame, cutoff: pd.Timestamp) -> pd.DataFrame:
-    """Python-computed features added, then the canonical dtypes (`coerce_features`)."""
+def _python_inputs(raw: pd.DataFrame, kind: str) -> pd.DataFrame:
+    entries = [f for f in FEATURES if f.python == kind]
+    return pd.DataFrame(
+        {column: raw[python_input_column(f.source, column)] for f in entries for column, _ in f.columns}
+    )
+
+
+def _fit_python(population: pd.DataFrame, cutoff: pd.Timestamp) -> dict[str, object]:
+    """The python features' models fitted on `population` (every member's inputs at the cutoff)."""
+    return {kind: fit(_python_inputs(population, kind), cutoff) for kind, (fit, _) in PYTHON_FEATURES.items()}
+
+
+def _finish(raw: pd.DataFrame, cutoff: pd.Timestamp, models: Mapping[str, object] | None = None) -> pd.DataFrame:
+    """Python-computed features added, then the canonical dtypes (`coerce_features`).
+
+    `models`: the python features' models fitted on every member at the cutoff, when `raw`
+    holds only some of them (default: fitted on `raw`).
+    """
     raw = raw.copy()
-    for kind, compute in PYTHON_FEATURES.items():
-        entries = [f for f in FEATURES if f.python == kind]
-        inputs = pd.DataFrame(
-            {column: raw[python_input_column(f.source, column)] for f in entries for column, _ in f.columns}
-        )
-        computed = compute(inputs, cutoff)
-        for feature in entries:
+    models = models if models is not None else _fit_python(raw, cutoff)
+    for kind, (_, score) in PYTHON_FEATURES.items():
+        computed = score(models[kind], _python_inputs(raw, kind), cutoff)
+        for feature in (f for f in FEATURES if f.python == kind):
             raw[feature.name] = computed[feature.name]
     features = coerce_features(raw)
     features.insert(0, "as_of", pd.Series(cutoff, index=raw.index, dtype="datetime64[us]"))
@@ -231,28 +299,99 @@ def _finish(raw: pd.DataFrame, cutoff: pd.Timestamp) -> pd.DataFrame:
     return features
 
 
+def _empty_features() -> pd.DataFrame:
+    """A feature frame with no rows, in the canonical columns and dtypes."""
+    columns = ["member_id"] + [f.name for f in FEATURES if not f.python]
+    columns += [python_input_column(f.source, c) for f in FEATURES if f.python for c, _ in f.columns]
+    raw = pd.DataFrame({c: pd.Series(dtype="float64") for c in columns})
+    raw["member_id"] = raw["member_id"].astype("str")
+    for f in FEATURES:
+        if f.python:
+            for column, _ in f.columns:
+                if column.endswith("_at"):
+                    raw[python_input_column(f.source, column)] = pd.Series(dtype="datetime64[us]")
+    return _finish(raw, pd.Timestamp("2000-01-01"))
+
+
+def _input_relations(con: duckdb.DuckDBPyConnection, data: BrandData) -> dict[str, str]:
+    """Make each input table readable in `con`; returns the relation name per table.
+
+    Tables of a `StoredBrandData` are read where they are (the database is attached read
+    only); in-memory frames are registered zero-copy.
+    """
+    if isinstance(data, StoredBrandData):
+        con.execute("ATTACH ? AS brand (READ_ONLY)", [data.path])
+        return {table: f'brand.main."{table}"' for table in SQL_COLUMNS}
+    relations = {}
+    for table, columns in SQL_COLUMNS.items():
+        relations[table] = f"_input_{table}"
+        con.register(relations[table], data.tables[table].loc[:, list(columns)])
+    return relations
+
+
+def _point_views(con: duckdb.DuckDBPyConnection, relations: Mapping[str, str], subset: bool) -> None:
+    """(Re)create the views the feature SQL reads: whole tables, or only the `_subset` members' rows."""
+    for table, columns in SQL_COLUMNS.items():
+        where = " WHERE member_id IN (SELECT member_id FROM _subset)" if subset and table in MEMBER_TABLES else ""
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS SELECT {', '.join(columns)} FROM {relations[table]}{where}")
+
+
+def _subset_cutoffs(rows: pd.DataFrame, as_of: object, timezone: str) -> dict[pd.Timestamp, pd.DataFrame]:
+    """The requested member ids per cutoff, from `rows` (`member_id, as_of`)."""
+    missing = {"member_id", "as_of"} - set(rows.columns)
+    if missing:
+        raise ValueError(f"rows must have columns member_id, as_of; missing {sorted(missing)}")
+    wanted = None if as_of is None else set(_normalise_cutoffs(as_of, timezone))
+    out: dict[pd.Timestamp, pd.DataFrame] = {}
+    for value, group in rows.groupby("as_of", sort=True):
+        cutoff = as_cutoff(value, timezone)
+        if wanted is not None and cutoff not in wanted:
+            raise ValueError(f"rows hold cutoff {cutoff} that is not in as_of {sorted(wanted)}")
+        ids = pd.DataFrame({"member_id": group["member_id"].astype("str").drop_duplicates()})
+        out[cutoff] = pd.concat([out[cutoff], ids]).drop_duplicates() if cutoff in out else ids
+    return out
+
+
 def build_features(
     data: BrandData,
-    as_of: Sequence[pd.Timestamp] | pd.Timestamp,
+    as_of: Sequence[pd.Timestamp] | pd.Timestamp | None,
     engine: EngineConfig | None = None,
+    *,
+    rows: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Features for every member with `joined_at < as_of`, for each cutoff in `as_of`.
 
     Returns columns `member_id, as_of` then `feature_names()`, sorted by `as_of, member_id`.
     Cutoffs are `pd.Timestamp`s in naive business time (aware ones are converted with
     `data.timezone`; text is parsed at the edge, not here); duplicates are built once.
+
+    `rows` (`member_id, as_of`): build only these pairs (its cutoffs; `as_of` may then be
+    None, else it must hold them). The result equals the same rows of the full build; a
+    pair whose member had not joined before its cutoff has no row, as in the full build.
     """
     engine = engine or EngineConfig()
-    cutoffs = _normalise_cutoffs(as_of, data.timezone)
+    if rows is None:
+        if as_of is None:
+            raise ValueError("build_features needs as_of cutoffs or rows")
+        subsets: dict[pd.Timestamp, pd.DataFrame | None] = dict.fromkeys(_normalise_cutoffs(as_of, data.timezone))
+    else:
+        subsets = dict(_subset_cutoffs(rows, as_of, data.timezone))
+        if not subsets:
+            return _empty_features()
     con = _connect(engine)
     try:
-        for table, columns in SQL_COLUMNS.items():
-            con.register(table, data.tables[table].loc[:, list(columns)])
+        relations = _input_relations(con, data)
         parts = []
-        for cutoff in cutoffs:
+        for cutoff, members in subsets.items():
             started = time.perf_counter()
+            models = None
+            if members is not None:
+                _point_views(con, relations, subset=False)
+                models = _fit_python(con.execute(python_inputs_sql(cutoff, engine.refunds_without_time)).df(), cutoff)
+                con.register("_subset", members)
+            _point_views(con, relations, subset=members is not None)
             raw = con.execute(feature_sql(cutoff, engine.refunds_without_time)).df()
-            parts.append(_finish(raw, cutoff))
+            parts.append(_finish(raw, cutoff, models))
             logger.info("features at %s: %d members in %.2fs", cutoff, len(raw), time.perf_counter() - started)
     finally:
         con.close()
@@ -262,3 +401,55 @@ def build_features(
     categorical = [name for name in CATEGORY_LEVELS if name in result.columns]
     # concat keeps categories only when identical: restore the fixed levels
     return coerce_features(result, categorical, keep_other_columns=True)
+
+
+def write_features(
+    data: BrandData,
+    as_of: Sequence[pd.Timestamp] | pd.Timestamp,
+    out: str | os.PathLike[str],
+    engine: EngineConfig | None = None,
+    *,
+    batch_rows: int = 100_000,
+) -> dict[str, int]:
+    """Build the features of every cutoff and stream them to the Parquet file `out` (atomically).
+
+    The same rows and values as `build_features` (sorted by `as_of, member_id`), but never
+    the whole result in memory: DuckDB's result is read `batch_rows` at a time (an Arrow stream), the
+    python features are scored per batch with models fitted once per cutoff on every
+    member. Returns `{"rows": n, "members": distinct members, "cutoffs": k}`.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    engine = engine or EngineConfig()
+    cutoffs = _normalise_cutoffs(as_of, data.timezone)
+    rows, members = 0, set()
+    con = _connect(engine)
+    try:
+        relations = _input_relations(con, data)
+        _point_views(con, relations, subset=False)
+        with atomic_path(out) as tmp:
+            writer: pq.ParquetWriter | None = None
+            try:
+                for cutoff in cutoffs:
+                    started = time.perf_counter()
+                    population = con.execute(python_inputs_sql(cutoff, engine.refunds_without_time)).df()
+                    models = _fit_python(population, cutoff)
+                    members.update(population["member_id"])
+                    del population
+                    reader = con.sql(feature_sql(cutoff, engine.refunds_without_time)).to_arrow_reader(batch_rows)
+                    for batch in reader:
+                        table = pa.Table.from_pandas(_finish(batch.to_pandas(), cutoff, models), preserve_index=False)
+                        if writer is None:
+                            writer = pq.ParquetWriter(tmp, table.schema)
+                        writer.write_table(table.cast(writer.schema))
+                        rows += table.num_rows
+                    logger.info("features at %s written in %.2fs", cutoff, time.perf_counter() - started)
+                if writer is None:  # no cutoff had members: an empty file with the columns
+                    pq.write_table(pa.Table.from_pandas(_empty_features(), preserve_index=False), tmp)
+            finally:
+                if writer is not None:
+                    writer.close()
+    finally:
+        con.close()
+    return {"rows": rows, "members": len(members), "cutoffs": len(cutoffs)}

@@ -68,19 +68,29 @@ def fit_bgnbd(summary: pd.DataFrame):  # noqa: ANN201 - lifetimes has no type hi
     return model
 
 
-def bgnbd_features(inputs: pd.DataFrame, as_of: pd.Timestamp, horizon_days: int) -> pd.DataFrame:
+def bgnbd_features(
+    inputs: pd.DataFrame, as_of: pd.Timestamp, horizon_days: int, population: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """`bgnbd_p_alive` and `bgnbd_expected_purchases_h` for each row of `inputs`.
 
     `inputs` holds `first_order_at, last_order_at, purchase_days` per member (null / 0 for
-    members without orders, whose features are null). Deterministic: the fit sees the
-    buyers in `inputs` order, which `features.build` keeps sorted by member_id.
+    members without orders, whose features are null). The parameters are fitted on
+    `population` (the same columns for every member at the cutoff; default `inputs`), so
+    features built for a subset of members equal the same rows of the full build.
+    Deterministic: the fit sees the buyers in `population` order, which `features.build`
+    keeps sorted by member_id.
     """
+    model = fit_bgnbd(rfm_summary(inputs if population is None else population, as_of))
+    return score_bgnbd(model, inputs, as_of, horizon_days)
+
+
+def score_bgnbd(model, inputs: pd.DataFrame, as_of: pd.Timestamp, horizon_days: int) -> pd.DataFrame:  # noqa: ANN001
+    """The BG/NBD features of each row of `inputs` under a fitted `model` (all null when None)."""
     out = pd.DataFrame(
         {"bgnbd_p_alive": np.nan, "bgnbd_expected_purchases_h": np.nan}, index=inputs.index, dtype="float64"
     )
     summary = rfm_summary(inputs, as_of)
-    model = fit_bgnbd(summary)
-    if model is None:
+    if model is None or summary.empty:
         return out
     f, r, t = (summary[c].to_numpy() for c in ("frequency", "recency", "T"))
     with warnings.catch_warnings(), np.errstate(all="ignore"):

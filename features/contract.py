@@ -699,6 +699,9 @@ def from_frames(
     return _validate(sources, timezone, current_year=current_year, source=source, bounds=bounds, locators={})
 
 
+TableSink = Callable[[str, pd.DataFrame], None]
+
+
 def _validate(
     sources: dict[str, Callable[[], pd.DataFrame | Violation]],
     timezone: str,
@@ -707,73 +710,85 @@ def _validate(
     source: str | None,
     bounds: TimeBounds,
     locators: Mapping[str, Locate],
+    sink: TableSink | None = None,
 ) -> BrandData:
     """Read each source in turn (a frame, or the violation saying why it cannot be read), validate, canonicalise.
 
-    Only one raw table is alive at a time: each is let go once its table is prepared.
+    Tables are handled one at a time, `members` first (the others' member ids are checked
+    against it): each raw table is let go once its table is validated. Each canonical
+    table goes to `sink` when one is given (it is then not kept: the returned
+    `BrandData.tables` is empty), else into the returned `BrandData`.
     """
     check_timezone(timezone)
     current_year = current_year or dt.date.today().year
     notes: list[str] = []
-    violations: list[Violation] = []
+    late_notes: list[str] = []
+    problems: list[Violation] = []  # missing columns, unreadable files, unparseable and implausible values
+    broken: list[Violation] = []  # the SQL rules (null, unique, ranges, member existence)
     unknown = sorted(set(sources) - set(TABLES))
     if unknown:
         logger.debug("ignoring tables outside the contract: %s", unknown)
-    for name in REQUIRED_TABLES:
-        if name not in sources:
-            violations.append(Violation(name, None, "required table is missing", 0))
-    if violations:
-        raise ContractError(violations)
+    missing_tables = [Violation(name, None, "required table is missing", 0) for name in REQUIRED_TABLES if name not in sources]
+    if missing_tables:
+        raise ContractError(missing_tables)
 
-    prepared: dict[str, pd.DataFrame] = {}
-    unparsed: dict[str, dict[str, pd.Series]] = {}  # rows whose value failed to parse, per table and column
+    kept: dict[str, pd.DataFrame] = {}
+    keep = sink or kept.__setitem__
+    prepared: set[str] = set()
     con = duckdb.connect()
     try:
-        for name, spec in TABLES.items():
+        for name, spec in TABLES.items():  # members comes first
             if name not in sources:
                 continue
             raw = sources.pop(name)()
             if isinstance(raw, Violation):  # unreadable: reported with the rest, the other files still checked
-                violations.append(raw)
+                problems.append(raw)
                 continue
-            df, problems, unparsed[name] = _prepare(spec, raw, timezone, bounds, locators.get(name, _row_label))
-            violations += problems
-            if any(p.rule == MISSING_COLUMN for p in problems):
+            df, found, unparsed = _prepare(spec, raw, timezone, bounds, locators.get(name, _row_label))
+            problems += found
+            if any(p.rule == MISSING_COLUMN for p in found):
                 continue  # nothing more can be checked on this table
-            prepared[name] = _drop_exact_duplicates(con, name, df, raw, notes)
+            df = _drop_exact_duplicates(con, name, df, raw, notes)
             del raw
-
-        # every table whose columns are all there is checked, so all problems are reported together
-        if "members" in prepared:
-            con.register("members", prepared["members"][["member_id"]])
-        for name, df in prepared.items():
+            if name == "members":
+                con.register("members", df[["member_id"]].copy())
             locate = locators.get(name, _row_label)
-            found = _rule_violations(con, TABLES[name], df, unparsed[name], current_year, locate, "members" in prepared)
-            violations += found
+            broken += _rule_violations(con, spec, df, unparsed, current_year, locate, "members" in prepared or name == "members")
+            prepared.add(name)
+            if problems or broken:
+                continue  # the load fails: no need to keep or write the table
+            if name == "events":
+                df = _count_unknown_events_as_other(df, late_notes)
+            keep(name, _finalise(spec, df))
+            del df
     finally:
         con.close()
-    if violations:
-        raise ContractError(violations)
+    if problems or broken:
+        raise ContractError(problems + broken)
 
-    events = prepared.get("events")
-    if events is not None and len(events):
-        unknown_types = ~events["event_type"].isin((*EVENT_TYPES, OTHER_EVENT))
-        if unknown_types.any():
-            values = sorted(events.loc[unknown_types, "event_type"].unique())[:5]
-            note = f"events.event_type: {int(unknown_types.sum())} row(s) with types outside the contract counted as 'other' (e.g. {values})"
-            logger.warning(note)
-            notes.append(note)
-            events = events.copy()
-            events.loc[unknown_types, "event_type"] = OTHER_EVENT
-            prepared["events"] = events
-
-    tables = {}
-    for name, spec in TABLES.items():
-        tables[name] = _finalise(spec, prepared[name]) if name in prepared else _canonical_empty(spec)
+    notes += late_notes
     absent = frozenset(n for n in TABLES if n not in prepared)
+    for name in sorted(absent):
+        keep(name, _canonical_empty(TABLES[name]))
+    tables = {name: kept[name] for name in TABLES} if sink is None else {}
     for name in sorted(absent - {"labels", "truth"}):
         notes.append(f"{name}: table absent — its feature group counts as no activity")
     return BrandData(tables=tables, absent=absent, timezone=timezone, source=source, warnings=tuple(notes))
+
+
+def _count_unknown_events_as_other(events: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
+    """Event types outside the contract become `other`, reported once."""
+    if not len(events):
+        return events
+    unknown_types = ~events["event_type"].isin((*EVENT_TYPES, OTHER_EVENT))
+    if unknown_types.any():
+        values = sorted(events.loc[unknown_types, "event_type"].unique())[:5]
+        note = f"events.event_type: {int(unknown_types.sum())} row(s) with types outside the contract counted as 'other' (e.g. {values})"
+        logger.warning(note)
+        notes.append(note)
+        events = events.copy()
+        events.loc[unknown_types, "event_type"] = OTHER_EVENT
+    return events
 
 
 def _first_bad_utf8(path: Path) -> tuple[int, int, bytes]:
@@ -886,6 +901,26 @@ def table_files(path: str | Path) -> dict[str, Path]:
     return found
 
 
+def load_sources(
+    path: str | Path,
+    timezone: str = DEFAULT_TIMEZONE,
+    *,
+    tables: Iterable[str] | None = None,
+    time_floor: pd.Timestamp | str = DEFAULT_TIME_FLOOR,
+    export_time: pd.Timestamp | str | None = None,
+) -> tuple[dict[str, Callable[[], pd.DataFrame | Violation]], dict[str, Locate], TimeBounds]:
+    """The table readers (each reads its file when called), example locators and time bounds of a data directory."""
+    files = table_files(path)
+    wanted = set(tables) if tables is not None else set(TABLES)
+    sources: dict[str, Callable[[], pd.DataFrame | Violation]] = {}
+    locators: dict[str, Locate] = {}
+    for name, file in files.items():
+        if name in wanted | set(REQUIRED_TABLES):
+            sources[name] = lambda file=file: _read_table(file)  # read when its turn comes: one raw table in memory
+            locators[name] = _csv_line_locator(file) if file.suffix == ".csv" else _parquet_row_locator(file)
+    return sources, locators, TimeBounds.parse(time_floor, export_time, timezone)
+
+
 def load_data(
     path: str | Path,
     timezone: str = DEFAULT_TIMEZONE,
@@ -898,17 +933,14 @@ def load_data(
     """Read and validate a data directory of `<table>.parquet|csv` files.
 
     Every unreadable file is reported (not only the first); example rows name the file and
-    its line (CSV) or row (Parquet). See `from_frames` for the time bounds.
+    its line (CSV) or row (Parquet). See `from_frames` for the time bounds. A DuckDB file
+    written by `koc ingest` (`features.store`) is opened instead of read.
     """
-    files = table_files(path)
-    wanted = set(tables) if tables is not None else set(TABLES)
-    sources: dict[str, Callable[[], pd.DataFrame | Violation]] = {}
-    locators: dict[str, Locate] = {}
-    for name, file in files.items():
-        if name in wanted | set(REQUIRED_TABLES):
-            sources[name] = lambda file=file: _read_table(file)  # read when its turn comes: one raw table in memory
-            locators[name] = _csv_line_locator(file) if file.suffix == ".csv" else _parquet_row_locator(file)
-    bounds = TimeBounds.parse(time_floor, export_time, timezone)
+    if Path(path).suffix == ".duckdb" and Path(path).is_file():
+        from features.store import open_store  # the store module builds on this one
+
+        return open_store(path)
+    sources, locators, bounds = load_sources(path, timezone, tables=tables, time_floor=time_floor, export_time=export_time)
     return _validate(sources, timezone, current_year=current_year, source=str(path), bounds=bounds, locators=locators)
 
 

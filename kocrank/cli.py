@@ -109,6 +109,49 @@ def main(
     logging.getLogger("mlflow.pyfunc").addFilter(lambda record: "CloudPickle" not in record.getMessage())
 
 
+def _print_violations(err: ContractError, data: Path) -> None:
+    console.print(f"[bold red]{len(err.violations)} contract violation(s) in {data}[/]")
+    for v in err.violations:
+        where = f"{v.table}.{v.column}" if v.column else v.table
+        rows = f" — {v.count:,} row(s)" if v.count else ""
+        console.print(f"[red]✗[/] [bold]{where}[/]: {v.rule}{rows}", highlight=False)
+        for example in v.examples:
+            console.print(f"    e.g. {example}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def ingest(
+    data: Annotated[Path, typer.Option("--data", help="Data directory of <table>.parquet|csv files.")],
+    out: Annotated[Path, typer.Option("--out", help="The DuckDB database file to write (.duckdb).")],
+    config: Annotated[Path | None, typer.Option("--config", help="TOML config file.")] = None,
+    timezone: Annotated[str | None, typer.Option("--timezone", help="Business time zone (overrides config).")] = None,
+    export_time: Annotated[
+        str | None, typer.Option("--export-time", help="When the data was exported (ISO 8601); later timestamps are errors.")
+    ] = None,
+) -> None:
+    """Validate a data directory and store its canonical tables in one DuckDB file (for --data of later commands)."""
+    from features.store import ingest as ingest_store
+
+    if out.suffix != ".duckdb":
+        raise typer.BadParameter(f"--out must end in .duckdb, got {out.name}")
+    cfg = load_config(config)
+    try:
+        brand = ingest_store(
+            data,
+            out,
+            timezone=timezone or cfg.timezone,
+            time_floor=cfg.contract.time_floor,
+            export_time=export_time or cfg.contract.export_time,
+        )
+    except ContractError as err:
+        _print_violations(err, data)
+        raise typer.Exit(code=1) from None
+    rows = brand.row_counts(n for n in brand.fingerprint())
+    console.print(f"wrote {out}: " + ", ".join(f"{name} {count:,}" for name, count in rows.items()))
+    for note in brand.warnings:
+        console.print(f"[yellow]note[/]: {note}")
+
+
 @app.command()
 def validate(
     data: Annotated[Path, typer.Option("--data", help="Data directory of <table>.parquet|csv files.")],
@@ -129,13 +172,7 @@ def validate(
             export_time=export_time or limits.export_time,
         )
     except ContractError as err:
-        console.print(f"[bold red]{len(err.violations)} contract violation(s) in {data}[/]")
-        for v in err.violations:
-            where = f"{v.table}.{v.column}" if v.column else v.table
-            rows = f" — {v.count:,} row(s)" if v.count else ""
-            console.print(f"[red]✗[/] [bold]{where}[/]: {v.rule}{rows}", highlight=False)
-            for example in v.examples:
-                console.print(f"    e.g. {example}", highlight=False, soft_wrap=True)
+        _print_violations(err, data)
         raise typer.Exit(code=1) from None
     table = Table(title=f"{data}: valid (time zone {brand.timezone})")
     for col in ("table", "status", "rows", "from", "to"):

@@ -50,7 +50,8 @@ def register(app: typer.Typer) -> None:
     @app.command("features")
     def features_command(
         data: Annotated[
-            Path | None, typer.Option("--data", help="Data directory of <table>.parquet|csv files.")
+            Path | None,
+            typer.Option("--data", "--db", help="Data directory of <table>.parquet|csv files, or a `koc ingest` .duckdb file."),
         ] = None,
         as_of: Annotated[
             list[str] | None,
@@ -80,7 +81,8 @@ def register(app: typer.Typer) -> None:
             return
         from kocrank.config import load_config
 
-        timezone = timezone or load_config(config).timezone
+        cfg = load_config(config)
+        timezone = timezone or cfg.timezone
         if sql is not None:
             _print_sql(sql, as_of, timezone, console)
             return
@@ -89,25 +91,28 @@ def register(app: typer.Typer) -> None:
         if out.suffix.lower() not in (".parquet", ".csv"):
             raise typer.BadParameter(f"--out must end in .parquet or .csv, got {out.name}")
 
-        from features.build import absent_groups, build_features
+        from features.build import absent_groups, build_features, write_features
         from features.contract import load_data
         from features.io import write_frame
         from serving.config import parse_cutoff
 
         started = time.perf_counter()
         cutoffs = [parse_cutoff(value, timezone) for value in as_of]
-        with progress_steps(make_console(stderr=True), 3) as step:
+        with progress_steps(make_console(stderr=True), 2) as step:
             step("loading and checking the data")
             brand = load_data(data, timezone=timezone)
-            step(f"building features for {len(cutoffs)} cutoff(s)")
-            features = build_features(brand, cutoffs)
-            step("writing")
-            write_frame(features, out)
+            step(f"building and writing features for {len(cutoffs)} cutoff(s)")
+            if out.suffix.lower() == ".parquet":  # streamed: the result is never whole in memory
+                written = write_features(brand, cutoffs, out, cfg.engine)
+            else:
+                features = build_features(brand, cutoffs, cfg.engine)
+                write_frame(features, out)
+                written = {"rows": len(features), "members": features["member_id"].nunique(), "cutoffs": len(cutoffs)}
         elapsed = time.perf_counter() - started
         absent = absent_groups(brand)
         console.print(
-            f"wrote {len(features)} rows ({features['member_id'].nunique()} members, "
-            f"{features['as_of'].nunique()} cutoff(s)) to {out} in {elapsed:.1f}s"
+            f"wrote {written['rows']} rows ({written['members']} members, "
+            f"{written['cutoffs']} cutoff(s)) to {out} in {elapsed:.1f}s"
         )
         if brand.absent - {"labels", "truth"}:
             console.print(f"absent tables: {', '.join(sorted(brand.absent - {'labels', 'truth'}))}")

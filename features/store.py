@@ -1,0 +1,182 @@
+"""A brand's validated data in one DuckDB database file: ingest once, read on disk afterwards.
+
+`ingest` validates a data directory with the contract (`features.contract`, the same rules
+and messages as `load_data`), one table at a time, and writes each canonical table into a
+DuckDB database as soon as it is validated, so only one table is ever in memory. The file
+appears atomically (temporary file + rename) and only when the whole contract holds.
+
+`open_store` returns a `StoredBrandData`: a `BrandData` whose tables stay in the database.
+The feature pipeline (`features.build`) runs its SQL on them directly; a pandas frame is
+read only when some consumer asks for `data.tables[name]` (and then kept).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from features.contract import (
+    CANONICAL_DTYPES,
+    DEFAULT_TIME_FLOOR,
+    DEFAULT_TIMEZONE,
+    TABLES,
+    BrandData,
+    ContractError,
+    Violation,
+    _validate,
+    check_timezone,
+    load_sources,
+)
+from features.io import atomic_path
+
+logger = logging.getLogger(__name__)
+
+META_TABLE = "_kocrank_meta"
+STORE_FORMAT = 1
+
+
+def _fingerprint(df: pd.DataFrame) -> dict[str, object]:
+    """The same row count and hash as `BrandData.fingerprint` gives for the frame."""
+    hashed = pd.util.hash_pandas_object(df, index=False).to_numpy()
+    return {"rows": int(len(df)), "sha256": hashlib.sha256(hashed.tobytes()).hexdigest()}
+
+
+def ingest(
+    data_dir: str | Path,
+    out: str | Path,
+    timezone: str = DEFAULT_TIMEZONE,
+    *,
+    current_year: int | None = None,
+    time_floor: pd.Timestamp | str = DEFAULT_TIME_FLOOR,
+    export_time: pd.Timestamp | str | None = None,
+) -> StoredBrandData:
+    """Validate `data_dir` and write its canonical tables to the DuckDB file `out`.
+
+    Raises `ContractError` exactly as `load_data` does; `out` is then left as it was.
+    """
+    check_timezone(timezone)
+    sources, locators, bounds = load_sources(data_dir, timezone, time_floor=time_floor, export_time=export_time)
+    fingerprints: dict[str, dict[str, object]] = {}
+    target = Path(out)
+    with atomic_path(target) as tmp:
+        tmp.unlink()  # DuckDB creates the file itself (an empty file is not a database)
+        con = duckdb.connect(str(tmp))
+        try:
+
+            def write(name: str, df: pd.DataFrame) -> None:
+                fingerprints[name] = _fingerprint(df)
+                con.register("_frame", df)
+                con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM _frame')
+                con.unregister("_frame")
+                logger.info("ingested %s: %d rows", name, len(df))
+
+            checked = _validate(
+                sources, timezone, current_year=current_year, source=str(data_dir), bounds=bounds,
+                locators=locators, sink=write,
+            )
+            meta = {
+                "format": STORE_FORMAT,
+                "timezone": timezone,
+                "absent": sorted(checked.absent),
+                "warnings": list(checked.warnings),
+                "source": str(data_dir),
+                "fingerprint": {k: v for k, v in fingerprints.items() if k not in checked.absent},
+            }
+            con.execute(f"CREATE TABLE {META_TABLE} AS SELECT ? AS meta", [json.dumps(meta)])
+            con.execute("CHECKPOINT")
+        finally:
+            con.close()
+    return open_store(target)
+
+
+class _StoredTables(Mapping[str, pd.DataFrame]):
+    """The contract tables of a store, each read into pandas on first access and then kept."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._read: dict[str, pd.DataFrame] = {}
+
+    def __getitem__(self, name: str) -> pd.DataFrame:
+        if name not in TABLES:
+            raise KeyError(name)
+        if name not in self._read:
+            with duckdb.connect(self._path, read_only=True) as con:
+                frame = con.execute(f'SELECT * FROM "{name}"').df()
+            dtypes = {c.name: CANONICAL_DTYPES[c.kind] for c in TABLES[name].columns}
+            self._read[name] = frame.astype(dtypes)
+        return self._read[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(TABLES)
+
+    def __len__(self) -> int:
+        return len(TABLES)
+
+
+@dataclass(frozen=True)
+class StoredBrandData(BrandData):
+    """`BrandData` whose tables live in a DuckDB database written by `ingest` (`path`)."""
+
+    path: str = ""
+    stored_fingerprint: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+
+    @property
+    def data_end(self) -> pd.Timestamp:
+        """The latest timestamp observed in any behavioural table, from the database."""
+        parts = [
+            f'SELECT MAX("{col.name}") AS t FROM "{name}"'
+            for name, spec in TABLES.items()
+            for col in spec.columns
+            if col.kind == "ts"
+        ]
+        with duckdb.connect(self.path, read_only=True) as con:
+            (latest,) = con.execute(f"SELECT MAX(t) FROM ({' UNION ALL '.join(parts)})").fetchone()
+        if latest is None:
+            raise ContractError([Violation("members", "joined_at", "the data holds no timestamps", 0)])
+        return pd.Timestamp(latest).as_unit("us")
+
+    def fingerprint(self) -> dict[str, dict[str, object]]:
+        """Computed once at ingest (the same values `BrandData.fingerprint` gives in memory)."""
+        return {name: dict(value) for name, value in self.stored_fingerprint.items()}
+
+    def row_counts(self, names: Iterable[str] | None = None) -> dict[str, int]:
+        with duckdb.connect(self.path, read_only=True) as con:
+            return {n: con.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0] for n in (names or TABLES)}
+
+
+def is_store(path: str | Path) -> bool:
+    """Whether `path` is a DuckDB database file (by suffix; directories are data dirs)."""
+    return Path(path).suffix == ".duckdb" and not Path(path).is_dir()
+
+
+def open_store(path: str | Path) -> StoredBrandData:
+    """The brand data in a database written by `ingest` (read only; nothing is loaded yet)."""
+    target = Path(path)
+    if not target.is_file():
+        raise ContractError([Violation("<store>", None, f"{target} is not a file (run `koc ingest` first)", 0)])
+    try:
+        with duckdb.connect(str(target), read_only=True) as con:
+            (text,) = con.execute(f"SELECT meta FROM {META_TABLE}").fetchone()
+    except duckdb.Error as err:
+        rule = f"not a kocrank store written by `koc ingest` ({type(err).__name__}: {err})"
+        raise ContractError([Violation("<store>", None, rule, 0, (str(target),))]) from err
+    meta = json.loads(text)
+    if meta.get("format") != STORE_FORMAT:
+        rule = f"store format {meta.get('format')} is not {STORE_FORMAT}: run `koc ingest` again"
+        raise ContractError([Violation("<store>", None, rule, 0, (str(target),))])
+    return StoredBrandData(
+        tables=_StoredTables(str(target)),
+        absent=frozenset(meta["absent"]),
+        timezone=meta["timezone"],
+        source=meta["source"],
+        warnings=tuple(meta["warnings"]),
+        path=str(target),
+        stored_fingerprint=meta["fingerprint"],
+    )

@@ -1,0 +1,48 @@
+"""Subset builds: features for chosen `(member_id, as_of)` pairs equal the same rows of the full build."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from features.build import build_features
+
+pytestmark = pytest.mark.slow
+
+CUTOFFS = [pd.Timestamp("2024-06-01"), pd.Timestamp("2024-10-01")]
+
+
+@pytest.fixture(scope="module")
+def full(small_sim_world) -> pd.DataFrame:
+    return build_features(small_sim_world, CUTOFFS)
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_random_subsets_equal_the_full_build(small_sim_world, full, data):
+    members = small_sim_world.members["member_id"].tolist()
+    chosen = data.draw(st.lists(st.sampled_from(members), min_size=1, max_size=60, unique=True), label="members")
+    at = data.draw(st.lists(st.sampled_from(CUTOFFS), min_size=len(chosen), max_size=len(chosen)), label="cutoffs")
+    rows = pd.DataFrame({"member_id": chosen, "as_of": at})
+
+    subset = build_features(small_sim_world, None, rows=rows)
+
+    expected = full.merge(rows, on=["member_id", "as_of"]).sort_values(["as_of", "member_id"], ignore_index=True)
+    pd.testing.assert_frame_equal(subset, expected)  # exact, BG/NBD included
+
+
+def test_subset_drops_members_not_joined_and_keeps_bgnbd(small_sim_world, full):
+    buyers = full.loc[full["bgnbd_p_alive"].notna() & (full["as_of"] == CUTOFFS[1]), "member_id"].head(3).tolist()
+    rows = pd.DataFrame({"member_id": [*buyers, "no_such_member"], "as_of": CUTOFFS[1]})
+
+    subset = build_features(small_sim_world, [CUTOFFS[1]], rows=rows)
+
+    assert subset["member_id"].tolist() == sorted(buyers)
+    assert subset["bgnbd_p_alive"].notna().all()
+    empty = build_features(small_sim_world, None, rows=rows.iloc[:0])
+    assert empty.empty and list(empty.columns) == list(full.columns)
+    assert (empty.dtypes == full.dtypes).all()
+    with pytest.raises(ValueError, match="not in as_of"):
+        build_features(small_sim_world, [CUTOFFS[0]], rows=rows)

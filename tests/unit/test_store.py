@@ -1,0 +1,89 @@
+"""The on-disk store: `koc ingest` writes the validated tables to DuckDB; features run on it unchanged."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from support.worlds import AS_OF
+from typer.testing import CliRunner
+
+from features.build import EngineConfig, build_features, write_features
+from features.contract import ContractError, load_data
+from features.io import write_tables
+from features.store import StoredBrandData, ingest, open_store
+from kocrank.cli import app
+
+CUTOFFS = [AS_OF - pd.Timedelta(days=60), AS_OF]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory, hand_world):
+    folder = tmp_path_factory.mktemp("store") / "data"
+    write_tables({n: hand_world.tables[n] for n in hand_world.tables if n not in hand_world.absent}, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def stored(data_dir) -> StoredBrandData:
+    return ingest(data_dir, data_dir.parent / "brand.duckdb", export_time="2026-07-01")
+
+
+def test_store_holds_the_same_tables_as_loading(data_dir, stored):
+    loaded = load_data(data_dir, export_time="2026-07-01")
+    reopened = open_store(stored.path)
+
+    assert reopened.tables._read == {}  # nothing read until asked for
+    for name in loaded.tables:
+        pd.testing.assert_frame_equal(reopened.tables[name], loaded.tables[name])
+    assert reopened.absent == loaded.absent and reopened.warnings == loaded.warnings
+    assert reopened.fingerprint() == loaded.fingerprint()
+    assert reopened.data_end == loaded.data_end
+    assert load_data(stored.path).path == stored.path  # --data accepts the .duckdb file
+
+
+@pytest.mark.slow
+def test_features_on_the_store_equal_in_memory_and_stream_to_parquet(data_dir, stored, tmp_path):
+    loaded = load_data(data_dir, export_time="2026-07-01")
+    expected = build_features(loaded, CUTOFFS)
+
+    pd.testing.assert_frame_equal(build_features(stored, CUTOFFS), expected)
+    written = write_features(stored, CUTOFFS, tmp_path / "f.parquet", EngineConfig(memory_limit="500MB"), batch_rows=20)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "f.parquet"), expected)
+    assert written == {"rows": len(expected), "members": expected["member_id"].nunique(), "cutoffs": 2}
+    assert stored.tables._read == {}  # the SQL ran on the database, no pandas copies of the inputs
+    rows = expected.loc[[3, 5, len(expected) - 1], ["member_id", "as_of"]]
+    pd.testing.assert_frame_equal(
+        build_features(stored, None, rows=rows), expected.loc[sorted(rows.index)].reset_index(drop=True)
+    )
+
+
+def test_ingest_reports_violations_and_leaves_the_target_alone(data_dir, tmp_path):
+    broken = tmp_path / "broken"
+    members = pd.read_parquet(data_dir / "members.parquet").assign(member_id=" m1")
+    write_tables({"members": members, "orders": pd.read_parquet(data_dir / "orders.parquet")}, broken)
+    target = tmp_path / "brand.duckdb"
+    target.write_text("previous")
+
+    with pytest.raises(ContractError, match=r"members.member_id: must be unique") as err:
+        ingest(broken, target)
+    assert "members.member_id: must not start or end with whitespace" in str(err.value)
+    assert "orders.member_id: must exist in members.member_id" in str(err.value)
+    assert target.read_text() == "previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["brand.duckdb", "broken"]
+    with pytest.raises(ContractError, match="not a kocrank store"):
+        open_store(target)
+
+
+@pytest.mark.slow
+def test_cli_ingest_then_features_from_the_store(data_dir, tmp_path):
+    runner = CliRunner()
+    db = tmp_path / "brand.duckdb"
+    result = runner.invoke(app, ["ingest", "--data", str(data_dir), "--out", str(db), "--export-time", "2026-07-01"])
+    assert result.exit_code == 0, result.output
+    assert "members 48" in result.output
+
+    out = tmp_path / "features.parquet"
+    result = runner.invoke(app, ["features", "--db", str(db), "--as-of", "2026-06-01", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    expected = build_features(load_data(data_dir, export_time="2026-07-01"), AS_OF)
+    pd.testing.assert_frame_equal(pd.read_parquet(out), expected)
