@@ -20,7 +20,6 @@ Split (out of time)
 from __future__ import annotations
 
 import hashlib
-import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -343,23 +342,17 @@ def _compact(features: pd.DataFrame) -> pd.DataFrame:
     return features.astype(dict.fromkeys(numeric, "float32"))
 
 
-def _builds_row_subsets() -> bool:
-    return "rows" in inspect.signature(build_features).parameters
-
-
 def features_for_rows(data: BrandData, rows: pd.DataFrame, engine: EngineConfig | None = None) -> pd.DataFrame:
     """Features (float32 numerics) of exactly the (member_id, as_of) pairs in `rows`.
 
     Built in batches of whole cutoffs of at most ~`FEATURE_BATCH_ROWS` rows, each cast to
     float32 at once, so the float64 frames of the feature build never cover every cutoff.
     """
-    subset = _builds_row_subsets()
     counts = rows.groupby("as_of", sort=True, observed=True).size()
     batches: list[list[pd.Timestamp]] = [[]]
     size = 0
     for cutoff, count in counts.items():
-        # without row subsets every cutoff is built whole: one cutoff per call
-        if batches[-1] and (size + count > FEATURE_BATCH_ROWS or not subset):
+        if batches[-1] and size + count > FEATURE_BATCH_ROWS:
             batches.append([])
             size = 0
         batches[-1].append(pd.Timestamp(cutoff))
@@ -367,10 +360,7 @@ def features_for_rows(data: BrandData, rows: pd.DataFrame, engine: EngineConfig 
     parts = []
     for cutoffs in batches:
         wanted = rows.loc[rows["as_of"].isin(cutoffs), ["member_id", "as_of"]]
-        if subset:
-            built = build_features(data, cutoffs, engine, rows=wanted)
-        else:  # a build_features without row subsets: build whole cutoffs, keep the wanted rows
-            built = build_features(data, cutoffs, engine).merge(wanted, on=["member_id", "as_of"], how="inner")
+        built = build_features(data, None, engine, rows=wanted)
         parts.append(_compact(built))
         del built
     features = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)

@@ -43,10 +43,13 @@ def _file_key(name: str, file: Path, data: BrandData) -> str:
 def cached_fingerprint(data: BrandData, cache_dir: str | Path | None) -> dict[str, dict[str, object]]:
     """`data.fingerprint()`, with each file-backed table's entry cached in `cache_dir`.
 
-    Without a `cache_dir` or a source directory every table is hashed (as `data.fingerprint()`).
+    Without a `cache_dir` or a source directory every table is hashed (as `data.fingerprint()`);
+    data that keeps its own fingerprint (`features.store.StoredBrandData`) is asked for it.
     A cache entry that cannot be read is recomputed; one that cannot be written is logged and
     skipped, so the cache never makes a ranking fail.
     """
+    if type(data).fingerprint is not BrandData.fingerprint:
+        return data.fingerprint()  # e.g. an ingested store: computed once at ingest, nothing to hash
     files: dict[str, Path] = {}
     if cache_dir is not None and data.source is not None and Path(data.source).is_dir():
         files = table_files(data.source)
