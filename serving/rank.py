@@ -102,6 +102,8 @@ def top_in_score_order(rows: pd.DataFrame, n: int) -> pd.DataFrame:
     if n >= len(rows):
         return order_by_score(rows)
     scores = rows["score"].to_numpy(dtype="float64")
+    if np.isnan(scores).any():  # np.partition ranks NaN highest, the full sort last: sort it all
+        return order_by_score(rows).head(n)
     threshold = np.partition(scores, len(scores) - n)[len(scores) - n]
     return order_by_score(rows.loc[scores >= threshold]).head(n)
 
