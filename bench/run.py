@@ -60,7 +60,7 @@ def main() -> None:
     out.mkdir(parents=True)
     data = out / "data"
     tracking_uri = f"sqlite:///{out / 'mlflow.db'}"
-    env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri)
+    env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri, KOC_CACHE_DIR=str(out / "cache"))  # fingerprint cache
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
 
     rows = [

@@ -49,11 +49,12 @@ def rank_command(
 ) -> None:
     """Rank eligible members at --as-of and write the top K (with quotas and exploration) to the folder --out."""
     from features.contract import load_data
-    from kocrank.config import load_config
+    from kocrank.config import cache_dir, load_config
     from serving.config import parse_cutoff
     from serving.model_store import load_model
     from serving.output import check_output_folder, write_ranked_list
     from serving.rank import rank_members
+    from training.fingerprint import cached_fingerprint
 
     cfg = load_config(config)
     chosen = [f.value for f in formats] if formats else ["csv", "xlsx"]
@@ -69,6 +70,7 @@ def rank_command(
         result = rank_members(
             brand, cutoff, loaded, top, cfg.ranking, cfg.labels,
             generated_at=generated_at, generated_by=who_is_running(), config_digest=cfg.digest(),
+            data_fingerprint=cached_fingerprint(brand, cache_dir()),
         )
         step("writing the list")
         written = write_ranked_list(result.candidates, result.meta, out, chosen)
@@ -103,7 +105,7 @@ def serve_command(
     """Serve the API (/health, /model, /candidates, /score, /reload, /docs) and the ops page (/ops); token from KOC_API_TOKEN."""
     import uvicorn
 
-    from kocrank.config import load_config
+    from kocrank.config import cache_dir, load_config
     from serving.api import TOKEN_ENV, RankingService, ServeSettings, check_serve_settings, create_app
     from serving.config import parse_cutoff
 
@@ -125,6 +127,7 @@ def serve_command(
         labels=cfg.labels,
         config_digest=cfg.digest(),
         activation_log=activation_log,
+        fingerprint_cache=cache_dir(),
     )
     check_serve_settings(settings)
     if settings.api_token is None:

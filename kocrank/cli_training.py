@@ -91,6 +91,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train on time-split snapshots, compare with baselines, log an MLflow run and register the model."""
         from features.contract import ContractError
+        from kocrank.config import cache_dir
         from training.promotion import recover
         from training.train import STAGES, run_training
 
@@ -125,6 +126,7 @@ def register(app: typer.Typer) -> None:
                     experiment=experiment,
                     config_record=cfg.model_dump(mode="json"),
                     progress=advance,
+                    fingerprint_cache=cache_dir(),
                 )
             except ContractError as err:
                 console.print(f"[bold red]invalid data[/]: {err}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tomllib
 from pathlib import Path
 
@@ -52,6 +53,20 @@ class Config(BaseModel):
         """A short hash of the full config, recorded with runs and ranked lists."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+CACHE_ENV = "KOC_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    """Folder of re-computable derived state (data fingerprints), never inside a data folder.
+
+    `$KOC_CACHE_DIR`, else `$XDG_CACHE_HOME/kocrank`, else `~/.cache/kocrank`. Deleting it is safe.
+    """
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "kocrank"
 
 
 class ConfigError(ValueError):

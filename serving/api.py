@@ -37,6 +37,7 @@ from serving.config import DEFAULT_MODEL_URI, RankConfig, default_cutoff
 from serving.model_store import IncompatibleModelError, LoadedModel, ModelInfo, load_model, resolve_registered_version
 from serving.output import split_reason, target_meaning, with_bilingual_reasons, write_csv, write_xlsx
 from serving.rank import RankResult, explain_members, filter_candidates, lookup_members, rank_members
+from training.fingerprint import cached_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,9 @@ class ServeSettings(BaseModel):
     config_digest: str | None = Field(None, description="digest of the full config (the CLI's), recorded on the list")
     activation_log: Path | None = Field(None, description="ops activation log; default activation_log.jsonl beside data_dir")
     session_secret: SecretStr | None = Field(None, description="signs ops session cookies; default: derived from the token")
+    fingerprint_cache: Path | None = Field(
+        None, description="folder caching each data file's fingerprint (training.fingerprint); none: hash once per start"
+    )
 
     @field_validator("as_of")
     @classmethod
@@ -156,6 +160,7 @@ class RankingService:
         self._check_idle = threading.Event()
         self._check_idle.set()
         self._state: _State | None = None
+        self._fingerprint: dict[str, Any] | None = None
 
     # -- lifecycle
     @property
@@ -179,6 +184,14 @@ class RankingService:
             self._state = self._build_state(self._loader(self.settings.model_uri, self.settings.tracking_uri))
             self._last_alias_check = self._clock()
 
+    def data_fingerprint(self) -> dict[str, Any] | None:
+        """The loaded data's fingerprint, computed once (the data does not change while serving)."""
+        if self._data is None:
+            return None
+        if self._fingerprint is None:
+            self._fingerprint = cached_fingerprint(self._data, self.settings.fingerprint_cache)
+        return self._fingerprint
+
     def as_of(self) -> pd.Timestamp | None:
         if self._data is None:
             return None
@@ -194,6 +207,7 @@ class RankingService:
             result = rank_members(
                 self._data, self.as_of(), loaded, top, self.settings.rank, self.settings.labels,
                 generated_at=generated_at, generated_by="koc serve", config_digest=self.settings.config_digest,
+                data_fingerprint=self.data_fingerprint(),
             )
         return _State(loaded=loaded, result=result, loaded_at=self._clock())
 
@@ -621,7 +635,7 @@ def create_app(settings: ServeSettings, service: RankingService | None = None) -
 
     def score(request: ScoreRequest) -> ScoreResponse:
         loaded, result = service.ranked_state()
-        rows, unknown = lookup_members(result.scored, request.member_ids)
+        rows, unknown = lookup_members(result.scored, request.member_ids, result.positions)
         if len(rows):
             reasons = explain_members(loaded.model, result.features, rows["member_id"], n_reasons, result.population)
             rows = rows.join(reasons, on="member_id")

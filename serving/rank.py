@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +26,7 @@ from features.registry import categorical_features
 from features.scores import rfm_scores, value_scores
 from serving.config import QUOTA_COLUMNS, RankConfig
 from serving.model_store import LoadedModel, RankingModel, label_config_warnings
-from serving.reasons import Population, explain, sorted_population
+from serving.reasons import LazyPopulation, Population, explain
 from serving.selection import assign_tiers, order_by_score, score_percentiles, segment_shares, select_candidates
 
 logger = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ VALUE_SCORE_COLUMNS = ("consumption_value", "interaction_value", "content_value"
 # which are joined for selection and counted in the metadata but not written to the list
 SEGMENT_COLUMNS = ("city_tier", "channel")
 STALE_AFTER_DAYS = 31  # as_of later than this after the last observed row: warn that the data is stale
+PREDICT_CHUNK_ROWS = 100_000  # rows scored per model call: bounds the model's float copies of the inputs
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,8 @@ class RankResult:
 
     `scored`: every member who joined before as_of (eligibility, score, tier, value scores, ...;
     no reasons). `features`: their model inputs indexed by member_id, the population that
-    `explain_members` judges high/low values against.
+    `explain_members` judges high/low values against. `positions`: member_id -> row of
+    `scored`, built once per ranking so `/score` finds members without scanning.
     """
 
     candidates: pd.DataFrame
@@ -52,6 +54,7 @@ class RankResult:
     meta: dict[str, Any] = field(default_factory=dict)
     features: pd.DataFrame | None = None
     population: Population | None = None
+    positions: Mapping[str, int] | None = None
 
     @property
     def expected_productive(self) -> float:
@@ -67,9 +70,59 @@ def explain_members(
 ) -> pd.DataFrame:
     """Reasons for some members, indexed by member_id (`serving.reasons.explain`)."""
     if population is None:
-        numeric = [name for name in features.columns if name not in set(categorical_features())]
-        population = sorted_population(features, numeric)
+        population = _population(features)
     return explain(model, features, member_ids, n_reasons, population)
+
+
+def _population(inputs: pd.DataFrame) -> LazyPopulation:
+    numeric = [name for name in inputs.columns if name not in set(categorical_features())]
+    return LazyPopulation(inputs, numeric)
+
+
+def predict_in_chunks(model: RankingModel, features: pd.DataFrame, chunk_rows: int = PREDICT_CHUNK_ROWS) -> np.ndarray:
+    """`model.predict_proba` over `features` in row chunks (same values; bounded memory).
+
+    The model selects and converts its own columns, so each call copies only one chunk.
+    """
+    if len(features) <= chunk_rows:
+        return np.asarray(model.predict_proba(features), dtype="float64")
+    parts = [
+        np.asarray(model.predict_proba(features.iloc[start : start + chunk_rows]), dtype="float64")
+        for start in range(0, len(features), chunk_rows)
+    ]
+    return np.concatenate(parts)
+
+
+def top_in_score_order(rows: pd.DataFrame, n: int) -> pd.DataFrame:
+    """The first `n` rows of `order_by_score(rows)`, found with a partial sort.
+
+    Every row scoring at least the n-th highest score is kept (ties included), so sorting that
+    head alone gives exactly the full sort's first `n` rows.
+    """
+    if n >= len(rows):
+        return order_by_score(rows)
+    scores = rows["score"].to_numpy(dtype="float64")
+    if np.isnan(scores).any():  # np.partition ranks NaN highest, the full sort last: sort it all
+        return order_by_score(rows).head(n)
+    threshold = np.partition(scores, len(scores) - n)[len(scores) - n]
+    return order_by_score(rows.loc[scores >= threshold]).head(n)
+
+
+def choose_candidates(eligible: pd.DataFrame, k: int, cfg: RankConfig, *, as_of: pd.Timestamp) -> pd.DataFrame:
+    """`select_candidates` over the eligible members in score order, sorting only the head it reads.
+
+    The policy walks the score order until its block and exploration band are full (quotas may
+    skip rows); it starts with a head of a few times K and doubles it until the walk ends
+    inside the head, so the list is exactly the one a full sort gives.
+    """
+    band = cfg.exploration_band_size or k
+    n = 4 * (k + band) + 1_000
+    while True:
+        ordered = top_in_score_order(eligible, n)
+        chosen = select_candidates(ordered, k, cfg, as_of=as_of)
+        if len(ordered) == len(eligible) or chosen.attrs.get("rows_examined", len(ordered)) < len(ordered):
+            return chosen
+        n *= 4
 
 
 def trial_categories(
@@ -123,8 +176,8 @@ def score_population(
     elig = eligibility(data, as_of, label_cfg)
     features = build_features(data, [as_of])
     model = loaded.model
-    X = features[list(model.feature_names_)]
-    scores = pd.Series(model.predict_proba(X), index=features.index, name="score")
+    X = features[list(model.feature_names_)]  # a copy-on-write view, not a copy
+    scores = pd.Series(predict_in_chunks(model, X), index=features.index, name="score")
     values = value_scores(features)[list(VALUE_SCORE_COLUMNS)].round(1)  # 0-100, one decimal is plenty
     rfm_segment = rfm_scores(features)["rfm_segment"].astype("str")
     scored = pd.concat([features[["member_id"]], scores, values, rfm_segment], axis=1)
@@ -176,12 +229,15 @@ def rank_members(
     generated_at: str | None = None,
     generated_by: str | None = None,
     config_digest: str | None = None,
+    data_fingerprint: dict[str, Any] | None = None,
 ) -> RankResult:
     """Rank eligible members at `as_of` and pick the K to invite (quotas + exploration).
 
     `as_of` is a naive business-time `pd.Timestamp`, parsed once by the caller (CLI or API).
     `generated_at` (ISO text) and `generated_by` are recorded in the metadata as given;
-    `config_digest` defaults to a hash of the rank and label configs and K.
+    `config_digest` defaults to a hash of the rank and label configs and K; `data_fingerprint`
+    to `data.fingerprint()` (callers with files pass `training.fingerprint.cached_fingerprint`'s,
+    so unchanged tables are not hashed again on every ranking).
     """
     if not isinstance(as_of, pd.Timestamp) or as_of.tzinfo is not None:
         raise TypeError(f"as_of must be a naive business-time pd.Timestamp (parse it at the edge), got {as_of!r}")
@@ -190,10 +246,8 @@ def rank_members(
     if not (data.members["joined_at"] < as_of).any():
         raise ValueError(f"no member joined before as_of {as_of}: nobody can be ranked (is the date right?)")
     scored, inputs = score_population(data, as_of, loaded, cfg, label_cfg)
-    eligible = order_by_score(scored.loc[scored["eligible"]])
-    chosen = select_candidates(eligible, k, cfg, as_of=as_of)
-    numeric = [name for name in inputs.columns if name not in set(categorical_features())]
-    population = sorted_population(inputs, numeric)
+    chosen = choose_candidates(scored.loc[scored["eligible"]], k, cfg, as_of=as_of)
+    population = _population(inputs)
     reasons = explain_members(loaded.model, inputs, chosen["member_id"], cfg.n_reasons, population)
     chosen = chosen.join(reasons, on="member_id")
     candidates = chosen[candidate_columns(cfg.n_reasons)].reset_index(drop=True)
@@ -212,7 +266,8 @@ def rank_members(
         warnings.append(stale)
     target = str(getattr(loaded.model, "target_", "observed"))
     config_hash = config_digest or cfg.config_hash(k=int(k), labels=label_cfg.model_dump(mode="json"), timezone=data.timezone)
-    data_fingerprint = data.fingerprint()
+    if data_fingerprint is None:
+        data_fingerprint = data.fingerprint()
     meta: dict[str, Any] = {
         "list_id": list_id(as_of, info.run_id or info.uri, info.version, config_hash, data_fingerprint, int(k)),
         "target": target,
@@ -253,7 +308,10 @@ def rank_members(
         as_of.date(), meta["counts"]["eligible"], meta["counts"]["joined_before_as_of"], len(candidates),
         meta["counts"]["exploration"], expected,
     )
-    return RankResult(candidates=candidates, scored=scored, meta=meta, features=inputs, population=population)
+    positions = dict(zip(scored["member_id"].tolist(), range(len(scored)), strict=True))
+    return RankResult(
+        candidates=candidates, scored=scored, meta=meta, features=inputs, population=population, positions=positions
+    )
 
 
 def list_id(as_of: pd.Timestamp, model_ref: str, version: str | None, config_hash: str, data_fingerprint: Any, k: int) -> str:
@@ -282,13 +340,20 @@ def filter_candidates(
     return out.head(top) if top is not None else out
 
 
-def lookup_members(scored: pd.DataFrame, member_ids: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
+def lookup_members(
+    scored: pd.DataFrame, member_ids: Sequence[str], positions: Mapping[str, int] | None = None
+) -> tuple[pd.DataFrame, list[str]]:
     """Rows of `scored` for the requested ids (request order, duplicates once) and the unknown ids.
 
-    Unknown means not a member who joined before the cutoff. `scored` is sorted by member_id,
-    so each id is a binary search (no per-request index build on large lists).
+    Unknown means not a member who joined before the cutoff. With `positions` (member_id -> row,
+    `RankResult.positions`) each id is one dict look-up; without, `scored` must be sorted by
+    member_id and each id is a binary search after an O(n) order check.
     """
     wanted = list(dict.fromkeys(member_ids))
+    if positions is not None:
+        hits = [(member_id, positions.get(member_id)) for member_id in wanted]
+        rows = [pos for _, pos in hits if pos is not None]
+        return scored.iloc[rows].reset_index(drop=True), [member_id for member_id, pos in hits if pos is None]
     ids = scored["member_id"]
     if not ids.is_monotonic_increasing:
         raise ValueError("scored must be sorted by member_id (as score_population returns it)")

@@ -12,7 +12,7 @@ percentile}`; the list gets `reason_i` ("zh / en"), `reason_i_zh` and `reason_i_
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -31,6 +31,38 @@ class Explainable(Protocol):
 def sorted_population(reference: pd.DataFrame, numeric_columns: Iterable[str]) -> dict[str, np.ndarray]:
     """Precompute a `Population` once so explaining a few members later stays cheap."""
     return {name: np.sort(reference[name].dropna().to_numpy(dtype="float64")) for name in numeric_columns}
+
+
+class LazyPopulation(Mapping[str, np.ndarray]):
+    """A `Population` that sorts a feature's values the first time a reason needs them.
+
+    Reasons of a list use a handful of features; sorting all of them up front costs a
+    full-size float64 copy of every numeric column (1 GB and ~10 s at 1M members).
+    Sorting is deterministic, so a column sorted twice by racing requests is the same.
+    """
+
+    def __init__(self, reference: pd.DataFrame, numeric_columns: Iterable[str]) -> None:
+        self._reference = reference
+        self._columns = [name for name in numeric_columns if name in reference.columns]
+        self._sorted: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._columns:
+            raise KeyError(name)
+        values = self._sorted.get(name)
+        if values is None:
+            values = np.sort(self._reference[name].dropna().to_numpy(dtype="float64"))
+            self._sorted[name] = values
+        return values
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._columns
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._columns)
+
+    def __len__(self) -> int:
+        return len(self._columns)
 
 
 def reason_concept(feature: str) -> str:

@@ -100,6 +100,8 @@ def draw_policy(ordered: pd.DataFrame, k: int, cfg: RankConfig, *, as_of: pd.Tim
     Returns `ordered` with `position` (1 = highest score), `role`, `invited` and `p_invite`
     (the exact probability of being invited under this policy; exact unless a quota fills up
     during the exploration draw, which then skips that segment — see `quota_limited`).
+    `attrs["rows_examined"]`: how many leading rows the walk read; rows after them play no
+    part, so a caller may pass only a head of the score order if the walk ends inside it.
     """
     if k < 1:
         raise ValueError(f"K must be at least 1, got {k}")
@@ -169,6 +171,7 @@ def draw_policy(ordered: pd.DataFrame, k: int, cfg: RankConfig, *, as_of: pd.Tim
     out["invited"] = out["role"].isin(["exploit", "explore"])
     out["p_invite"] = p_invite
     out.attrs["quota_limited"] = quota_limited
+    out.attrs["rows_examined"] = position
     return out
 
 
@@ -188,6 +191,7 @@ def select_candidates(ordered: pd.DataFrame, k: int, cfg: RankConfig, *, as_of: 
     chosen["selection_probability"] = invited["p_invite"].to_numpy()
     chosen = order_by_score(chosen)
     chosen.insert(0, "rank", np.arange(1, len(chosen) + 1, dtype="int64"))
+    chosen.attrs["rows_examined"] = policy.attrs["rows_examined"]
     return chosen
 
 

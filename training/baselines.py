@@ -33,6 +33,8 @@ from features.scores import rfm_scores, value_scores
 logger = logging.getLogger(__name__)
 
 MISSING_LEVEL = "missing"
+LOGISTIC_MAX_ROWS = 200_000  # the logistic baseline fits on a seeded sample of at most this many rows
+SCORE_CHUNK_ROWS = 100_000  # rows imputed, scaled and scored at a time
 
 
 @dataclass(frozen=True)
@@ -144,23 +146,47 @@ def logistic_pipeline(numeric: Sequence[str], categorical: Sequence[str], seed: 
     )
 
 
+def _logistic_input(rows: pd.DataFrame, feature_names: Sequence[str]) -> pd.DataFrame:
+    categorical = [c for c in feature_names if isinstance(rows[c].dtype, pd.CategoricalDtype)]
+    X = coerce_features(rows, feature_names, {c: list(rows[c].cat.categories) for c in categorical})
+    numeric = [c for c in feature_names if c not in categorical]
+    return X.astype(dict.fromkeys(numeric, "float32"))
+
+
 def fit_logistic(
-    train: pd.DataFrame, feature_names: Sequence[str], seed: int, sample_weight: np.ndarray | None = None
+    train: pd.DataFrame,
+    feature_names: Sequence[str],
+    seed: int,
+    sample_weight: np.ndarray | None = None,
+    *,
+    max_rows: int = LOGISTIC_MAX_ROWS,
 ) -> Pipeline:
-    """Logistic regression on the training rows' features and labels."""
+    """Logistic regression on the training rows' features and labels (a seeded sample of `max_rows` at most).
+
+    A baseline needs no more: a uniform sample keeps the weighted label mix in expectation, and
+    the imputed, scaled and one-hot copies then stay ~100 MB at any brand size.
+    """
+    if len(train) > max_rows:
+        picked = np.sort(np.random.default_rng(seed).choice(len(train), size=max_rows, replace=False))
+        train = train.iloc[picked]
+        sample_weight = None if sample_weight is None else np.asarray(sample_weight)[picked]
     categorical = [c for c in feature_names if isinstance(train[c].dtype, pd.CategoricalDtype)]
     numeric = [c for c in feature_names if c not in categorical]
     pipeline = logistic_pipeline(numeric, categorical, seed)
-    X = coerce_features(train, feature_names, {c: list(train[c].cat.categories) for c in categorical})
-    pipeline.fit(X, train["label"].to_numpy(dtype="int64"), logistic__sample_weight=sample_weight)
+    pipeline.fit(
+        _logistic_input(train, feature_names), train["label"].to_numpy(dtype="int64"), logistic__sample_weight=sample_weight
+    )
     return pipeline
 
 
 def logistic_baseline(pipeline: Pipeline, test: pd.DataFrame, feature_names: Sequence[str]) -> BaselineScores:
-    """Probabilities of the fitted logistic regression on the test rows."""
-    categorical = [c for c in feature_names if isinstance(test[c].dtype, pd.CategoricalDtype)]
-    X = coerce_features(test, feature_names, {c: list(test[c].cat.categories) for c in categorical})
-    return BaselineScores("logistic", pipeline.predict_proba(X)[:, 1].astype("float64"), is_probability=True)
+    """Probabilities of the fitted logistic regression on the test rows (scored in chunks)."""
+    parts = [
+        pipeline.predict_proba(_logistic_input(test.iloc[start : start + SCORE_CHUNK_ROWS], feature_names))[:, 1]
+        for start in range(0, len(test), SCORE_CHUNK_ROWS)
+    ]
+    scores = np.concatenate(parts) if parts else np.empty(0)
+    return BaselineScores("logistic", scores.astype("float64"), is_probability=True)
 
 
 def all_baselines(

@@ -19,6 +19,7 @@ Split (out of time)
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -26,10 +27,10 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 
-from features.build import build_features
+from features.build import EngineConfig, build_features
 from features.contract import BrandData
 from features.labels import INTERACTIONS_KNOWN_AFTER, LabelConfig, label_window_complete, labels_for
-from features.registry import feature_names
+from features.registry import CATEGORY_LEVELS, coerce_features, feature_names
 from features.targets import OUTCOME_COLUMNS, outcomes_for
 from training.config import TrainConfig
 
@@ -206,8 +207,11 @@ class SnapshotDataset:
     Columns: `member_id, as_of, split, label, relevance, weight`, the outcome columns of
     `features.targets` (`invited, accepted, enrolled, productive`), then the features. `split`
     names the latest fold's role of the row (`train`, `validation`, `test`, or `backtest` for
-    cutoffs only earlier folds use). Rows are not downsampled here: `part` and `fold_parts`
-    downsample training negatives (seeded, weight 1/rate).
+    cutoffs only earlier folds use). Cutoffs no fold validates or tests on hold only their
+    sampled rows (`downsample_negatives`, built before their features); `part` and `fold_parts`
+    sample the training rows of the other cutoffs the same way (the same rows: sampling is
+    idempotent), so every training row is kept with probability 1 or `negative_sample_rate`
+    and weighted by the inverse. Numeric features are float32.
     """
 
     frame: pd.DataFrame
@@ -265,15 +269,103 @@ def graded_relevance(data: BrandData, labels: pd.DataFrame, label_cfg: LabelConf
     return relevance.where(~((relevance == 0) & enrolled_flag), 1)
 
 
+SAMPLING_KEY_COLUMNS = ("member_id", "as_of")
+FEATURE_BATCH_ROWS = 1_000_000  # rows per build_features call: bounds the float64 frame before float32
+
+
+def sampling_draws(frame: pd.DataFrame, seed: int) -> np.ndarray:
+    """A uniform [0, 1) draw per row, a pure function of the row's (member_id, as_of) and the seed.
+
+    A row's draw does not depend on the other rows, so sampling before the features are built
+    and sampling again later (a cutoff that one fold validates on and a later fold trains on)
+    keep exactly the same rows: sampling is idempotent.
+    """
+    keys = [c for c in SAMPLING_KEY_COLUMNS if c in frame.columns]
+    if not keys:
+        raise ValueError(f"sampling needs a key column ({', '.join(SAMPLING_KEY_COLUMNS)})")
+    hash_key = hashlib.sha256(f"kocrank-negative-sampling-{seed}".encode()).hexdigest()[:16]
+    hashed = pd.util.hash_pandas_object(frame[keys], index=False, hash_key=hash_key).to_numpy(dtype="uint64")
+    return (hashed >> np.uint64(11)).astype("float64") * 2.0**-53
+
+
+def informative_rows(frame: pd.DataFrame) -> np.ndarray:
+    """Rows never sampled away: label 1, graded relevance > 0, or any outcome (invited, accepted, ...).
+
+    Keeping every row with an outcome keeps the rare invited rows that treatment-aware targets
+    (training.targets) learn from; only rows with nothing happening are sampled.
+    """
+    keep = frame["label"].to_numpy() == 1
+    if "relevance" in frame.columns:
+        keep |= frame["relevance"].to_numpy() > 0
+    for column in OUTCOME_COLUMNS:
+        if column in frame.columns:
+            keep |= frame[column].to_numpy() == 1
+    return keep
+
+
 def downsample_negatives(frame: pd.DataFrame, rate: float, seed: int) -> pd.DataFrame:
-    """Keep every positive and a seeded `rate` share of negatives; kept negatives get weight 1/rate."""
+    """Keep every informative row and a seeded `rate` share of the others, weighted 1/rate.
+
+    Horvitz-Thompson weights: each kept row's weight is 1 / its probability of being kept, so
+    every component fit (observed, if_invited, uplift) stays unbiased. Idempotent: see
+    `sampling_draws`.
+    """
     if rate >= 1.0:
         return frame.assign(weight=1.0)
-    rng = np.random.default_rng(seed)
-    keep = (frame["label"].to_numpy() == 1) | (rng.random(len(frame)) < rate)
+    informative = informative_rows(frame)
+    keep = informative | (sampling_draws(frame, seed) < rate)
     kept = frame.loc[keep].copy()
-    kept["weight"] = np.where(kept["label"].to_numpy() == 1, 1.0, 1.0 / rate)
+    kept["weight"] = np.where(informative[keep], 1.0, 1.0 / rate)
     return kept
+
+
+def negative_rate(train_cfg: TrainConfig, train_rows: int, informative: int) -> float:
+    """The share of uninformative training rows to keep.
+
+    A number in the config is used as given. `"auto"` keeps every row while the training
+    cutoffs hold at most `auto_sample_train_rows` rows, and above that keeps about that many
+    (all informative rows plus a share of the rest): the backtest's fits then cost the same
+    for any brand size, while the evaluation cutoffs stay complete.
+    """
+    if train_cfg.negative_sample_rate != "auto":
+        return float(train_cfg.negative_sample_rate)
+    budget = train_cfg.auto_sample_train_rows
+    if train_rows <= budget:
+        return 1.0
+    rest = max(train_rows - informative, 1)
+    return float(min(1.0, max(budget - informative, 0.01 * rest) / rest))
+
+
+def _compact(features: pd.DataFrame) -> pd.DataFrame:
+    """Numeric feature columns as float32 (half the memory; LightGBM bins them the same way)."""
+    numeric = [c for c in features.columns if pd.api.types.is_float_dtype(features[c].dtype)]
+    return features.astype(dict.fromkeys(numeric, "float32"))
+
+
+def features_for_rows(data: BrandData, rows: pd.DataFrame, engine: EngineConfig | None = None) -> pd.DataFrame:
+    """Features (float32 numerics) of exactly the (member_id, as_of) pairs in `rows`.
+
+    Built in batches of whole cutoffs of at most ~`FEATURE_BATCH_ROWS` rows, each cast to
+    float32 at once, so the float64 frames of the feature build never cover every cutoff.
+    """
+    counts = rows.groupby("as_of", sort=True, observed=True).size()
+    batches: list[list[pd.Timestamp]] = [[]]
+    size = 0
+    for cutoff, count in counts.items():
+        if batches[-1] and size + count > FEATURE_BATCH_ROWS:
+            batches.append([])
+            size = 0
+        batches[-1].append(pd.Timestamp(cutoff))
+        size += int(count)
+    parts = []
+    for cutoffs in batches:
+        wanted = rows.loc[rows["as_of"].isin(cutoffs), ["member_id", "as_of"]]
+        built = build_features(data, None, engine, rows=wanted)
+        parts.append(_compact(built))
+        del built
+    features = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+    categorical = [name for name in CATEGORY_LEVELS if name in features.columns]
+    return coerce_features(features, categorical, keep_other_columns=True) if len(parts) > 1 else features
 
 
 def build_snapshots(data: BrandData, label_cfg: LabelConfig, train_cfg: TrainConfig) -> SnapshotDataset:
@@ -294,24 +386,40 @@ def build_snapshots(data: BrandData, label_cfg: LabelConfig, train_cfg: TrainCon
         ", ".join(str(f.test.date()) for f in folds),
     )
     used = sorted({c for fold in folds for c in fold.used})
+    evaluated = {c for fold in folds for c in (fold.validation, fold.test)}
     labels = labels_for(data, used, label_cfg)
-    feats = build_features(data, used)
+    which = {c: "train" for c in split.train} | {split.validation: "validation", split.test: "test"}
+    roles = labels["as_of"].map(which).fillna("backtest")
+    labels.insert(2, "split", pd.Categorical(roles, categories=[*SPLITS, "backtest"]))
+    if train_cfg.objective == "lambdarank":
+        relevance = graded_relevance(data, labels, label_cfg) if source == "default_label" else labels["label"]
+    else:
+        relevance = labels["label"]
+    labels.insert(4, "relevance", relevance.astype("int64").to_numpy())
+    labels = outcomes_for(data, labels, label_cfg)
+
+    # sample before building features: validation and test cutoffs of every fold stay complete
+    train_only = ~labels["as_of"].isin(list(evaluated)).to_numpy()
+    informative = informative_rows(labels)
+    rate = negative_rate(train_cfg, int(train_only.sum()), int((informative & train_only).sum()))
+    draws = sampling_draws(labels, train_cfg.seed)
+    keep = ~train_only | informative | (draws < rate)
+    sampled = train_only & ~informative
+    kept = labels.loc[keep].assign(weight=np.where(sampled[keep], 1.0 / rate, 1.0))
+    logger.info(
+        "snapshot rows: %d eligible (member, cutoff) pairs, %d kept (negative sample rate %.4g on %d training-only "
+        "cutoffs; %d validation/test cutoffs complete)",
+        len(labels), len(kept), rate, len(set(used) - evaluated), len(evaluated),
+    )
+    feats = features_for_rows(data, kept)
     names = feature_names()
-    merged = labels.merge(feats, on=["member_id", "as_of"], how="inner", validate="one_to_one")
-    if len(merged) != len(labels):
+    merged = kept.merge(feats, on=["member_id", "as_of"], how="inner", validate="one_to_one")
+    if len(merged) != len(kept):
         raise ValueError(
-            f"{len(labels) - len(merged)} labelled (member, cutoff) rows have no feature row; "
+            f"{len(kept) - len(merged)} labelled (member, cutoff) rows have no feature row; "
             "features.build.build_features must return every member who joined before the cutoff"
         )
-    which = {c: "train" for c in split.train} | {split.validation: "validation", split.test: "test"}
-    roles = merged["as_of"].map(which).fillna("backtest")
-    merged.insert(2, "split", pd.Categorical(roles, categories=[*SPLITS, "backtest"]))
-    if train_cfg.objective == "lambdarank":
-        relevance = graded_relevance(data, merged, label_cfg) if source == "default_label" else merged["label"]
-    else:
-        relevance = merged["label"]
-    merged.insert(4, "relevance", relevance.astype("int64").to_numpy())
-    merged = outcomes_for(data, merged, label_cfg).assign(weight=1.0)
+    del feats
     frame = merged.sort_values(["as_of", "member_id"], kind="stable", ignore_index=True)
     frame = frame[["member_id", "as_of", "split", "label", "relevance", "weight", *OUTCOME_COLUMNS, *names]]
     dataset = SnapshotDataset(
@@ -319,12 +427,14 @@ def build_snapshots(data: BrandData, label_cfg: LabelConfig, train_cfg: TrainCon
         split=split,
         feature_names=names,
         folds=folds,
-        negative_sample_rate=float(train_cfg.negative_sample_rate),
+        negative_sample_rate=rate,
         seed=train_cfg.seed,
     )
-    train_rows = int((frame["split"] == "train").sum())
+    train_rows = int((labels["split"] == "train").sum())
     downsampling = {
-        "negative_sample_rate": float(train_cfg.negative_sample_rate),
+        "negative_sample_rate": rate,
+        "eligible_rows": float(len(labels)),
+        "built_rows": float(len(frame)),
         "train_rows_before": float(train_rows),
         "train_rows_after": float(len(dataset.part("train"))),
     }

@@ -89,9 +89,10 @@ def fit_ceiling(
     params, rounds, stopping = model._lgb_params()
     regression = column != "p_productive_if_invited"
     params.update({"objective": "regression" if regression else "cross_entropy", "metric": ["l2"]})
-    train_set = lgb.Dataset(model._model_input(fitted["train"][0][names]), label=fitted["train"][1])
+    layout = {"feature_name": model.feature_names_, "categorical_feature": model._categorical_positions()}
+    train_set = lgb.Dataset(model._model_input(fitted["train"][0][names]), label=fitted["train"][1], **layout)
     valid_set = lgb.Dataset(
-        model._model_input(fitted["validation"][0][names]), label=fitted["validation"][1], reference=train_set
+        model._model_input(fitted["validation"][0][names]), label=fitted["validation"][1], reference=train_set, **layout
     )
     booster = lgb.train(
         params,

@@ -53,6 +53,7 @@ class KocModel:
 
     target_: str = "observed"  # class defaults: models saved before target modes read as observed
     target_method_: str = "single"
+    input_dtype_: str = "float64"  # models saved before float32 inputs keep scoring in float64
 
     def __init__(
         self,
@@ -144,7 +145,8 @@ class KocModel:
 
         train_set = self._dataset(X, train_target, sample_weight, group)
         valid_set = lgb.Dataset(
-            self._model_input(X_val), label=valid_target, group=group_val, reference=train_set, free_raw_data=True
+            self._model_input(X_val), label=valid_target, group=group_val, reference=train_set, free_raw_data=True,
+            feature_name=self.feature_names_, categorical_feature=self._categorical_positions(),
         )
         evals: dict[str, Any] = {}
         self.booster_ = lgb.train(
@@ -201,6 +203,7 @@ class KocModel:
         return self
 
     def _remember_columns(self, X: pd.DataFrame) -> None:
+        self.input_dtype_ = "float32"
         self.feature_names_ = list(X.columns)
         self.categorical_features_ = [c for c in X.columns if isinstance(X[c].dtype, pd.CategoricalDtype)]
         self.categories_ = {c: list(X[c].cat.categories) for c in self.categorical_features_}
@@ -217,9 +220,13 @@ class KocModel:
             label=target,
             weight=None if sample_weight is None else np.asarray(sample_weight, dtype="float64"),
             group=group,
-            categorical_feature=self.categorical_features_ or "auto",
+            feature_name=self.feature_names_,
+            categorical_feature=self._categorical_positions(),
             free_raw_data=True,
         )
+
+    def _categorical_positions(self) -> list[int]:
+        return [self.feature_names_.index(name) for name in self.categorical_features_]
 
     def _stamp(self) -> None:
         self.feature_set_version_ = _feature_set_version()
@@ -247,8 +254,13 @@ class KocModel:
         if not hasattr(self, "booster_"):
             raise NotFittedError("this KocModel is not fitted yet; call fit(X, y, X_val, y_val) first")
 
-    def _model_input(self, X: pd.DataFrame) -> pd.DataFrame:
-        """Select the fitted feature columns in order with the fitted dtypes (category / float64)."""
+    def _model_input(self, X: pd.DataFrame) -> np.ndarray:
+        """The fitted feature columns in order as one float32 matrix (float64 for older models).
+
+        Categoricals become their codes in the fitted levels (missing: NaN), as LightGBM's own
+        pandas conversion does; filling one matrix column by column avoids the float64 copies
+        of a whole frame that `coerce_features` + LightGBM's conversion would make.
+        """
         names = getattr(self, "feature_names_", list(X.columns))
         missing = [c for c in names if c not in X.columns]
         if missing:
@@ -257,7 +269,19 @@ class KocModel:
                 f"missing feature columns {missing}: build the rows with features.build.build_features "
                 f"(the model was trained on feature set version {version})"
             )
-        return coerce_features(X, names, getattr(self, "categories_", {}))
+        categories = getattr(self, "categories_", {})
+        coded = coerce_features(X, [c for c in names if c in categories], categories) if categories else X
+        matrix = np.empty((len(X), len(names)), dtype=self.input_dtype_)
+        for position, name in enumerate(names):
+            if name in categories:
+                codes = coded[name].cat.codes.to_numpy()
+                matrix[:, position] = np.where(codes < 0, np.nan, codes)
+                continue
+            column = X[name]
+            if not pd.api.types.is_numeric_dtype(column.dtype) or pd.api.types.is_bool_dtype(column.dtype):
+                column = pd.to_numeric(column.astype("object"), errors="raise")
+            matrix[:, position] = column.to_numpy(dtype="float64", na_value=np.nan)
+        return matrix
 
     def raw_score(self, X: pd.DataFrame) -> np.ndarray:
         """The booster's raw margin (log-odds for `binary`) at the best iteration."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -42,6 +43,7 @@ from training.evaluate import (
     metrics_table,
     truth_for,
 )
+from training.fingerprint import cached_fingerprint
 from training.model import KocModel
 from training.pyfunc import CODE_PATHS, MODEL_ARTIFACT_KEY, KocPyfunc, signature_for, to_pyfunc_input
 from training.targets import FittedTarget, TargetUnavailable, components_for, fit_components, target_params
@@ -112,7 +114,7 @@ def model_factory(train_cfg: TrainConfig, label_cfg: LabelConfig) -> Callable[[]
             seed=train_cfg.seed,
             objective=train_cfg.objective,
             calibration=train_cfg.calibration,
-            num_threads=train_cfg.num_threads,
+            num_threads=train_cfg.num_threads or os.cpu_count() or 1,
             # a treatment-aware target is part of the label definition: never auto-compared with another
             label_config=label_cfg.model_dump() | ({"target": train_cfg.target} if train_cfg.target != "observed" else {}),
         )
@@ -384,6 +386,7 @@ class _Run:
     decision: tracking.PromotionDecision | None = None
     promotion_before: dict[str, str] | None = None  # aliases when the promotion step began
     recorded: tracking.PromotionDecision | None = None  # decision written to the registry
+    fingerprint_cache: Path | None = None  # training.fingerprint's cache folder (None: hash every table)
 
 
 def step_snapshot(run: _Run, config_record: Mapping[str, Any] | None) -> None:
@@ -423,7 +426,7 @@ def step_snapshot(run: _Run, config_record: Mapping[str, Any] | None) -> None:
         },
         "config.json",
     )
-    fingerprint = brand.fingerprint()
+    fingerprint = cached_fingerprint(brand, run.fingerprint_cache)
     mlflow.log_dict(fingerprint, "data_fingerprint.json")
     mlflow.set_tags(
         {
@@ -442,6 +445,8 @@ def step_snapshot(run: _Run, config_record: Mapping[str, Any] | None) -> None:
     )
     mlflow.log_dict({"feature_set_version": FEATURE_SET_VERSION, "features": dataset.feature_names}, "feature_set.json")
     mlflow.log_dict(dataset.downsampling, "downsampling.json")
+    mlflow.log_param("sampling.negative_sample_rate", f"{dataset.negative_sample_rate:.6g}")
+    mlflow.log_metrics({f"sampling.{key}": float(value) for key, value in dataset.downsampling.items()})
 
 
 def step_fit(run: _Run, issued: pd.DataFrame | None) -> None:
@@ -538,13 +543,16 @@ def run_training(
     config_record: Mapping[str, Any] | None = None,
     progress: Progress | None = None,
     issued: pd.DataFrame | None = None,
+    fingerprint_cache: str | Path | None = None,
 ) -> TrainResult:
     """Load, snapshot, backtest and fit, evaluate, log, register and maybe promote: one MLflow run.
 
     `data` is a data directory (read with `features.contract.load_data`) or loaded
     `BrandData`. `config_record` (e.g. the full `Config.model_dump()`) is logged as-is.
     `issued` (optional: `member_id, as_of, selection_probability` of kocrank's own past
-    lists) gives inverse-propensity weights their logged propensities.
+    lists) gives inverse-propensity weights their logged propensities. `fingerprint_cache`: a
+    folder where each data file's fingerprint is kept (`training.fingerprint`), so unchanged
+    files are not hashed again.
     """
     # re-validated: `model_copy(update=...)` skips validation (e.g. a primary_k missing from k_list)
     train_cfg = TrainConfig.model_validate((train_config or TrainConfig()).model_dump())
@@ -552,6 +560,7 @@ def run_training(
     uri = tracking.resolve_tracking_uri(tracking_uri)
     experiment_name = experiment or train_cfg.experiment_name
     state = _Run(train_cfg, label_cfg, timezone, uri, train_cfg.registered_model_name)
+    state.fingerprint_cache = Path(fingerprint_cache) if fingerprint_cache is not None else None
     announce = progress or (lambda stage: logger.info("%s ...", stage))
     timings: dict[str, float] = {}
 

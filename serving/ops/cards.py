@@ -53,7 +53,7 @@ def member_card(model: Any, result: Any, data: BrandData | None, member_id: str,
     """Everything the member page shows, or None when the id is not a member who joined before the cutoff."""
     from serving.rank import explain_members, lookup_members
 
-    rows, unknown = lookup_members(result.scored, [member_id])
+    rows, unknown = lookup_members(result.scored, [member_id], result.positions)
     if unknown:
         return None
     row = rows.iloc[0].to_dict()
