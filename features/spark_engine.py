@@ -28,6 +28,8 @@ column, a timestamp text it cannot parse); it does not repeat the contract's rul
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -98,6 +100,9 @@ def spark_session(
         .config("spark.ui.showConsoleProgress", "false")
     )
     if master.startswith("local"):
+        # local Python UDF workers (spark_udf scoring) run this interpreter, which has kocrank's
+        # dependencies, unless PYSPARK_PYTHON says otherwise (pyspark reads it when the context starts)
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = builder.config("spark.ui.enabled", "false")
         if shuffle_partitions is None:
             cores = master[6:-1] if master.startswith("local[") else "1"

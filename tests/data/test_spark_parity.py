@@ -1,9 +1,10 @@
 """Spark engine parity: every feature from `build_features_spark` equals DuckDB's `build_features`.
 
-One small simulated world (1,200 members, 12 months) is written to three data folders:
-naive Parquet (local timestamps), tz-aware Parquet (UTC instants in some tables, +08:00
-in others) and CSV text mixing naive times with `+00:00` / `Z` / `+08:00` offsets, exact
-duplicate rows, unknown event types, point-in-time refunds and two absent optional tables.
+One small simulated world (1,200 members, 12 months) is written to two data folders:
+naive Parquet (local timestamps, two cutoffs), and a mix of tz-aware Parquet (UTC
+instants in some tables, +08:00 in another) with CSV text mixing naive times with `Z` /
+`+00:00` / `+08:00` / `+0800` offsets, exact duplicate rows, unknown event types,
+point-in-time refunds and an absent optional table.
 DuckDB reads each folder through the contract loader (`load_data`), Spark through its own
 loader; the outputs must match column for column:
 
@@ -133,6 +134,7 @@ def _naive_parquet(tables, root):
 
 
 def _aware_parquet(tables, root):
+    """Every timestamp tz-aware: UTC instants in some tables, +08:00 in the others."""
     out = {}
     for i, (name, df) in enumerate(tables.items()):
         df = df.copy()
@@ -144,25 +146,35 @@ def _aware_parquet(tables, root):
     write_tables(out, root)
 
 
-def _text_csv(tables, root):
+def _mixed(tables, root):
+    """CSV text with mixed offsets (members, orders, posts), tz-aware Parquet (events, referrals,
+    program), `social` absent; unknown event types and exact duplicate rows as real exports have."""
     rng = np.random.default_rng(5)
-    out = {}
+    text, aware = {}, {}
     for name, df in tables.items():
-        if name in ("social", "referrals"):
-            continue  # absent optional tables: empty tables with canonical columns in both engines
+        if name == "social":
+            continue  # absent optional table: an empty table with canonical columns in both engines
         df = df.copy()
-        for column in TIME_COLUMNS.get(name, []):
-            if column in df.columns:
-                df[column] = _text(df[column], rng)
-        out[name] = df
-    events = out["events"]
+        if name in ("members", "orders", "posts"):
+            for column in TIME_COLUMNS.get(name, []):
+                if column in df.columns:
+                    df[column] = _text(df[column], rng)
+            text[name] = df
+        else:
+            tz = "UTC" if name != "referrals" else dt.timezone(dt.timedelta(hours=8))
+            for column in TIME_COLUMNS.get(name, []):
+                df[column] = _localised(df[column], tz)
+            aware[name] = df
+    events = aware["events"]
     renamed = rng.choice(len(events), 20, replace=False)
     events.loc[events.index[renamed], "event_type"] = "live_stream"  # outside the contract: counted as "other"
-    out["events"] = pd.concat([events, events.iloc[:25]], ignore_index=True)  # exact duplicates, dropped
-    write_tables(out, root, fmt="csv")
+    aware["events"] = pd.concat([events, events.iloc[:25]], ignore_index=True)  # exact duplicates, dropped
+    text["orders"] = pd.concat([text["orders"], text["orders"].iloc[:5]], ignore_index=True)
+    write_tables(text, root, fmt="csv")
+    write_tables(aware, root)
 
 
-@pytest.mark.parametrize("layout", [_naive_parquet, _aware_parquet, _text_csv], ids=["naive-parquet", "aware-parquet", "text-csv"])
+@pytest.mark.parametrize("layout", [_naive_parquet, _mixed], ids=["naive-parquet", "aware-parquet-and-csv-text"])
 def test_every_feature_matches_duckdb(layout, world, spark, tmp_path):
     from features.spark_engine import build_features_spark
 
