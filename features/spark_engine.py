@@ -181,7 +181,8 @@ def _timestamp(column: Column, dtype: str) -> Column:
         return column.cast("timestamp_ntz")
     text = F.trim(column.cast("string"))
     text = F.regexp_replace(text, r"(?<=\d)z$", "Z")
-    text = F.regexp_replace(text, r"([+-]\d{2})$", "$1:00")  # "+08" → "+08:00", which Spark parses
+    # "T10:00+08" → "T10:00+08:00", which Spark parses (only after a time: "2024-01-01" has no offset)
+    text = F.regexp_replace(text, r"([T ]\d{2}(:?\d{2}){0,2}(\.\d+)?\s*[+-]\d{2})$", "$1:00")
     text = F.when(text != "", text)
     aware = F.try_to_timestamp(text).cast("timestamp_ntz")  # offset honoured, shown in the session zone
     naive = text.try_cast("timestamp_ntz")

@@ -208,8 +208,9 @@ def test_time_zone_is_the_business_one(world, spark, tmp_path):
 def test_unreadable_time_text_names_table_column_and_value(world, spark, tmp_path):
     from features.spark_engine import load_tables_spark
 
-    members = world["members"].head(4).copy()
-    members["joined_at"] = ["2024-01-01 10:00:00", "yesterday", "2024-01-02T10:00:00+08:00", "2024-13-40"]
+    members = world["members"].head(6).copy()
+    members["joined_at"] = ["2024-01-01 10:00:00", "yesterday", "2024-01-02T10:00:00+08:00", "2024-13-40",
+                            "2024-01-03", "2024-01-04T10:00+08"]  # a bare date and a short offset are fine
     write_tables({"members": members, "orders": world["orders"].head(3)}, tmp_path, fmt="csv")
     with pytest.raises(ContractError) as caught:
         load_tables_spark(spark, tmp_path)
