@@ -61,6 +61,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_MASTER = "local[2]"
 # an offset only counts after a time of day (features.contract._OFFSET, in Java regex)
 _OFFSET_REGEX = r"[T ]\d{2}(:?\d{2}){0,2}(\.\d+)?\s*([Zz]|[+-]\d{2}(:?\d{2})?)$"
+# date, hour, minutes, seconds, fraction, Z or ±hh, offset minutes ("…T10:00+08", "…T1000+0800", "…T10:00:00.5Z")
+_AWARE_PARTS = r"^(\d{4}-\d{2}-\d{2})[T ](\d{2}):?(\d{2})?:?(\d{2})?(\.\d+)?\s*([Zz]|[+-]\d{2}):?(\d{2})?$"
 _TRUE = ("true", "1", "t", "yes", "y")
 _FALSE = ("false", "0", "f", "no", "n")
 _SPARK_TYPES = {"id": "string", "str": "string", "ts": "timestamp_ntz", "date": "timestamp_ntz",
@@ -171,7 +173,31 @@ def _read_file(spark: SparkSession, path: Path) -> DataFrame:
     return spark.read.parquet(str(path))
 
 
-def _timestamp(column: Column, dtype: str) -> Column:
+def _aware_text(text: Column, timezone: str) -> Column:
+    """ISO text with an offset → business wall time.
+
+    Spark parses an offset only after full seconds ("T10:00+08:00" is null to it), so the
+    text is taken apart (date, hour, optional minutes / seconds / fraction, offset), the
+    local time rebuilt as `yyyy-MM-dd HH:mm:ss[.f]`, moved to UTC by the offset and
+    converted to `timezone`.
+    """
+    from pyspark.sql import functions as F
+
+    def part(index: int) -> Column:
+        return F.regexp_extract(text, _AWARE_PARTS, index)
+
+    def or_zero(value: Column) -> Column:
+        return F.when(value == "", F.lit("00")).otherwise(value)
+
+    local = F.concat(part(1), F.lit(" "), part(2), F.lit(":"), or_zero(part(3)), F.lit(":"), or_zero(part(4)), part(5))
+    zone = part(6)
+    minutes = F.substring(zone, 2, 2).cast("int") * 60 + or_zero(part(7)).cast("int")
+    offset = F.when(F.upper(zone) == "Z", F.lit(0)).when(zone.startswith("-"), -minutes).otherwise(minutes)
+    utc = F.timestamp_add("MINUTE", -offset, local.try_cast("timestamp_ntz"))
+    return F.when(text.rlike(_AWARE_PARTS), F.convert_timezone(F.lit("UTC"), F.lit(timezone), utc))
+
+
+def _timestamp(column: Column, dtype: str, timezone: str) -> Column:
     """A timestamp column as naive business time (the session time zone is the business one)."""
     from pyspark.sql import functions as F
 
@@ -180,13 +206,8 @@ def _timestamp(column: Column, dtype: str) -> Column:
     if dtype in ("timestamp", "date"):  # an instant (or a date): its wall time in the session time zone
         return column.cast("timestamp_ntz")
     text = F.trim(column.cast("string"))
-    text = F.regexp_replace(text, r"(?<=\d)z$", "Z")
-    # "T10:00+08" → "T10:00+08:00", which Spark parses (only after a time: "2024-01-01" has no offset)
-    text = F.regexp_replace(text, r"([T ]\d{2}(:?\d{2}){0,2}(\.\d+)?\s*[+-]\d{2})$", "$1:00")
     text = F.when(text != "", text)
-    aware = F.try_to_timestamp(text).cast("timestamp_ntz")  # offset honoured, shown in the session zone
-    naive = text.try_cast("timestamp_ntz")
-    return F.when(text.rlike(_OFFSET_REGEX), aware).otherwise(naive)
+    return F.when(text.rlike(_OFFSET_REGEX), _aware_text(text, timezone)).otherwise(text.try_cast("timestamp_ntz"))
 
 
 def _identifier(column: Column, dtype: str) -> Column:
@@ -219,7 +240,7 @@ def _boolean(column: Column, dtype: str, default: object) -> Column:
     return F.coalesce(value, F.lit(bool(default) if default is not None else False))
 
 
-def _canonical_column(col: Col, column: Column | None, dtype: str | None) -> Column:
+def _canonical_column(col: Col, column: Column | None, dtype: str | None, timezone: str) -> Column:
     from pyspark.sql import functions as F
 
     target = _SPARK_TYPES[col.kind]
@@ -230,7 +251,7 @@ def _canonical_column(col: Col, column: Column | None, dtype: str | None) -> Col
     if col.kind in ("id", "str"):
         return _identifier(column, dtype)
     if col.kind in ("ts", "date"):
-        return _timestamp(column, dtype)
+        return _timestamp(column, dtype, timezone)
     if col.kind in ("int", "nullable_int"):
         return _integer(column, dtype)
     if col.kind == "float":
@@ -267,9 +288,11 @@ def _check_parsed(name: str, table: DataFrame, columns: Sequence[str]) -> None:
 def load_tables_spark(spark: SparkSession, data_dir: str | Path) -> dict[str, DataFrame]:
     """The feature SQL's tables (`SQL_COLUMNS`) read from a data folder into canonical Spark frames.
 
-    Absent optional tables are empty tables with the canonical columns. Raises
+    Timestamps become business wall time in the session's time zone (`spark_session` sets it
+    to the business one). Absent optional tables are empty tables with the canonical columns. Raises
     `ContractError` for a missing required table or column, or an unreadable timestamp.
     """
+    timezone = spark.conf.get("spark.sql.session.timeZone")
     files = table_files(data_dir)
     missing = [Violation(n, None, "required table is missing", 0) for n, s in TABLES.items() if s.required and n not in files]
     if missing:
@@ -296,7 +319,7 @@ def load_tables_spark(spark: SparkSession, data_dir: str | Path) -> dict[str, Da
             if col.name not in wanted:
                 continue
             source = F.col(f"`{col.name}`") if col.name in dtypes else None
-            columns.append(_canonical_column(col, source, dtypes.get(col.name)).alias(col.name))
+            columns.append(_canonical_column(col, source, dtypes.get(col.name), timezone).alias(col.name))
             if col.kind == "ts" and col.name in dtypes and dtypes[col.name] == "string":
                 columns.append(source.alias(f"__raw_{col.name}"))
                 parsed_text.append(col.name)

@@ -250,3 +250,26 @@ def test_median_rewrite_is_spark_percentile():
     assert "MEDIAN(" not in text.upper()
     assert "PERCENTILE(interactions, 0.5)" in text
     assert "TIMESTAMP_NTZ" in text  # cutoff literals are naive business time, like the loaded columns
+
+
+TEXT_FORMS = [
+    "2024-01-04 10:00:00", "2024-01-04T10:00", "2024-01-04", " 2024-01-04 10:00:00.5 ", "2024-01-04T10:00+08",
+    "2024-01-04T10:00:00Z", "2024-01-04T02:00:00.250+00:00", "2024-01-03T21:30:00-05:00", "2024-01-04T02:00:00z",
+    "2024-01-04T10:00+08:00", "2024-01-04T10:00:00+0800", None,
+]
+
+
+def test_time_text_forms_read_as_the_contract_reads_them(spark):
+    """Every ISO form the contract loader accepts lands on the same business wall time in Spark."""
+    from pyspark.sql import functions as F
+
+    from features.contract import _to_local_naive
+    from features.spark_engine import _timestamp
+
+    expected, bad = _to_local_naive(pd.Series(TEXT_FORMS, dtype="object"), TIMEZONE)
+    assert not bad.any()
+    frame = spark.createDataFrame([(i, v) for i, v in enumerate(TEXT_FORMS)], "i int, x string")
+    got = frame.select("i", _timestamp(F.col("x"), "string", TIMEZONE).alias("t")).orderBy("i").toPandas()["t"]
+    assert [None if pd.isna(v) else pd.Timestamp(v) for v in got] == [
+        None if pd.isna(v) else pd.Timestamp(v) for v in expected
+    ]
