@@ -13,7 +13,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from features.contract import ContractError, load_data, summary
-from kocrank import cli_features, cli_loop, cli_runs, cli_serving, cli_simulate, cli_training
+from kocrank import cli_features, cli_loop, cli_runs, cli_serving, cli_simulate, cli_spark, cli_training
 from kocrank.config import load_config
 from kocrank.console import make_console
 
@@ -189,6 +189,7 @@ def validate(
 cli_simulate.register(app)
 cli_simulate.register_loop(app)
 cli_features.register(app)
+cli_spark.register(app)
 cli_training.register(app)
 cli_serving.register(app)
 cli_runs.register(app)

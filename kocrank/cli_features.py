@@ -44,6 +44,22 @@ def _print_sql(dialect: str, as_of: list[str] | None, timezone: str, console) ->
     console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
+def _spark_features(data: Path, cutoffs: list, out: Path, timezone: str, master: str, console, started: float) -> None:
+    """`--engine spark`: the same feature SQL on pyspark; `koc validate` is the gate (no pandas load here)."""
+    from features.io import write_frame
+    from features.spark_engine import build_features_spark
+
+    with progress_steps(make_console(stderr=True), 2) as step:
+        step(f"building features for {len(cutoffs)} cutoff(s) on Spark ({master})")
+        features = build_features_spark(data, cutoffs, master=master, timezone=timezone)
+        step("writing")
+        write_frame(features, out)
+    console.print(
+        f"wrote {len(features)} rows ({features['member_id'].nunique()} members, "
+        f"{features['as_of'].nunique()} cutoff(s)) to {out} in {time.perf_counter() - started:.1f}s with Spark"
+    )
+
+
 def register(app: typer.Typer) -> None:
     """Add the `features` command to the `koc` app."""
 
@@ -73,6 +89,16 @@ def register(app: typer.Typer) -> None:
                 help="Print the feature SQL for the first --as-of in this dialect (duckdb, spark, …) and exit.",
             ),
         ] = None,
+        engine: Annotated[
+            str,
+            typer.Option(
+                "--engine",
+                help="duckdb (one machine) or spark (pyspark; the data must have passed `koc validate`).",
+            ),
+        ] = "duckdb",
+        master: Annotated[
+            str, typer.Option("--master", help="Spark master for --engine spark, e.g. local[2] or yarn.")
+        ] = "local[2]",
     ) -> None:
         """Build one row of features per (member, as_of) using only data strictly before each cutoff."""
         console = make_console()
@@ -91,6 +117,9 @@ def register(app: typer.Typer) -> None:
         if out.suffix.lower() not in (".parquet", ".csv"):
             raise typer.BadParameter(f"--out must end in .parquet or .csv, got {out.name}")
 
+        if engine not in ("duckdb", "spark"):
+            raise typer.BadParameter(f"--engine must be duckdb or spark, got {engine!r}")
+
         from features.build import absent_groups, build_features, write_features
         from features.contract import load_data
         from features.io import write_frame
@@ -98,6 +127,9 @@ def register(app: typer.Typer) -> None:
 
         started = time.perf_counter()
         cutoffs = [parse_cutoff(value, timezone) for value in as_of]
+        if engine == "spark":
+            _spark_features(data, cutoffs, out, timezone, master, console, started)
+            return
         with progress_steps(make_console(stderr=True), 2) as step:
             step("loading and checking the data")
             brand = load_data(data, timezone=timezone)
