@@ -210,7 +210,7 @@ def main() -> None:
     for ratio in ratios:
         console.print(
             f"{ratio['members']:,}: features {ratio['features_s']:.1f} s = {ratio['ratio_to_floor_process']}× the floor "
-            f"process ({ratio['floor_process_s']:.1f} s), {ratio['ratio_to_floor_query']}× its query ({ratio['floor_query_s']:.1f} s)"
+            f"process ({ratio['floor_process_s']:.1f} s), {ratio['ratio_to_floor_query']}× its query ({ratio['floor_query_s']} s)"
         )
     for stage, p in projection.items():
         console.print(f"projected to {opts.project:,}: {stage} {p['seconds']:.0f} s, {p['peak_rss_mb']:.0f} MB (fit on {p['from_sizes']})")
