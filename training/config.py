@@ -134,8 +134,8 @@ class TrainConfig(BaseModel):
             "What the score means: `if_invited` P(productive KOC within H | invited now), `observed` P(enrolled "
             "and productive within H) under the past policy, `uplift` P(productive | invited) - "
             "P(productive | not invited); see training/targets.py. `if_invited` is the default: on the 30k "
-            "`koc eval` grid (4 scenarios x 2 seeds x 3 test cutoffs, README) it ties `observed` within the "
-            "seed spread where past invitations were random, activity-led or mostly self-driven, and wins by "
+            "`koc eval` grid (5 scenarios x 2 seeds x 3 test cutoffs, README) it ties `observed` within the "
+            "seed spread where past invitations were random, activity-led, mixed or mostly self-driven, and wins by "
             "0.08 yield@1%/oracle where they were spend-led. Without logged invitations and enrolments it "
             "falls back to `observed` and says so"
         ),
@@ -145,7 +145,7 @@ class TrainConfig(BaseModel):
         description=(
             "How `if_invited` (and uplift's treated arm) is learnt; see training/targets.py. `auxiliary` "
             "(P(accept | invited) x P(productive posting)) has the best mean share of the ceiling on the 30k "
-            "`koc eval` grid (0.930 vs two_stage 0.924; README, koc eval)"
+            "`koc eval` grid (0.930 vs two_stage 0.922, observed 0.914; README, koc eval)"
         ),
     )
     propensity_clip: float = Field(

@@ -85,7 +85,7 @@ def test_real_uvicorn_server_over_http(store, tmp_path):
             assert client.get("/candidates").status_code == 401
             assert client.get("/candidates", headers={"Authorization": "Bearer wrong"}).status_code == 401
             body = client.get("/candidates", headers=auth).json()
-            assert body["count"] == 20 and body["model_version"] == "1" and body["target"] == "observed"
+            assert body["count"] == 20 and body["model_version"] == "1" and body["target"] == "if_invited"  # the default target
             docs = client.get("/docs", headers=auth)
             assert docs.status_code == 200 and "/static/docs/swagger-ui-bundle.js" in docs.text
             assert client.get("/static/docs/swagger-ui-bundle.js").status_code == 200
