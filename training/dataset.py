@@ -402,10 +402,12 @@ def build_snapshots(data: BrandData, label_cfg: LabelConfig, train_cfg: TrainCon
     train_only = ~labels["as_of"].isin(list(evaluated)).to_numpy()
     informative = informative_rows(labels)
     rate = negative_rate(train_cfg, int(train_only.sum()), int((informative & train_only).sum()))
-    draws = sampling_draws(labels, train_cfg.seed)
-    keep = ~train_only | informative | (draws < rate)
-    sampled = train_only & ~informative
-    kept = labels.loc[keep].assign(weight=np.where(sampled[keep], 1.0 / rate, 1.0))
+    kept = pd.concat(
+        [
+            labels.loc[~train_only].assign(weight=1.0),
+            downsample_negatives(labels.loc[train_only], rate, train_cfg.seed),
+        ]
+    )
     logger.info(
         "snapshot rows: %d eligible (member, cutoff) pairs, %d kept (negative sample rate %.4g on %d training-only "
         "cutoffs; %d validation/test cutoffs complete)",
