@@ -145,9 +145,9 @@ def _training_reference(brand: Any, loaded: Any, cfg: Any, tracking_uri: str | N
     """Profile of the model's test cutoff (eligible members, same feature code), from its run's tag."""
     from mlflow import MlflowClient
 
-    from features.build import build_features
     from features.labels import eligibility
     from serving.monitor import reference_profile
+    from serving.rank import model_features
 
     run_id = loaded.info.run_id
     if not run_id:
@@ -157,7 +157,7 @@ def _training_reference(brand: Any, loaded: Any, cfg: Any, tracking_uri: str | N
         return None, f"run {run_id} has no koc.test_cutoff tag: no training reference"
     as_of = pd.Timestamp(cutoff)
     elig = eligibility(brand, as_of, cfg.labels)
-    features = build_features(brand, [as_of]).set_index("member_id").loc[elig.loc[elig["eligible"], "member_id"]]
+    features = model_features(brand, as_of, loaded.model, cfg.engine).set_index("member_id").loc[elig.loc[elig["eligible"], "member_id"]]
     X = features[list(loaded.model.feature_names_)]
     scores = pd.Series(loaded.model.predict_proba(X), index=X.index)
     return reference_profile(X, scores), f"training reference: eligible members at the test cutoff {as_of.date()}"
@@ -174,19 +174,19 @@ def monitor_command(
     log_mlflow: Annotated[bool, typer.Option("--log/--no-log", help="Log the report to MLflow (experiment koc-monitor).")] = True,
 ) -> None:
     """Drift, calibration and rank-stability report; exit 1 with `retrain recommended` when a threshold trips."""
-    from features.build import build_features
     from features.contract import parse_as_of
     from features.io import atomic_path
     from features.labels import eligibility, label_window_complete
     from serving.model_store import load_model
     from serving.monitor import monitor, render_html
     from serving.outcomes import member_outcomes
+    from serving.rank import model_features
 
     cfg, brand = _load(data, config)
     cutoff = parse_as_of(as_of, cfg.timezone)
     loaded = load_model(model or cfg.ranking.model_uri, tracking_uri, cfg.labels)
     elig = eligibility(brand, cutoff, cfg.labels)
-    features = build_features(brand, [cutoff]).set_index("member_id").loc[elig.loc[elig["eligible"], "member_id"]]
+    features = model_features(brand, cutoff, loaded.model, cfg.engine).set_index("member_id").loc[elig.loc[elig["eligible"], "member_id"]]
     X = features[list(loaded.model.feature_names_)]
     scores = pd.Series(loaded.model.predict_proba(X), index=X.index, name="score")
     lists = _store(cfg, store, tracking_uri).all()

@@ -70,7 +70,7 @@ def rank_command(
         result = rank_members(
             brand, cutoff, loaded, top, cfg.ranking, cfg.labels,
             generated_at=generated_at, generated_by=who_is_running(), config_digest=cfg.digest(),
-            data_fingerprint=cached_fingerprint(brand, cache_dir()),
+            data_fingerprint=cached_fingerprint(brand, cache_dir()), engine=cfg.engine,
         )
         step("writing the list")
         written = write_ranked_list(result.candidates, result.meta, out, chosen)
@@ -128,6 +128,7 @@ def serve_command(
         config_digest=cfg.digest(),
         activation_log=activation_log,
         fingerprint_cache=cache_dir(),
+        engine=cfg.engine,
     )
     check_serve_settings(settings)
     if settings.api_token is None:

@@ -127,6 +127,7 @@ def register(app: typer.Typer) -> None:
                     config_record=cfg.model_dump(mode="json"),
                     progress=advance,
                     fingerprint_cache=cache_dir(),
+                    engine=cfg.engine,
                 )
             except ContractError as err:
                 console.print(f"[bold red]invalid data[/]: {err}")

@@ -31,6 +31,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, create_model, field_validator
 
+from features.build import EngineConfig
 from features.contract import BrandData, load_data
 from features.labels import EXCLUSION_RULES, LabelConfig
 from serving.config import DEFAULT_MODEL_URI, RankConfig, default_cutoff
@@ -75,6 +76,7 @@ class ServeSettings(BaseModel):
     fingerprint_cache: Path | None = Field(
         None, description="folder caching each data file's fingerprint (training.fingerprint); none: hash once per start"
     )
+    engine: EngineConfig = Field(EngineConfig(), description="DuckDB threads / memory limit / spill folder for features")
 
     @field_validator("as_of")
     @classmethod
@@ -207,7 +209,7 @@ class RankingService:
             result = rank_members(
                 self._data, self.as_of(), loaded, top, self.settings.rank, self.settings.labels,
                 generated_at=generated_at, generated_by="koc serve", config_digest=self.settings.config_digest,
-                data_fingerprint=self.data_fingerprint(),
+                data_fingerprint=self.data_fingerprint(), engine=self.settings.engine,
             )
         return _State(loaded=loaded, result=result, loaded_at=self._clock())
 

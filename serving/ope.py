@@ -35,11 +35,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.build import build_features
 from features.contract import BrandData, parse_as_of
 from features.labels import label_window_complete
 from serving.issued import IssuedList, LoopConfig
 from serving.outcomes import member_outcomes
+from serving.rank import model_features
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def list_log(issued: IssuedList, data: BrandData, challenger: Any, cfg: LoopConf
         logger.warning("list %s: only %.0f%% of its invitations were sent (< %.0f%%): skipped by off-policy evaluation",
                        issued.list_id, 100 * sent_share, 100 * cfg.min_sent_share)
         return None
-    features = build_features(data, [as_of]).set_index("member_id")
+    features = model_features(data, as_of, challenger).set_index("member_id")
     X = features.loc[members["member_id"], list(challenger.feature_names_)]
     members["target_score"] = challenger.predict_proba(X)
     # the outcome of an invitation is only observed where it was sent; an unsent pick counts as not invited

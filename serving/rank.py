@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.build import REFUNDS_WITHOUT_TIME, RefundsWithoutTime, build_features
+from features.build import REFUNDS_WITHOUT_TIME, EngineConfig, RefundsWithoutTime, build_features
 from features.contract import BrandData
 from features.labels import EXCLUSION_RULES, LabelConfig, eligibility, exclusion_counts
 from features.registry import categorical_features
@@ -157,6 +157,30 @@ def trial_categories(
     return best.rename(columns={"category": "trial_category"})[["member_id", "trial_category"]].reset_index(drop=True)
 
 
+def model_engine(model: RankingModel, engine: EngineConfig | None = None) -> EngineConfig:
+    """`engine` (DuckDB threads / memory from config) with the feature semantics the model was trained on.
+
+    The refund rule changes feature values, so a model that recorded `refunds_without_time_`
+    is scored with that rule whatever the current config says (a differing config is logged).
+    """
+    engine = engine or EngineConfig()
+    trained = getattr(model, "refunds_without_time_", None)
+    if trained is None or trained == engine.refunds_without_time:
+        return engine
+    logger.warning(
+        "config [engine] refunds_without_time = %r, but the model was trained with %r: scoring with the model's rule",
+        engine.refunds_without_time, trained,
+    )
+    return engine.model_copy(update={"refunds_without_time": trained})
+
+
+def model_features(
+    data: BrandData, as_of: pd.Timestamp, model: RankingModel, engine: EngineConfig | None = None
+) -> pd.DataFrame:
+    """`build_features` at one cutoff, with the feature semantics `model` was trained on (`model_engine`)."""
+    return build_features(data, [as_of], model_engine(model, engine))
+
+
 def _member_segments(data: BrandData) -> pd.DataFrame:
     return data.members[["member_id", *QUOTA_COLUMNS]]
 
@@ -167,15 +191,17 @@ def score_population(
     loaded: LoadedModel,
     cfg: RankConfig,
     label_cfg: LabelConfig,
+    engine: EngineConfig | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every member who joined before `as_of`: eligibility flags, score, value scores, segment.
 
     Percentile and tier are computed among eligible members only (null for the others).
     Returns (scored sorted by member_id, model inputs indexed by member_id).
     """
-    elig = eligibility(data, as_of, label_cfg)
-    features = build_features(data, [as_of])
     model = loaded.model
+    engine = model_engine(model, engine)
+    elig = eligibility(data, as_of, label_cfg)
+    features = build_features(data, [as_of], engine)
     X = features[list(model.feature_names_)]  # a copy-on-write view, not a copy
     scores = pd.Series(predict_in_chunks(model, X), index=features.index, name="score")
     values = value_scores(features)[list(VALUE_SCORE_COLUMNS)].round(1)  # 0-100, one decimal is plenty
@@ -184,7 +210,10 @@ def score_population(
     scored = (
         elig.drop(columns="as_of")
         .merge(scored, on="member_id", how="left", validate="one_to_one")
-        .merge(trial_categories(data.orders, as_of, cfg.trial_category_lookback_days), on="member_id", how="left")
+        .merge(
+            trial_categories(data.orders, as_of, cfg.trial_category_lookback_days, engine.refunds_without_time),
+            on="member_id", how="left",
+        )
         .merge(_member_segments(data), on="member_id", how="left", validate="one_to_one")
     )
     eligible = scored["eligible"].to_numpy(dtype=bool)
@@ -230,6 +259,7 @@ def rank_members(
     generated_by: str | None = None,
     config_digest: str | None = None,
     data_fingerprint: dict[str, Any] | None = None,
+    engine: EngineConfig | None = None,
 ) -> RankResult:
     """Rank eligible members at `as_of` and pick the K to invite (quotas + exploration).
 
@@ -237,7 +267,8 @@ def rank_members(
     `generated_at` (ISO text) and `generated_by` are recorded in the metadata as given;
     `config_digest` defaults to a hash of the rank and label configs and K; `data_fingerprint`
     to `data.fingerprint()` (callers with files pass `training.fingerprint.cached_fingerprint`'s,
-    so unchanged tables are not hashed again on every ranking).
+    so unchanged tables are not hashed again on every ranking). `engine`: the config's `[engine]`
+    (DuckDB threads, memory limit, spill folder); the refund rule is the model's (`model_engine`).
     """
     if not isinstance(as_of, pd.Timestamp) or as_of.tzinfo is not None:
         raise TypeError(f"as_of must be a naive business-time pd.Timestamp (parse it at the edge), got {as_of!r}")
@@ -245,7 +276,7 @@ def rank_members(
     label_cfg = label_cfg or LabelConfig()
     if not (data.members["joined_at"] < as_of).any():
         raise ValueError(f"no member joined before as_of {as_of}: nobody can be ranked (is the date right?)")
-    scored, inputs = score_population(data, as_of, loaded, cfg, label_cfg)
+    scored, inputs = score_population(data, as_of, loaded, cfg, label_cfg, engine)
     chosen = choose_candidates(scored.loc[scored["eligible"]], k, cfg, as_of=as_of)
     population = _population(inputs)
     reasons = explain_members(loaded.model, inputs, chosen["member_id"], cfg.n_reasons, population)

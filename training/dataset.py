@@ -368,8 +368,12 @@ def features_for_rows(data: BrandData, rows: pd.DataFrame, engine: EngineConfig 
     return coerce_features(features, categorical, keep_other_columns=True) if len(parts) > 1 else features
 
 
-def build_snapshots(data: BrandData, label_cfg: LabelConfig, train_cfg: TrainConfig) -> SnapshotDataset:
-    """Features, labels and outcomes of eligible members at every cutoff a backtest fold uses."""
+def build_snapshots(
+    data: BrandData, label_cfg: LabelConfig, train_cfg: TrainConfig, engine: EngineConfig | None = None
+) -> SnapshotDataset:
+    """Features, labels and outcomes of eligible members at every cutoff a backtest fold uses.
+
+    `engine`: the config's `[engine]` (DuckDB threads, memory limit, spill folder, refund rule)."""
     cutoffs, incomplete, source = candidate_cutoffs(data, label_cfg, train_cfg)
     folds = backtest_splits(cutoffs, label_cfg, train_cfg, incomplete=incomplete, source=source)
     split = folds[-1]
@@ -413,7 +417,7 @@ def build_snapshots(data: BrandData, label_cfg: LabelConfig, train_cfg: TrainCon
         "cutoffs; %d validation/test cutoffs complete)",
         len(labels), len(kept), rate, len(set(used) - evaluated), len(evaluated),
     )
-    feats = features_for_rows(data, kept)
+    feats = features_for_rows(data, kept, engine)
     names = feature_names()
     merged = kept.merge(feats, on=["member_id", "as_of"], how="inner", validate="one_to_one")
     if len(merged) != len(kept):

@@ -27,6 +27,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from features.build import EngineConfig
 from features.contract import DEFAULT_TIMEZONE, BrandData, load_data
 from features.labels import LabelConfig
 from features.registry import FEATURE_SET_VERSION
@@ -387,12 +388,13 @@ class _Run:
     promotion_before: dict[str, str] | None = None  # aliases when the promotion step began
     recorded: tracking.PromotionDecision | None = None  # decision written to the registry
     fingerprint_cache: Path | None = None  # training.fingerprint's cache folder (None: hash every table)
+    engine: EngineConfig = field(default_factory=EngineConfig)  # [engine]: DuckDB settings and the refund rule
 
 
 def step_snapshot(run: _Run, config_record: Mapping[str, Any] | None) -> None:
     """Build the snapshot rows of every backtest fold and log the split, config and data fingerprint."""
     brand, train_cfg, label_cfg = run.brand, run.train_cfg, run.label_cfg
-    run.dataset = dataset = build_snapshots(brand, label_cfg, train_cfg)
+    run.dataset = dataset = build_snapshots(brand, label_cfg, train_cfg, run.engine)
     split = dataset.split.to_dict()
     mlflow.set_tags(
         {
@@ -455,11 +457,14 @@ def step_fit(run: _Run, issued: pd.DataFrame | None) -> None:
     run.backtest = backtest = run_backtest(dataset, run.brand, train_cfg, run.label_cfg, fit_target, issued=issued)
     run.model = refit(dataset, backtest, model_factory(train_cfg, run.label_cfg), train_cfg, issued=issued)
     latest = backtest.latest
+    # the refund rule changes feature values: scoring must use the one training used (serving.rank.model_engine)
+    run.model.refunds_without_time_ = run.engine.refunds_without_time
     mlflow.log_params(
         {
             **target_params(backtest.target, backtest.method, latest.fitted),
             "model.best_iteration": str(run.model.best_iteration_),
             "model.refit": str(run.model is not latest.model).lower(),
+            "engine.refunds_without_time": run.engine.refunds_without_time,
             **{f"model.iterations.{name}": str(n) for name, n in backtest.iterations().items()},
         }
     )
@@ -544,6 +549,7 @@ def run_training(
     progress: Progress | None = None,
     issued: pd.DataFrame | None = None,
     fingerprint_cache: str | Path | None = None,
+    engine: EngineConfig | None = None,
 ) -> TrainResult:
     """Load, snapshot, backtest and fit, evaluate, log, register and maybe promote: one MLflow run.
 
@@ -552,7 +558,8 @@ def run_training(
     `issued` (optional: `member_id, as_of, selection_probability` of kocrank's own past
     lists) gives inverse-propensity weights their logged propensities. `fingerprint_cache`: a
     folder where each data file's fingerprint is kept (`training.fingerprint`), so unchanged
-    files are not hashed again.
+    files are not hashed again. `engine`: the config's `[engine]` (DuckDB threads, memory limit and
+    spill folder for the feature build; its refund rule is recorded on the model for scoring).
     """
     # re-validated: `model_copy(update=...)` skips validation (e.g. a primary_k missing from k_list)
     train_cfg = TrainConfig.model_validate((train_config or TrainConfig()).model_dump())
@@ -561,6 +568,7 @@ def run_training(
     experiment_name = experiment or train_cfg.experiment_name
     state = _Run(train_cfg, label_cfg, timezone, uri, train_cfg.registered_model_name)
     state.fingerprint_cache = Path(fingerprint_cache) if fingerprint_cache is not None else None
+    state.engine = engine or EngineConfig()
     announce = progress or (lambda stage: logger.info("%s ...", stage))
     timings: dict[str, float] = {}
 

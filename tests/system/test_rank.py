@@ -369,3 +369,31 @@ def test_stale_data_and_impossible_cutoffs_are_flagged(world):
     assert not any("stale" in w for w in fresh.meta["warnings"])
     with pytest.raises(ValueError, match="no member joined before"):
         rank_members(world, pd.Timestamp("1990-01-01"), fake_loaded(), 3)
+
+
+# ----------------------------------------------------------------- engine and refund rule
+
+
+def test_rank_uses_the_config_engine_and_the_models_refund_rule(world, monkeypatch, caplog):
+    """`[engine]` reaches the feature build; the refund rule is the one the model was trained with."""
+    import serving.rank as rank_module
+    from features.build import EngineConfig
+
+    seen: list[EngineConfig] = []
+    real = rank_module.build_features
+
+    def spy(data, as_of, engine=None, **kwargs):
+        seen.append(engine)
+        return real(data, as_of, engine, **kwargs)
+
+    monkeypatch.setattr(rank_module, "build_features", spy)
+    engine = EngineConfig(threads=1, memory_limit="512MB", refunds_without_time="count")
+    loaded = fake_loaded()
+    rank_members(world, AS_OF, loaded, 5, RankConfig(exploration_share=0.0), engine=engine, generated_at="t0")
+    assert seen[-1] == engine  # a model that recorded no rule: the config's
+
+    loaded.model.refunds_without_time_ = "drop"
+    with caplog.at_level("WARNING", logger="serving.rank"):
+        rank_members(world, AS_OF, loaded, 5, RankConfig(exploration_share=0.0), engine=engine, generated_at="t0")
+    assert seen[-1] == EngineConfig(threads=1, memory_limit="512MB", refunds_without_time="drop")
+    assert "trained with 'drop'" in caplog.text

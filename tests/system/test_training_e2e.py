@@ -19,6 +19,7 @@ import typer
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
+from features.build import EngineConfig
 from features.contract import BrandData, from_frames
 from features.io import write_tables
 from features.labels import LabelConfig, labels_for
@@ -56,11 +57,16 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="module")
 def runs(world: BrandData, store: str) -> dict[str, TrainResult]:
-    """Run A tests on an earlier cutoff; B and C are identical runs on the latest one."""
+    """Run A tests on an earlier cutoff; B and C are identical runs on the latest one.
+
+    C gives the feature build other DuckDB settings (one thread, a memory limit, a spill folder):
+    they must change nothing but speed.
+    """
+    engine = EngineConfig(threads=1, memory_limit="1GB", temp_directory=str(Path(store.removeprefix("sqlite:///")).parent / "spill"))
     return {
         "a": run_training(world, EARLIER, tracking_uri=store),
         "b": run_training(world, CONFIG, tracking_uri=store),
-        "c": run_training(world, CONFIG, tracking_uri=store),
+        "c": run_training(world, CONFIG, tracking_uri=store, engine=engine),
     }
 
 
@@ -82,6 +88,9 @@ def test_same_data_and_seed_give_identical_metrics(runs: dict[str, TrainResult])
     logged_b = client.get_run(runs["b"].run_id).data.metrics
     logged_c = client.get_run(runs["c"].run_id).data.metrics
     assert logged_b == logged_c and "model.pr_auc" in logged_b and "rfm.precision_at_100" in logged_b
+    # the refund rule the features used travels with the model, for scoring (serving.rank.model_engine)
+    assert runs["c"].model.refunds_without_time_ == EngineConfig().refunds_without_time
+    assert client.get_run(runs["c"].run_id).data.params["engine.refunds_without_time"] == EngineConfig().refunds_without_time
 
 
 def test_promotion_compares_backtest_means_and_a_tie_never_promotes(
