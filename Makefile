@@ -8,6 +8,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 DEMO_DIR ?= demo
 DEMO_MEMBERS ?= 20000
 DEMO_SEED ?= 7
+TEST_WORKERS ?= auto
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo test browser bench bench-scale lint docs clean
@@ -34,8 +35,8 @@ demo: $(STAMP) ## simulate a brand, validate, build features, train + register, 
 browser: ## install Debian's Chromium and a CJK font for the ops page's browser test (as root; CI does this)
 	@test -x /usr/bin/chromium || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium fonts-wqy-microhei; }
 
-test: $(STAMP) ## run the test suite
-	$(BIN)/python -m pytest -q
+test: $(STAMP) ## run the test suite (one test file per worker, TEST_WORKERS=auto: one per core)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(STAMP) ## time and peak memory of simulate, features, train, rank and /score at 100k members
 	$(BIN)/python bench/run.py

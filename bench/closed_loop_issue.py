@@ -23,7 +23,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import kocrank.simulation.loop as closed_loop  # noqa: E402
-
 from features.io import write_tables  # noqa: E402
 from kocrank.simulation.world import Simulation  # noqa: E402
 from serving.issued import IssuedStore, issue_list  # noqa: E402

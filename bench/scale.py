@@ -8,8 +8,8 @@ runs, each stage as its own process (wall time and peak RSS from `os.wait4`):
   `[engine]` memory limit of `--memory-limit`;
 - `floor`: one DuckDB GROUP BY member over `orders` and one over `events`, straight from
   the Parquet files (a fresh process; the query time is measured inside it too);
-- `train` and `rank` (`koc train` / `koc rank` on the data directory) for the sizes in
-  `--train` / `--rank` (they are slow; rank uses the model trained at the first size).
+- `train` and `rank` (`koc train` / `koc rank` on the ingested store, with the same `[engine]`)
+  for the sizes in `--train` / `--rank` (rank uses the model trained at the first size).
 
 Then it fits time and peak memory of each stage linearly in the number of members,
 projects them to `--project` members and names the bottleneck stage. Runs at 1M members
@@ -165,13 +165,18 @@ def main() -> None:
                 ),
             ]
             if members in train_at:
-                size_rows.append(run_stage("train (all cutoffs)", members, [*koc, "train", "--data", str(data)], env))
+                size_rows.append(
+                    run_stage(
+                        "train (all cutoffs)", members,
+                        [*koc, "train", "--data", str(store), "--config", str(config)], env,
+                    )
+                )
             if members in rank_at:
                 size_rows.append(
                     run_stage(
                         "rank", members,
-                        [*koc, "rank", "--data", str(data), "--as-of", opts.as_of, "--top", "500",
-                         "--out", str(out / f"invitations_{members}")],
+                        [*koc, "rank", "--data", str(store), "--as-of", opts.as_of, "--top", "500",
+                         "--out", str(out / f"invitations_{members}"), "--config", str(config)],
                         env,
                     )
                 )

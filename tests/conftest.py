@@ -9,7 +9,6 @@ point-in-time properties), `model/` (model behaviour on simulated worlds), `syst
 from __future__ import annotations
 
 import pytest
-
 from support.worlds import build_world, train_simulated_store
 
 

@@ -111,7 +111,8 @@ class TrainConfig(BaseModel):
         "auto",
         description=(
             "Share of training rows with no outcome (label 0, never invited or enrolled) kept, weighted 1/rate; "
-            "1 keeps all. Sampled before features are built; validation and test cutoffs are never sampled. "
+            "1 keeps all. Sampled before features are built, on training and validation cutoffs (early stopping "
+            "and calibration use the weights); test cutoffs are never sampled (lambdarank keeps validation too). "
             "`auto`: 1 while the training-only cutoffs hold at most auto_sample_train_rows rows, else the rate "
             "that keeps about that many"
         ),

@@ -207,8 +207,8 @@ class SnapshotDataset:
     Columns: `member_id, as_of, split, label, relevance, weight`, the outcome columns of
     `features.targets` (`invited, accepted, enrolled, productive`), then the features. `split`
     names the latest fold's role of the row (`train`, `validation`, `test`, or `backtest` for
-    cutoffs only earlier folds use). Cutoffs no fold validates or tests on hold only their
-    sampled rows (`downsample_negatives`, built before their features); `part` and `fold_parts`
+    cutoffs only earlier folds use). Cutoffs no fold tests on (lambdarank: nor validates on) hold
+    only their sampled rows (`downsample_negatives`, built before their features); `part` and `fold_parts`
     sample the training rows of the other cutoffs the same way (the same rows: sampling is
     idempotent), so every training row is kept with probability 1 or `negative_sample_rate`
     and weighted by the inverse. Numeric features are float32.
@@ -390,7 +390,12 @@ def build_snapshots(
         ", ".join(str(f.test.date()) for f in folds),
     )
     used = sorted({c for fold in folds for c in fold.used})
-    evaluated = {c for fold in folds for c in (fold.validation, fold.test)}
+    # test cutoffs are judged by top-K metrics over the whole population: they stay complete.
+    # Validation cutoffs only early-stop and calibrate, which take weights: they are sampled
+    # like training cutoffs (lambdarank's query groups need them whole, so it keeps them).
+    evaluated = {c for fold in folds for c in (fold.test,)}
+    if train_cfg.objective == "lambdarank":
+        evaluated |= {fold.validation for fold in folds}
     labels = labels_for(data, used, label_cfg)
     which = {c: "train" for c in split.train} | {split.validation: "validation", split.test: "test"}
     roles = labels["as_of"].map(which).fillna("backtest")
@@ -402,19 +407,22 @@ def build_snapshots(
     labels.insert(4, "relevance", relevance.astype("int64").to_numpy())
     labels = outcomes_for(data, labels, label_cfg)
 
-    # sample before building features: validation and test cutoffs of every fold stay complete
-    train_only = ~labels["as_of"].isin(list(evaluated)).to_numpy()
+    # sample before building features: the test cutoffs of every fold stay complete. The rate is
+    # set by the training-only cutoffs' size (`negative_rate`) and applies to validation cutoffs too
+    validations = {fold.validation for fold in folds}
+    train_only = ~labels["as_of"].isin(list(evaluated | validations)).to_numpy()
+    sampled = ~labels["as_of"].isin(list(evaluated)).to_numpy()
     informative = informative_rows(labels)
     rate = negative_rate(train_cfg, int(train_only.sum()), int((informative & train_only).sum()))
     kept = pd.concat(
         [
-            labels.loc[~train_only].assign(weight=1.0),
-            downsample_negatives(labels.loc[train_only], rate, train_cfg.seed),
+            labels.loc[~sampled].assign(weight=1.0),
+            downsample_negatives(labels.loc[sampled], rate, train_cfg.seed),
         ]
     )
     logger.info(
-        "snapshot rows: %d eligible (member, cutoff) pairs, %d kept (negative sample rate %.4g on %d training-only "
-        "cutoffs; %d validation/test cutoffs complete)",
+        "snapshot rows: %d eligible (member, cutoff) pairs, %d kept (negative sample rate %.4g on %d training and "
+        "validation cutoffs; %d test cutoffs complete)",
         len(labels), len(kept), rate, len(set(used) - evaluated), len(evaluated),
     )
     feats = features_for_rows(data, kept, engine)

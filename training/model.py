@@ -111,8 +111,12 @@ class KocModel:
         relevance_val: np.ndarray | pd.Series | None = None,
         group: Sequence[int] | None = None,
         group_val: Sequence[int] | None = None,
+        sample_weight_val: Sequence[float] | np.ndarray | pd.Series | None = None,
     ) -> KocModel:
         """Fit on (X, y), early-stop and calibrate on (X_val, y_val); returns self.
+
+        `sample_weight_val`: weights of the validation rows (1/keep-probability when the
+        validation cutoff was sampled), used by the early-stopping metric and the calibrator.
 
         With `objective="lambdarank"` the booster learns the graded `relevance` within query
         `group`s (row counts per cutoff, in row order); `y`/`y_val` stay the binary labels
@@ -147,6 +151,7 @@ class KocModel:
         valid_set = lgb.Dataset(
             self._model_input(X_val), label=valid_target, group=group_val, reference=train_set, free_raw_data=True,
             feature_name=self.feature_names_, categorical_feature=self._categorical_positions(),
+            weight=None if sample_weight_val is None else np.asarray(sample_weight_val, dtype="float64"),
         )
         evals: dict[str, Any] = {}
         self.booster_ = lgb.train(
@@ -162,7 +167,7 @@ class KocModel:
         )
         self.best_iteration_ = int(self.booster_.best_iteration or self.booster_.current_iteration())
         self.validation_curve_ = {name: list(values) for name, values in evals.get("validation", {}).items()}
-        self.calibrate(self.raw_score(X_val), y_valid)
+        self.calibrate(self.raw_score(X_val), y_valid, sample_weight_val)
         self._stamp()
         logger.info("trained LightGBM (%s) on %d rows, best iteration %d", self.objective, len(X), self.best_iteration_)
         return self
@@ -194,12 +199,18 @@ class KocModel:
         self._stamp()
         return self
 
-    def calibrate(self, raw: np.ndarray, y: Sequence[int] | np.ndarray) -> KocModel:
-        """Fit the calibrator on raw scores and labels of rows the booster was not fitted on."""
+    def calibrate(
+        self,
+        raw: np.ndarray,
+        y: Sequence[int] | np.ndarray,
+        sample_weight: Sequence[float] | np.ndarray | pd.Series | None = None,
+    ) -> KocModel:
+        """Fit the calibrator on raw scores and labels of rows the booster was not fitted on (optionally weighted)."""
         labels = np.asarray(y, dtype="int64")
         if labels.min(initial=0) == labels.max(initial=0):
             raise ValueError("calibration rows hold a single class; the calibrator needs both")
-        self.calibrator_ = self._fit_calibrator(np.asarray(raw, dtype="float64"), labels)
+        weight = None if sample_weight is None else np.asarray(sample_weight, dtype="float64")
+        self.calibrator_ = self._fit_calibrator(np.asarray(raw, dtype="float64"), labels, weight)
         return self
 
     def _remember_columns(self, X: pd.DataFrame) -> None:
@@ -233,10 +244,12 @@ class KocModel:
         self.label_config_ = self.label_config
         self.trained_at_ = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
-    def _fit_calibrator(self, raw: np.ndarray, y: np.ndarray) -> LogisticRegression | IsotonicRegression:
+    def _fit_calibrator(
+        self, raw: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None
+    ) -> LogisticRegression | IsotonicRegression:
         if self.calibration == "isotonic":
-            return IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(raw, y)
-        return LogisticRegression(C=1e6, max_iter=1000).fit(raw.reshape(-1, 1), y)
+            return IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(raw, y, sample_weight=weight)
+        return LogisticRegression(C=1e6, max_iter=1000).fit(raw.reshape(-1, 1), y, sample_weight=weight)
 
     @staticmethod
     def _check_training_frame(X: pd.DataFrame, name: str) -> None:

@@ -244,6 +244,7 @@ def fit_components(
             valid_rows[names],
             valid_rows[label].to_numpy(),
             sample_weight=weight,
+            sample_weight_val=valid_rows["weight"].to_numpy(dtype=float),
         )
         model.target_method_ = component
         fitted.components[component] = model

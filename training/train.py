@@ -140,6 +140,8 @@ def _fit_observed(
         valid[names],
         valid["label"].to_numpy(),
         sample_weight=train["weight"].to_numpy(),
+        # lambdarank keeps its validation cutoffs complete (training.dataset.build_snapshots): no weights
+        sample_weight_val=None if ranking else valid["weight"].to_numpy(dtype=float),
         **ranking,
     )
     counts = {

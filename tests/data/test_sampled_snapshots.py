@@ -1,4 +1,4 @@
-"""Sampled snapshots: labels first, then features only for kept rows; honest validation and test cutoffs."""
+"""Sampled snapshots: labels first, then features only for kept rows; complete test cutoffs, weighted validation."""
 
 from __future__ import annotations
 
@@ -33,11 +33,12 @@ def built(small_sim_world):
 
 
 @pytest.mark.slow
-def test_evaluation_cutoffs_stay_complete_and_training_cutoffs_are_sampled(built, small_sim_world):
+def test_test_cutoffs_stay_complete_and_training_and_validation_cutoffs_are_sampled(built, small_sim_world):
     full, sampled, requested = built
     assert requested == [len(sampled.frame)]  # features built for the kept rows only
     assert sampled.frame[sampled.feature_names[0]].dtype == np.float32
-    evaluated = {c for fold in sampled.folds for c in (fold.validation, fold.test)}
+    evaluated = {fold.test for fold in sampled.folds}
+    assert {fold.validation for fold in sampled.folds} - evaluated  # some validation cutoff is sampled
     labels = labels_for(small_sim_world, sorted(evaluated), LabelConfig())
     for cutoff in evaluated:
         assert (sampled.frame["as_of"] == cutoff).sum() == (labels["as_of"] == cutoff).sum()
@@ -72,10 +73,14 @@ def test_training_parts_sample_the_same_rows(built):
         pre_sampled = sampled.frame.loc[sampled.frame["as_of"].isin(list(fold.train))]
         # rows sampled before the build survive the second sampling (idempotent), others get sampled now
         kept = set(map(tuple, train[KEYS].astype(str).to_numpy()))
-        evaluated = {c for f in sampled.folds for c in (f.validation, f.test)}
+        evaluated = {f.test for f in sampled.folds}
         early = pre_sampled.loc[~pre_sampled["as_of"].isin(list(evaluated))]
         assert set(map(tuple, early[KEYS].astype(str).to_numpy())) <= kept
-        assert set(valid["as_of"]) == {fold.validation} and (valid["weight"] == 1.0).all()
+        # validation rows carry their Horvitz-Thompson weights (the early-stopping metric and the calibrator use them)
+        assert set(valid["as_of"]) == {fold.validation}
+        expected = 1.0 if fold.validation in evaluated else np.where(informative_rows(valid), 1.0, 4.0)
+        np.testing.assert_array_equal(valid["weight"].to_numpy(), np.broadcast_to(expected, len(valid)))
+        assert (test["weight"] == 1.0).all()
 
 
 def test_downsampling_is_idempotent_and_keeps_every_outcome():

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 import json
 import os
 import subprocess
@@ -13,6 +11,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pandas as pd
+import pytest
 from support.worlds import SIM_AS_OF, free_port, stop, train_simulated_store, wait_until_up
 
 from features.build import build_features

@@ -113,3 +113,24 @@ def test_lambdarank_objective_learns_graded_relevance() -> None:
     assert y_val[top].mean() > 2 * y_val.mean()  # ranks positives first
     with pytest.raises(ValueError, match="needs relevance"):
         KocModel(PARAMS, objective="lambdarank").fit(X, y, X_val, y_val)
+
+
+def test_validation_weights_act_like_repeated_rows() -> None:
+    """A sampled validation cutoff's weights (1/keep-probability) count in early stopping and calibration.
+
+    Weight 2 on a row must give the same model as that row twice: the same early-stopping
+    iteration and the same calibrated probabilities.
+    """
+    X, y = _frame(3000, 1)
+    X_val, y_val = _frame(1000, 2)
+    weight = np.where(y_val == 0, 2.0, 1.0)  # negatives kept at rate 1/2
+    repeat = np.where(y_val == 0, 2, 1)
+    weighted = KocModel(PARAMS, seed=5).fit(X, y, X_val, y_val, sample_weight_val=weight)
+    repeated = KocModel(PARAMS, seed=5).fit(
+        X, y, X_val.loc[X_val.index.repeat(repeat)].reset_index(drop=True), np.repeat(y_val, repeat)
+    )
+    unweighted = KocModel(PARAMS, seed=5).fit(X, y, X_val, y_val)
+    assert weighted.best_iteration_ == repeated.best_iteration_
+    np.testing.assert_allclose(weighted.predict_proba(X_val), repeated.predict_proba(X_val), rtol=1e-6, atol=1e-9)
+    # doubling the negatives' weight lowers the calibrated probabilities: the weights do matter
+    assert weighted.predict_proba(X_val).mean() < unweighted.predict_proba(X_val).mean()
