@@ -46,3 +46,20 @@ def test_subset_drops_members_not_joined_and_keeps_bgnbd(small_sim_world, full):
     assert (empty.dtypes == full.dtypes).all()
     with pytest.raises(ValueError, match="not in as_of"):
         build_features(small_sim_world, [CUTOFFS[0]], rows=rows)
+
+
+def test_inlined_ctes_give_the_materialized_result(small_sim_world):
+    """`inline_ctes` (what DuckDB runs) only changes how DuckDB plans: every value is the same."""
+    import re
+
+    from features.build import EngineConfig, _connect, _input_relations, _point_views, feature_sql, inline_ctes
+
+    sql = feature_sql(CUTOFFS[1])
+    inlined = inline_ctes(sql)
+    assert inlined.count("NOT MATERIALIZED") == len(re.findall(r"^\w+ AS \(", sql, flags=re.MULTILINE)) > 10
+    con = _connect(EngineConfig())
+    try:
+        _point_views(con, _input_relations(con, small_sim_world), subset=False)
+        pd.testing.assert_frame_equal(con.sql(inlined).df(), con.sql(sql).df())
+    finally:
+        con.close()
