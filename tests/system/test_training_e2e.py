@@ -42,6 +42,12 @@ CONFIG = TrainConfig(
     lgbm={"num_boost_round": 400, "early_stopping_rounds": 30},
 )
 EARLIER = CONFIG.model_copy(update={"last_cutoff": pd.Timestamp("2025-07-01").date()})
+# the failure, interrupt and label-definition tests are about the run's mechanics, not its figures:
+# one backtest fold, no refit and few trees keep them cheap
+MECHANICS = TrainConfig.model_validate(
+    CONFIG.model_dump()
+    | {"backtest_cutoffs": 1, "refit": False, "lgbm": {"num_boost_round": 60, "early_stopping_rounds": 10}}
+)
 BASELINES = ("rfm", "value", "logistic", "random")
 
 
@@ -173,7 +179,7 @@ def test_failed_runs_end_failed_and_never_move_aliases(
 
     monkeypatch.setattr(train_module, "evaluate_all", failing_evaluation)
     with pytest.raises(RuntimeError, match="during evaluation"):
-        run_training(world, CONFIG, tracking_uri=store)
+        run_training(world, MECHANICS, tracking_uri=store)
     monkeypatch.undo()
 
     def failing_log(*args: object, **kwargs: object) -> None:
@@ -181,7 +187,7 @@ def test_failed_runs_end_failed_and_never_move_aliases(
 
     monkeypatch.setattr(tracking, "append_promotion_log", failing_log)
     with pytest.raises(RuntimeError, match="after registration"):
-        run_training(world, CONFIG, tracking_uri=store)
+        run_training(world, MECHANICS, tracking_uri=store)
     monkeypatch.undo()
 
     assert tracking.current_aliases(client, MODEL) == before
@@ -217,7 +223,7 @@ def test_interrupt_after_promotion_restores_aliases_and_the_audit_trail_says_so(
 
     monkeypatch.setattr(MlflowClient, "set_tag", interrupted_set_tag)
     with pytest.raises(Interrupted):
-        run_training(world, CONFIG, tracking_uri=store)
+        run_training(world, MECHANICS, tracking_uri=store)
     monkeypatch.undo()
 
     newest = max(client.search_model_versions(f"name = '{MODEL}'"), key=lambda v: int(v.version))
@@ -248,7 +254,7 @@ def test_champion_with_other_label_definition_is_not_compared(
     before = tracking.current_aliases(client, MODEL)
     # the champion would lose on any comparison; a different horizon must still not promote
     _winning_summary(monkeypatch)
-    result = run_training(world, CONFIG, LabelConfig(horizon_days=60), tracking_uri=store)
+    result = run_training(world, MECHANICS, LabelConfig(horizon_days=60), tracking_uri=store)
     decision = result.decision
     assert not decision.promoted
     assert f"label definitions differ from champion v{before['champion']}" in decision.reason
@@ -270,7 +276,7 @@ def test_members_orders_labels_directory_trains(world: BrandData, tmp_path: Path
         tmp_path / "data",
         fmt="csv",
     )
-    result = run_training(tmp_path / "data", CONFIG, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    result = run_training(tmp_path / "data", MECHANICS, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     assert result.split["label_source"] == "labels_table"
     assert result.split["test"] == "2025-08-01"
     assert set(result.dataset.frame["as_of"]) <= set(cutoffs)
