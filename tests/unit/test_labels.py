@@ -147,7 +147,7 @@ _offsets = st.integers(min_value=-400, max_value=400)
 _statuses = st.sampled_from(["invited", "declined", "enrolled", "upgraded", "eliminated", "blacklisted"])
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     program=st.lists(st.tuples(st.sampled_from("abcd"), _offsets, _statuses), max_size=8),
     posts=st.lists(st.tuples(st.sampled_from("abcd"), _offsets, st.integers(0, 80)), max_size=10),
