@@ -8,7 +8,7 @@ horizon_days = 90
 seed = 7
 [ranking]     # serving.config.RankConfig
 exploration_share = 0.1
-[engine]      # features.build.EngineConfig (DuckDB threads / memory, refund fallback)
+[engine]      # features.build.EngineConfig (DuckDB threads / memory / spill for features, train, rank, serve)
 memory_limit = "2GB"
 ```
 """
