@@ -39,7 +39,7 @@ import re
 import string
 import time
 from collections import ChainMap
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Literal
 
 import duckdb
@@ -370,6 +370,45 @@ def _subset_cutoffs(rows: pd.DataFrame, as_of: object, timezone: str) -> dict[pd
 STREAM_BATCH_ROWS = 100_000  # rows per Arrow batch read from DuckDB's feature query
 
 
+class _FinishedBatches:
+    """The feature query's Arrow stream, each batch finished (`_finish`) with the cutoff's python models."""
+
+    def __init__(self, reader: object, cutoff: pd.Timestamp, models: Mapping[str, object]) -> None:
+        self._reader, self._cutoff, self._models = reader, cutoff, models
+
+    def __iter__(self) -> Iterator[pd.DataFrame]:
+        for batch in self._reader:
+            yield _finish(batch.to_pandas(), self._cutoff, self._models)
+
+    def empty(self) -> pd.DataFrame:
+        """The finished frame with no rows (for a cutoff nobody had joined before)."""
+        return _finish(self._reader.schema.empty_table().to_pandas(), self._cutoff, self._models)
+
+
+def _cutoff_stream(
+    con: duckdb.DuckDBPyConnection,
+    relations: Mapping[str, str],
+    cutoff: pd.Timestamp,
+    engine: EngineConfig,
+    members: pd.DataFrame | None,
+    batch_rows: int,
+) -> tuple[int, _FinishedBatches]:
+    """(members at the cutoff, the finished feature batches of `members` or of everyone).
+
+    The python features' models are fitted on every member at the cutoff first, then the SQL
+    result is read as an Arrow stream: DuckDB never holds the whole result (under its
+    memory_limit a 1M-member cutoff does not fit), and each batch is finished on its own.
+    """
+    _point_views(con, relations, subset=False)
+    population = con.execute(inline_ctes(python_inputs_sql(cutoff, engine.refunds_without_time))).df()
+    models = _fit_python(population, cutoff)
+    if members is not None:
+        con.register("_subset", members)
+        _point_views(con, relations, subset=True)
+    reader = con.sql(inline_ctes(feature_sql(cutoff, engine.refunds_without_time))).to_arrow_reader(batch_rows)
+    return len(population), _FinishedBatches(reader, cutoff, models)
+
+
 def build_features(
     data: BrandData,
     as_of: Sequence[pd.Timestamp] | pd.Timestamp | None,
@@ -402,18 +441,8 @@ def build_features(
         parts = []
         for cutoff, members in subsets.items():
             started = time.perf_counter()
-            # the python features' models are fitted on every member at the cutoff, then the SQL
-            # result is read as an Arrow stream: DuckDB never holds the whole result (under its
-            # memory_limit a 1M-member cutoff does not fit), and each batch is finished on its own
-            _point_views(con, relations, subset=False)
-            models = _fit_python(con.execute(inline_ctes(python_inputs_sql(cutoff, engine.refunds_without_time))).df(), cutoff)
-            if members is not None:
-                con.register("_subset", members)
-                _point_views(con, relations, subset=True)
-            reader = con.sql(inline_ctes(feature_sql(cutoff, engine.refunds_without_time))).to_arrow_reader(STREAM_BATCH_ROWS)
-            batches = [_finish(batch.to_pandas(), cutoff, models) for batch in reader]
-            if not batches:
-                batches = [_finish(reader.schema.empty_table().to_pandas(), cutoff, models)]
+            _, stream = _cutoff_stream(con, relations, cutoff, engine, members, STREAM_BATCH_ROWS)
+            batches = list(stream) or [stream.empty()]
             part = batches[0] if len(batches) == 1 else pd.concat(batches, ignore_index=True)
             del batches
             parts.append(part)
@@ -452,19 +481,15 @@ def write_features(
     con = _connect(engine)
     try:
         relations = _input_relations(con, data)
-        _point_views(con, relations, subset=False)
         with atomic_path(out) as tmp:
             writer: pq.ParquetWriter | None = None
             try:
                 for cutoff in cutoffs:
                     started = time.perf_counter()
-                    population = con.execute(inline_ctes(python_inputs_sql(cutoff, engine.refunds_without_time))).df()
-                    models = _fit_python(population, cutoff)
-                    members = max(members, len(population))  # the latest cutoff's members include every earlier one's
-                    del population
-                    reader = con.sql(inline_ctes(feature_sql(cutoff, engine.refunds_without_time))).to_arrow_reader(batch_rows)
-                    for batch in reader:
-                        table = pa.Table.from_pandas(_finish(batch.to_pandas(), cutoff, models), preserve_index=False)
+                    population, stream = _cutoff_stream(con, relations, cutoff, engine, None, batch_rows)
+                    members = max(members, population)  # the latest cutoff's members include every earlier one's
+                    for finished in stream:
+                        table = pa.Table.from_pandas(finished, preserve_index=False)
                         if writer is None:
                             writer = pq.ParquetWriter(tmp, table.schema)
                         writer.write_table(table.cast(writer.schema))

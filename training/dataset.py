@@ -393,7 +393,7 @@ def build_snapshots(
     # test cutoffs are judged by top-K metrics over the whole population: they stay complete.
     # Validation cutoffs only early-stop and calibrate, which take weights: they are sampled
     # like training cutoffs (lambdarank's query groups need them whole, so it keeps them).
-    evaluated = {c for fold in folds for c in (fold.test,)}
+    evaluated = {fold.test for fold in folds}
     if train_cfg.objective == "lambdarank":
         evaluated |= {fold.validation for fold in folds}
     labels = labels_for(data, used, label_cfg)
