@@ -16,6 +16,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from features.contract import DEFAULT_TIMEZONE, BrandData, parse_as_of
+from features.frames import is_in
 
 logger = logging.getLogger(__name__)
 
@@ -89,9 +90,9 @@ def eligibility(data: BrandData, as_of: pd.Timestamp, cfg: LabelConfig | None = 
     out = pd.DataFrame({"member_id": members["member_id"].to_numpy(), "as_of": as_of})
     out["as_of"] = out["as_of"].astype("datetime64[us]")
     out["excl_no_consent"] = ~members["marketing_consent"].to_numpy(dtype=bool)
-    out["excl_blacklisted"] = out["member_id"].isin(blacklisted)
-    out["excl_active_koc"] = out["member_id"].isin(active)
-    out["excl_cooldown"] = out["member_id"].isin(cooling)
+    out["excl_blacklisted"] = is_in(out["member_id"], blacklisted)
+    out["excl_active_koc"] = is_in(out["member_id"], active)
+    out["excl_cooldown"] = is_in(out["member_id"], cooling)
     out["eligible"] = ~out[list(EXCLUSION_RULES)].any(axis=1)
     cols = ["member_id", "as_of", "eligible", *EXCLUSION_RULES]
     return out[cols].sort_values("member_id", ignore_index=True)
@@ -137,7 +138,7 @@ def default_labels(data: BrandData, as_of: pd.Timestamp, cfg: LabelConfig | None
 
     out = pd.DataFrame({"member_id": members.to_numpy(), "as_of": as_of})
     out["as_of"] = out["as_of"].astype("datetime64[us]")
-    out["label"] = (out["member_id"].isin(enrolled) & out["member_id"].isin(productive)).astype("int64")
+    out["label"] = (is_in(out["member_id"], enrolled) & is_in(out["member_id"], productive)).astype("int64")
     return out.sort_values("member_id", ignore_index=True)
 
 

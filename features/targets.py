@@ -25,6 +25,7 @@ from collections.abc import Iterable
 import pandas as pd
 
 from features.contract import BrandData
+from features.frames import is_in
 from features.labels import LabelConfig
 
 OUTCOME_COLUMNS = ("invited", "accepted", "enrolled", "productive")
@@ -58,9 +59,9 @@ def programme_outcomes(data: BrandData, as_of: pd.Timestamp, cfg: LabelConfig) -
     return pd.DataFrame(
         {
             "member_id": members,
-            "invited": members.isin(invited_at.index.astype(str)),
-            "accepted": members.isin(pd.Index(accepted).astype(str)),
-            "enrolled": members.isin(pd.Index(enrolled["member_id"].unique()).astype(str)),
+            "invited": is_in(members, invited_at.index.astype(str)),
+            "accepted": is_in(members, pd.Index(accepted).astype(str)),
+            "enrolled": is_in(members, pd.Index(enrolled["member_id"].unique()).astype(str)),
         }
     )
 
@@ -77,7 +78,7 @@ def outcomes_for(data: BrandData, rows: pd.DataFrame, cfg: LabelConfig | None = 
         at = rows.loc[rows["as_of"] == as_of, ["member_id", "as_of"]]
         programme = programme_outcomes(data, cutoff, cfg)
         merged = at.merge(programme, on="member_id", how="left")
-        merged["productive"] = merged["member_id"].astype(str).isin(productive_members(data, cutoff, cfg))
+        merged["productive"] = is_in(merged["member_id"].astype(str), productive_members(data, cutoff, cfg))
         frames.append(merged.set_index(at.index))
     columns = list(OUTCOME_COLUMNS)
     if not frames:

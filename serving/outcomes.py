@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from features.contract import BrandData, parse_as_of
+from features.frames import is_in
 from features.labels import INTERACTIONS_KNOWN_AFTER, default_labels, label_data_end, label_window_complete
 from serving.issued import IssuedList, LoopConfig
 
@@ -71,8 +72,8 @@ def member_outcomes(issued: IssuedList, data: BrandData, cfg: LoopConfig) -> pd.
     enrolled = set(program.loc[window & (program["status"] == "enrolled"), "member_id"])
     labels = default_labels(data, as_of, label_cfg).set_index("member_id")["label"]
     members = issued.members.copy()
-    members["sent"] = members["member_id"].isin(sent)
-    members["accepted"] = members["member_id"].isin(enrolled)
+    members["sent"] = is_in(members["member_id"], sent)
+    members["accepted"] = is_in(members["member_id"], enrolled)
     members["productive"] = members["member_id"].map(labels).fillna(0).astype("int64")
     return members
 
