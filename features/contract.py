@@ -263,6 +263,12 @@ class BrandData:
             raise ContractError([Violation("members", "joined_at", "the data holds no timestamps", 0)])
         return max(latest)
 
+    def rows_and_first(self, table: str, column: str) -> tuple[int, pd.Timestamp | None]:
+        """(rows of `table`, earliest `column` value or None): a store answers in SQL, loading nothing."""
+        frame = self.tables[table]
+        first = frame[column].min() if len(frame) else None
+        return int(len(frame)), None if first is None or pd.isna(first) else pd.Timestamp(first)
+
     def fingerprint(self) -> dict[str, dict[str, object]]:
         """Row count and a content hash per table, for run tracking."""
         out: dict[str, dict[str, object]] = {}

@@ -142,6 +142,14 @@ class StoredBrandData(BrandData):
             raise ContractError([Violation("members", "joined_at", "the data holds no timestamps", 0)])
         return pd.Timestamp(latest).as_unit("us")
 
+    def rows_and_first(self, table: str, column: str) -> tuple[int, pd.Timestamp | None]:
+        """(rows of `table`, earliest `column`), from the database: the table is not read into pandas."""
+        if table not in TABLES or column not in {c.name for c in TABLES[table].columns}:
+            raise KeyError(f"{table}.{column}")
+        with duckdb.connect(self.path, read_only=True) as con:
+            rows, first = con.execute(f'SELECT count(*), MIN("{column}") FROM "{table}"').fetchone()
+        return int(rows), None if first is None else pd.Timestamp(first).as_unit("us")
+
     def fingerprint(self) -> dict[str, dict[str, object]]:
         """Computed once at ingest (the same values `BrandData.fingerprint` gives in memory)."""
         return {name: dict(value) for name, value in self.stored_fingerprint.items()}

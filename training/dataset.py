@@ -89,10 +89,10 @@ def candidate_cutoffs(
         given = sorted(pd.Timestamp(v).as_unit("us") for v in data.labels["as_of"].dropna().unique())
         return [c for c in given if in_range(c)][-train_cfg.max_cutoffs :], [], "labels_table"
 
-    if len(data.orders) == 0:
+    orders, earliest = data.rows_and_first("orders", "ordered_at")  # a store reads no orders into memory
+    if orders == 0 or earliest is None:
         raise ValueError("the orders table is empty: there is no history to build cutoffs from")
     if lower is None:
-        earliest = pd.Timestamp(data.orders["ordered_at"].min())
         lower = _month_start_on_or_after(earliest + pd.DateOffset(months=train_cfg.min_history_months))
     complete: list[pd.Timestamp] = []
     incomplete: list[pd.Timestamp] = []
@@ -336,17 +336,11 @@ def negative_rate(train_cfg: TrainConfig, train_rows: int, informative: int) -> 
     return float(min(1.0, max(budget - informative, 0.01 * rest) / rest))
 
 
-def _compact(features: pd.DataFrame) -> pd.DataFrame:
-    """Numeric feature columns as float32 (half the memory; LightGBM bins them the same way)."""
-    numeric = [c for c in features.columns if pd.api.types.is_float_dtype(features[c].dtype)]
-    return features.astype(dict.fromkeys(numeric, "float32"))
-
-
 def features_for_rows(data: BrandData, rows: pd.DataFrame, engine: EngineConfig | None = None) -> pd.DataFrame:
     """Features (float32 numerics) of exactly the (member_id, as_of) pairs in `rows`.
 
     Built in batches of whole cutoffs of at most ~`FEATURE_BATCH_ROWS` rows, each cast to
-    float32 at once, so the float64 frames of the feature build never cover every cutoff.
+    float32 as DuckDB streams it, so no float64 frame covers a whole cutoff.
     """
     counts = rows.groupby("as_of", sort=True, observed=True).size()
     batches: list[list[pd.Timestamp]] = [[]]
@@ -360,9 +354,7 @@ def features_for_rows(data: BrandData, rows: pd.DataFrame, engine: EngineConfig 
     parts = []
     for cutoffs in batches:
         wanted = rows.loc[rows["as_of"].isin(cutoffs), ["member_id", "as_of"]]
-        built = build_features(data, None, engine, rows=wanted)
-        parts.append(_compact(built))
-        del built
+        parts.append(build_features(data, None, engine, rows=wanted, float32=True))
     features = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
     categorical = [name for name in CATEGORY_LEVELS if name in features.columns]
     return coerce_features(features, categorical, keep_other_columns=True) if len(parts) > 1 else features

@@ -38,6 +38,10 @@ def test_store_holds_the_same_tables_as_loading(data_dir, stored):
     assert reopened.absent == loaded.absent and reopened.warnings == loaded.warnings
     assert reopened.fingerprint() == loaded.fingerprint()
     assert reopened.data_end == loaded.data_end
+    for table, column in [("orders", "ordered_at"), ("posts", "posted_at"), ("program", "event_at")]:
+        assert reopened.rows_and_first(table, column) == loaded.rows_and_first(table, column)
+    fresh = open_store(stored.path)
+    assert fresh.rows_and_first("orders", "ordered_at")[0] == len(loaded.orders) and fresh.tables._read == {}
     assert load_data(stored.path).path == stored.path  # --data accepts the .duckdb file
 
 
