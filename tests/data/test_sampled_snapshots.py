@@ -107,3 +107,16 @@ def test_auto_rate_samples_only_above_the_row_budget():
     assert negative_rate(TrainConfig(negative_sample_rate=0.5), 10, 1) == 0.5
     with pytest.raises(ValueError, match="negative_sample_rate"):
         TrainConfig(negative_sample_rate=1.5)
+
+
+@pytest.mark.slow
+def test_feature_columns_join_the_labels_by_position_as_a_merge_would(small_sim_world, built):
+    """`build_snapshots` places the feature columns beside the sorted labels without a merge (one
+    copy, not three); the merge it falls back to for unaligned rows gives the same frame."""
+    _, sampled, _ = built
+    assert dataset_module._same_keys(sampled.frame, sampled.frame)
+    assert not dataset_module._same_keys(sampled.frame, sampled.frame.iloc[::-1])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dataset_module, "_same_keys", lambda rows, features: False)
+        merged = build_snapshots(small_sim_world, LabelConfig(), TrainConfig(**CFG, negative_sample_rate=0.25))
+    pd.testing.assert_frame_equal(merged.frame, sampled.frame)
