@@ -299,13 +299,19 @@ class KocModel:
     def raw_score(self, X: pd.DataFrame) -> np.ndarray:
         """The booster's raw margin (log-odds for `binary`) at the best iteration."""
         self._check_fitted()
-        return np.asarray(
-            self.booster_.predict(self._model_input(X), raw_score=True, num_iteration=self.best_iteration_)
-        )
+        return self._raw_from_input(self._model_input(X))
+
+    def _raw_from_input(self, matrix: np.ndarray) -> np.ndarray:
+        return np.asarray(self.booster_.predict(matrix, raw_score=True, num_iteration=self.best_iteration_))
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         """Calibrated probability that each row's member becomes a productive KOC (label 1)."""
-        raw = self.raw_score(X)
+        self._check_fitted()
+        return self._proba_from_input(self._model_input(X))
+
+    def _proba_from_input(self, matrix: np.ndarray) -> np.ndarray:
+        """`predict_proba` of rows already converted by `_model_input`."""
+        raw = self._raw_from_input(matrix)
         if isinstance(self.calibrator_, IsotonicRegression):
             return np.asarray(self.calibrator_.predict(raw), dtype="float64")
         return np.asarray(self.calibrator_.predict_proba(raw.reshape(-1, 1))[:, 1], dtype="float64")
@@ -375,10 +381,22 @@ class CompositeModel(KocModel):
             weights[self.control_] = weights.get(self.control_, 0.0) - 1.0
         return weights
 
-    def _treated(self, X: pd.DataFrame) -> np.ndarray:
+    def _component_probas(self, X: pd.DataFrame, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """Each named component's `predict_proba(X)`; components fitted on the same inputs share one
+        converted matrix (`_model_input`), which the composite would otherwise build once per component."""
+        shared = {name: self.components_[name] for name in names}
+        first = next(iter(shared.values()))
+        signature = lambda c: (list(c.feature_names_), getattr(c, "categories_", {}), c.input_dtype_)  # noqa: E731
+        if not all(signature(c) == signature(first) for c in shared.values()):
+            return {name: c.predict_proba(X) for name, c in shared.items()}
+        matrix = first._model_input(X)
+        return {name: c._proba_from_input(matrix) for name, c in shared.items()}
+
+    def _treated(self, X: pd.DataFrame, probas: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+        probas = probas if probas is not None else self._component_probas(X, list(self.exponents_))
         log_p = np.zeros(len(X))
         for name, exponent in self.exponents_.items():
-            log_p += exponent * np.log(np.clip(self.components_[name].predict_proba(X), 1e-12, 1.0))
+            log_p += exponent * np.log(np.clip(probas[name], 1e-12, 1.0))
         return np.exp(log_p)
 
     def raw_score(self, X: pd.DataFrame) -> np.ndarray:
@@ -390,10 +408,12 @@ class CompositeModel(KocModel):
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         """The combined probability, or the uplift `p - p_control` when a control is set."""
         self._check_fitted()
-        treated = self._treated(X)
+        names = list(dict.fromkeys([*self.exponents_, *([self.control_] if self.control_ else [])]))
+        probas = self._component_probas(X, names)
+        treated = self._treated(X, probas)
         if self.control_ is None:
             return treated
-        return treated - self.components_[self.control_].predict_proba(X)
+        return treated - probas[self.control_]
 
     def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
         """Exponent-weighted sum of the components' contributions (minus the control's)."""

@@ -134,3 +134,22 @@ def test_validation_weights_act_like_repeated_rows() -> None:
     np.testing.assert_allclose(weighted.predict_proba(X_val), repeated.predict_proba(X_val), rtol=1e-6, atol=1e-9)
     # doubling the negatives' weight lowers the calibrated probabilities: the weights do matter
     assert weighted.predict_proba(X_val).mean() < unweighted.predict_proba(X_val).mean()
+
+
+def test_composite_scores_from_one_shared_input_matrix(fitted: tuple[KocModel, pd.DataFrame], monkeypatch) -> None:
+    """A CompositeModel combines its components' probabilities exactly, converting the rows once."""
+    from training.model import CompositeModel
+
+    first, X_val = fitted
+    X, y = _frame(3000, 4)
+    second = KocModel(PARAMS, seed=6).fit(X, y, *_frame(1000, 5))
+    p1, p2 = first.predict_proba(X_val), second.predict_proba(X_val)
+    product = CompositeModel({"a": first, "b": second}, {"a": 1.0, "b": 0.5}, target="t", method="m")
+    uplift = CompositeModel({"a": first, "b": second}, {"a": 1.0}, control="b", target="t", method="m")
+
+    conversions = []
+    real = KocModel._model_input
+    monkeypatch.setattr(KocModel, "_model_input", lambda self, rows: conversions.append(len(rows)) or real(self, rows))
+    np.testing.assert_allclose(product.predict_proba(X_val), p1 * np.sqrt(p2), rtol=1e-12)
+    np.testing.assert_allclose(uplift.predict_proba(X_val), p1 - p2, rtol=1e-12, atol=1e-15)
+    assert conversions == [len(X_val), len(X_val)]  # once per call, not once per component
