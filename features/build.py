@@ -275,7 +275,8 @@ def absent_groups(data: BrandData) -> list[str]:
     return [group for group in GROUPS if all(t in data.absent for t in group_tables(group))]
 
 
-def _connect(engine: EngineConfig) -> duckdb.DuckDBPyConnection:
+def connect(engine: EngineConfig) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with `engine`'s threads, memory limit and spill folder."""
     con = duckdb.connect(":memory:")
     threads = engine.threads or min(2, os.cpu_count() or 1)
     con.execute(f"SET threads = {int(threads)}")
@@ -479,7 +480,7 @@ def build_features(
         subsets = dict(_subset_cutoffs(rows, as_of, data.timezone))
         if not subsets:
             return _empty_features()
-    con = _connect(engine)
+    con = connect(engine)
     try:
         relations = _input_relations(con, data)
         parts = []
@@ -522,7 +523,7 @@ def write_features(
     engine = engine or EngineConfig()
     cutoffs = _normalise_cutoffs(as_of, data.timezone)
     rows, members = 0, 0
-    con = _connect(engine)
+    con = connect(engine)
     try:
         relations = _input_relations(con, data)
         with atomic_path(out) as tmp:

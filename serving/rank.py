@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.build import REFUNDS_WITHOUT_TIME, EngineConfig, RefundsWithoutTime, build_features
+from features.build import REFUNDS_WITHOUT_TIME, EngineConfig, RefundsWithoutTime, build_features, connect, refund_rule
 from features.contract import BrandData
 from features.labels import EXCLUSION_RULES, LabelConfig, eligibility, exclusion_counts
 from features.registry import categorical_features
 from features.scores import rfm_scores, value_scores
+from features.store import StoredBrandData
 from serving.config import QUOTA_COLUMNS, RankConfig
 from serving.model_store import LoadedModel, RankingModel, label_config_warnings
 from serving.reasons import LazyPopulation, Population, explain
@@ -126,10 +127,11 @@ def choose_candidates(eligible: pd.DataFrame, k: int, cfg: RankConfig, *, as_of:
 
 
 def trial_categories(
-    orders: pd.DataFrame,
+    orders: pd.DataFrame | BrandData,
     as_of: pd.Timestamp,
     lookback_days: int = 365,
     refunds_without_time: RefundsWithoutTime = REFUNDS_WITHOUT_TIME,
+    engine: EngineConfig | None = None,
 ) -> pd.DataFrame:
     """Each member's strongest category: most counted spend in `[as_of - lookback, as_of)`.
 
@@ -137,24 +139,45 @@ def trial_categories(
     (`features.build.refund_rule`): an order with `refunded_at` stops counting from that
     instant; a `refunded` order without it counts per `refunds_without_time`. Ties go to the
     category name first in alphabetical order; orders without a category are ignored.
-    Returns `member_id, trial_category` for members with at least one such order.
+    `orders`: the orders frame, or the brand's data (an ingested store is queried where it
+    is, so ranking never reads its orders into pandas). One DuckDB query either way, amounts
+    summed exactly as DECIMAL. Returns `member_id, trial_category` for members with at least
+    one such order, by member_id.
     """
     start = as_of - pd.Timedelta(days=lookback_days)
-    refunded_at = orders["refunded_at"] if "refunded_at" in orders.columns else pd.Series(pd.NaT, index=orders.index)
-    unknown = refunded_at.isna()
-    counted = ~unknown & (refunded_at >= as_of)
-    if refunds_without_time == "drop":
-        counted |= unknown & ~orders["refunded"].fillna(False).astype(bool)
-    else:
-        counted |= unknown
-    window = orders.loc[
-        (orders["ordered_at"] >= start) & (orders["ordered_at"] < as_of) & counted & orders["category"].notna(),
-        ["member_id", "category", "amount"],
-    ]
-    spend = window.groupby(["member_id", "category"], as_index=False, observed=True)["amount"].sum()
-    best = spend.sort_values(["member_id", "amount", "category"], ascending=[True, False, True], kind="mergesort")
-    best = best.drop_duplicates("member_id", keep="first")
-    return best.rename(columns={"category": "trial_category"})[["member_id", "trial_category"]].reset_index(drop=True)
+    con = connect(engine or EngineConfig())
+    try:
+        if isinstance(orders, StoredBrandData):
+            con.execute("ATTACH ? AS brand (READ_ONLY)", [orders.path])
+            relation = 'brand.main."orders"'
+        else:
+            frame = orders.orders if isinstance(orders, BrandData) else orders
+            columns = ("member_id", "ordered_at", "amount", "category", "refunded", "refunded_at")
+            frame = frame.loc[:, [c for c in columns if c in frame.columns]]
+            for column, dtype in (("refunded", "boolean"), ("refunded_at", "datetime64[us]")):
+                if column not in frame.columns:
+                    frame[column] = pd.Series(pd.NA if dtype == "boolean" else pd.NaT, index=frame.index, dtype=dtype)
+            con.register("_orders", frame)
+            relation = "_orders"
+        t = f"TIMESTAMP '{as_of.strftime('%Y-%m-%d %H:%M:%S.%f')}'"
+        counted = refund_rule(refunds_without_time).replace("$t", t)
+        sql = f"""
+            WITH spend AS (
+                SELECT CAST(member_id AS VARCHAR) AS member_id, CAST(category AS VARCHAR) AS category,
+                    SUM(CAST(amount AS DECIMAL(38, 6))) AS amount
+                FROM {relation}
+                WHERE ordered_at >= TIMESTAMP '{start.strftime('%Y-%m-%d %H:%M:%S.%f')}' AND ordered_at < {t}
+                    AND category IS NOT NULL AND {counted}
+                GROUP BY ALL
+            )
+            SELECT member_id, category AS trial_category FROM spend
+            QUALIFY ROW_NUMBER() OVER (PARTITION BY member_id ORDER BY amount DESC, category) = 1
+            ORDER BY member_id
+        """
+        out = con.execute(sql).df()
+    finally:
+        con.close()
+    return out.astype({"member_id": "str", "trial_category": "str"})
 
 
 def model_engine(model: RankingModel, engine: EngineConfig | None = None) -> EngineConfig:
@@ -211,7 +234,7 @@ def score_population(
         elig.drop(columns="as_of")
         .merge(scored, on="member_id", how="left", validate="one_to_one")
         .merge(
-            trial_categories(data.orders, as_of, cfg.trial_category_lookback_days, engine.refunds_without_time),
+            trial_categories(data, as_of, cfg.trial_category_lookback_days, engine.refunds_without_time, engine),
             on="member_id", how="left",
         )
         .merge(_member_segments(data), on="member_id", how="left", validate="one_to_one")

@@ -52,12 +52,12 @@ def test_inlined_ctes_give_the_materialized_result(small_sim_world):
     """`inline_ctes` (what DuckDB runs) only changes how DuckDB plans: every value is the same."""
     import re
 
-    from features.build import EngineConfig, _connect, _input_relations, _point_views, feature_sql, inline_ctes
+    from features.build import EngineConfig, _input_relations, _point_views, connect, feature_sql, inline_ctes
 
     sql = feature_sql(CUTOFFS[1])
     inlined = inline_ctes(sql)
     assert inlined.count("NOT MATERIALIZED") == len(re.findall(r"^\w+ AS \(", sql, flags=re.MULTILINE)) > 10
-    con = _connect(EngineConfig())
+    con = connect(EngineConfig())
     try:
         _point_views(con, _input_relations(con, small_sim_world), subset=False)
         pd.testing.assert_frame_equal(con.sql(inlined).df(), con.sql(sql).df())

@@ -91,3 +91,16 @@ def test_cli_ingest_then_features_from_the_store(data_dir, tmp_path):
     assert result.exit_code == 0, result.output
     expected = build_features(load_data(data_dir, export_time="2026-07-01"), AS_OF)
     pd.testing.assert_frame_equal(pd.read_parquet(out), expected)
+
+
+def test_trial_categories_query_the_store_without_reading_orders(data_dir, stored):
+    from serving.rank import trial_categories
+
+    loaded = load_data(data_dir, export_time="2026-07-01")
+    fresh = open_store(stored.path)
+    for rule in ("count", "drop"):
+        expected = trial_categories(loaded.orders, AS_OF, 365, rule)
+        assert not expected.empty
+        pd.testing.assert_frame_equal(trial_categories(fresh, AS_OF, 365, rule), expected)
+        pd.testing.assert_frame_equal(trial_categories(loaded, AS_OF, 365, rule), expected)
+    assert fresh.tables._read == {}
