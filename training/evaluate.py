@@ -19,11 +19,13 @@ Conventions (documented because they change numbers):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
 from training.config import KSpec, validate_k_spec
@@ -221,7 +223,9 @@ def gains_curve(scores: np.ndarray, labels: np.ndarray, member_ids: np.ndarray |
 def truth_for(truth_table: pd.DataFrame, member_ids: pd.Series, as_of: pd.Timestamp) -> np.ndarray:
     """True probabilities aligned with `member_ids` at cutoff `as_of` (NaN where the simulator has none)."""
     at_cutoff = truth_table.loc[truth_table["as_of"] == as_of, ["member_id", "p_productive_if_invited"]]
-    lookup: Mapping[str, float] = dict(
-        zip(at_cutoff["member_id"].astype(str), at_cutoff["p_productive_if_invited"].astype("float64"), strict=True)
-    )
-    return np.array([lookup.get(str(m), np.nan) for m in member_ids], dtype="float64")
+    # reversed, so the first match `index_in` finds is the table's last row for a member (as a dict would keep)
+    known = pa.array(at_cutoff["member_id"].astype("str").iloc[::-1])
+    values = at_cutoff["p_productive_if_invited"].to_numpy(dtype="float64")[::-1]
+    found = pc.index_in(pa.array(pd.Series(member_ids).astype("str")), value_set=known)
+    positions = found.fill_null(-1).to_numpy(zero_copy_only=False)
+    return np.where(positions >= 0, values[np.maximum(positions, 0)], np.nan) if len(values) else np.full(len(positions), np.nan)

@@ -122,3 +122,13 @@ def test_gains_curve_and_truth_lookup() -> None:
     )
     values = truth_for(truth_table, pd.Series(["m2", "m1", "m3"]), pd.Timestamp("2025-01-01"))
     assert values[0] == 0.2 and values[1] == 0.1 and np.isnan(values[2])
+
+
+def test_truth_for_keeps_the_last_row_of_a_member_and_handles_empty_inputs() -> None:
+    at = pd.Timestamp("2025-01-01")
+    table = pd.DataFrame(
+        {"member_id": ["a", "b", "a"], "as_of": [at, at, at], "p_productive_if_invited": [0.1, 0.2, 0.4]}
+    )
+    np.testing.assert_array_equal(truth_for(table, pd.Series(["a", "x", "b", "a"]), at), [0.4, np.nan, 0.2, 0.4])
+    assert np.isnan(truth_for(table, pd.Series(["a"]), pd.Timestamp("2025-02-01"))).all()
+    assert truth_for(table, pd.Series([], dtype="str"), at).shape == (0,)
