@@ -90,9 +90,11 @@ MEMBER_TABLES = ("members", "orders", "events", "posts", "program", "social")
 RefundsWithoutTime = Literal["count", "drop"]
 REFUNDS_WITHOUT_TIME: RefundsWithoutTime = "count"
 
-# Members per feature query (`EngineConfig.chunk_members`): 905k members at one cutoff run in
-# 1.9 GB under a 1 GB memory_limit, so a million-member chunk fits the 2 GB goal.
-CHUNK_MEMBERS = 1_000_000
+# Members per feature query (`EngineConfig.chunk_members`). At 1M members (905k at the cutoff)
+# one query ran out of memory under a 2 GB memory_limit (DuckDB 2.0; it had passed at 1 GB and
+# 3 GB: which operator cannot spill varies), two chunks of 500k ran in 63 s where one query
+# takes ~50 s when it fits; at 3M one query failed under 2 and 6 GB.
+CHUNK_MEMBERS = 500_000
 
 # Python-computed registry entries (`Feature.python`): how the model is fitted on the inputs of
 # every member at a cutoff, and how a fitted model scores any rows' inputs.
@@ -112,7 +114,7 @@ class EngineConfig(BaseModel):
     `refunds_without_time`: how a `refunded` order without `refunded_at` counts.
     `chunk_members`: a cutoff with more members than this is computed in member chunks of
     this size, one query each (the same rows and values): DuckDB's working set then follows
-    the chunk, not the brand (at 3M members one query ran out of memory at 2 and 6 GB).
+    the chunk, not the brand (see `CHUNK_MEMBERS`).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
