@@ -104,3 +104,20 @@ def test_trial_categories_query_the_store_without_reading_orders(data_dir, store
         pd.testing.assert_frame_equal(trial_categories(fresh, AS_OF, 365, rule), expected)
         pd.testing.assert_frame_equal(trial_categories(loaded, AS_OF, 365, rule), expected)
     assert fresh.tables._read == {}
+
+
+def test_feature_batches_own_their_text_columns():
+    """A text column read zero-copy from DuckDB's Arrow result would keep the whole batch (every
+    feature column) in memory; `_owned_strings` copies text into new buffers, numbers untouched."""
+    import duckdb
+
+    from features.build import _owned_strings
+
+    con = duckdb.connect()
+    batch = next(iter(con.sql("SELECT 'm' || i::VARCHAR AS member_id, i * 1.5 AS x FROM range(1000) t(i)").to_arrow_reader(500)))
+    owned = _owned_strings(batch)
+
+    assert owned.equals(batch)
+    before, after = batch.column(0).buffers(), owned.column(0).buffers()
+    assert all(a.address != b.address for a, b in zip(after[1:], before[1:], strict=True) if a is not None)
+    assert owned.column(1).buffers()[1].address == batch.column(1).buffers()[1].address
