@@ -263,6 +263,11 @@ class BrandData:
             raise ContractError([Violation("members", "joined_at", "the data holds no timestamps", 0)])
         return max(latest)
 
+    def rows_at(self, table: str, as_of: pd.Timestamp) -> pd.DataFrame:
+        """The rows of a per-cutoff table (`labels`, `truth`) at one `as_of`; a store reads only those."""
+        frame = self.tables[table]
+        return frame.loc[frame["as_of"] == as_of].reset_index(drop=True)
+
     def rows_and_first(self, table: str, column: str) -> tuple[int, pd.Timestamp | None]:
         """(rows of `table`, earliest `column` value or None): a store answers in SQL, loading nothing."""
         frame = self.tables[table]

@@ -126,7 +126,7 @@ def _score_fold(
     fold: CutoffSplit,
     cfg: TrainConfig,
 ) -> ScorerResult:
-    truth = None if "truth" in data.absent else truth_for(data.truth, test["member_id"], fold.test)
+    truth = None if "truth" in data.absent else truth_for(data.rows_at("truth", fold.test), test["member_id"], fold.test)
     return evaluate_scores(
         name,
         model.predict_proba(test[names]),

@@ -212,7 +212,7 @@ def evaluate_all(
         scores[baseline.name] = baseline.scores
         if baseline.is_probability:
             probabilistic.add(baseline.name)
-    truth = None if "truth" in data.absent else truth_for(data.truth, test["member_id"], dataset.split.test)
+    truth = None if "truth" in data.absent else truth_for(data.rows_at("truth", dataset.split.test), test["member_id"], dataset.split.test)
     results = [
         evaluate_scores(
             name,

@@ -121,3 +121,19 @@ def test_feature_batches_own_their_text_columns():
     before, after = batch.column(0).buffers(), owned.column(0).buffers()
     assert all(a.address != b.address for a, b in zip(after[1:], before[1:], strict=True) if a is not None)
     assert owned.column(1).buffers()[1].address == batch.column(1).buffers()[1].address
+
+
+@pytest.mark.slow
+def test_rows_at_one_cutoff_read_only_that_cutoff(small_sim_world, tmp_path):
+    folder = tmp_path / "sim"
+    write_tables({n: small_sim_world.tables[n] for n in small_sim_world.tables if n not in small_sim_world.absent}, folder)
+    stored = ingest(folder, tmp_path / "sim.duckdb")
+    loaded = load_data(folder)
+    cutoff = pd.Timestamp(sorted(loaded.truth["as_of"].unique())[3])
+
+    at = stored.rows_at("truth", cutoff)
+    expected = loaded.rows_at("truth", cutoff)
+    assert len(at) == (loaded.truth["as_of"] == cutoff).sum() > 0
+    key = ["member_id"]
+    pd.testing.assert_frame_equal(at.sort_values(key, ignore_index=True), expected.sort_values(key, ignore_index=True))
+    assert stored.tables._read == {}  # no whole-table read
