@@ -311,7 +311,10 @@ class KocModel:
 
     def _proba_from_input(self, matrix: np.ndarray) -> np.ndarray:
         """`predict_proba` of rows already converted by `_model_input`."""
-        raw = self._raw_from_input(matrix)
+        return self._proba_from_raw(self._raw_from_input(matrix))
+
+    def _proba_from_raw(self, raw: np.ndarray) -> np.ndarray:
+        """The calibrated probability of raw margins from this booster."""
         if isinstance(self.calibrator_, IsotonicRegression):
             return np.asarray(self.calibrator_.predict(raw), dtype="float64")
         return np.asarray(self.calibrator_.predict_proba(raw.reshape(-1, 1))[:, 1], dtype="float64")
@@ -392,28 +395,28 @@ class CompositeModel(KocModel):
         matrix = first._model_input(X)
         return {name: c._proba_from_input(matrix) for name, c in shared.items()}
 
-    def _treated(self, X: pd.DataFrame, probas: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
-        probas = probas if probas is not None else self._component_probas(X, list(self.exponents_))
-        log_p = np.zeros(len(X))
+    def _treated_from(self, probas: Mapping[str, np.ndarray]) -> np.ndarray:
+        log_p = 0.0
         for name, exponent in self.exponents_.items():
-            log_p += exponent * np.log(np.clip(probas[name], 1e-12, 1.0))
+            log_p = log_p + exponent * np.log(np.clip(probas[name], 1e-12, 1.0))
         return np.exp(log_p)
+
+    def combine(self, probas: Mapping[str, np.ndarray]) -> np.ndarray:
+        """`predict_proba` from the components' own probabilities (each exponent's and the control's)."""
+        treated = self._treated_from(probas)
+        return treated if self.control_ is None else treated - probas[self.control_]
 
     def raw_score(self, X: pd.DataFrame) -> np.ndarray:
         """log of the combined probability (the uplift itself with a control)."""
         if self.control_ is not None:
             return self.predict_proba(X)
-        return np.log(np.clip(self._treated(X), 1e-12, 1.0))
+        return np.log(np.clip(self._treated_from(self._component_probas(X, list(self.exponents_))), 1e-12, 1.0))
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         """The combined probability, or the uplift `p - p_control` when a control is set."""
         self._check_fitted()
         names = list(dict.fromkeys([*self.exponents_, *([self.control_] if self.control_ else [])]))
-        probas = self._component_probas(X, names)
-        treated = self._treated(X, probas)
-        if self.control_ is None:
-            return treated
-        return treated - probas[self.control_]
+        return self.combine(self._component_probas(X, names))
 
     def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
         """Exponent-weighted sum of the components' contributions (minus the control's)."""

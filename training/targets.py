@@ -96,14 +96,20 @@ def components_for(target: str, method: str) -> list[str]:
     return names
 
 
-def rows_of(frame: pd.DataFrame, component: str) -> pd.DataFrame:
-    """The rows component `component` learns from."""
+def rows_mask(frame: pd.DataFrame, component: str) -> np.ndarray | None:
+    """Which rows of `frame` component `component` learns from (None: every row)."""
     rows = COMPONENTS[component].rows
     if rows is None:
-        return frame
+        return None
     if rows == "not_invited":
-        return frame.loc[frame["invited"].to_numpy() == 0]
-    return frame.loc[frame[rows].to_numpy() == 1]
+        return frame["invited"].to_numpy() == 0
+    return frame[rows].to_numpy() == 1
+
+
+def rows_of(frame: pd.DataFrame, component: str) -> pd.DataFrame:
+    """The rows component `component` learns from."""
+    mask = rows_mask(frame, component)
+    return frame if mask is None else frame.loc[mask]
 
 
 @dataclass

@@ -198,13 +198,21 @@ def fit_model(dataset: SnapshotDataset, train_cfg: TrainConfig, label_cfg: Label
 
 
 def evaluate_all(
-    model: KocModel, dataset: SnapshotDataset, data: BrandData, train_cfg: TrainConfig
+    model: KocModel,
+    dataset: SnapshotDataset,
+    data: BrandData,
+    train_cfg: TrainConfig,
+    model_scores: np.ndarray | None = None,
 ) -> tuple[list[ScorerResult], dict[str, np.ndarray]]:
-    """Metrics of the model and every baseline on the full test cutoff, plus each scorer's scores."""
+    """Metrics of the model and every baseline on the full test cutoff, plus each scorer's scores.
+
+    `model_scores`: the model's scores of the test rows when the backtest already computed them."""
     train = dataset.part("train")
     test = dataset.part("test")
     names = dataset.feature_names
-    scores: dict[str, np.ndarray] = {MODEL_ROW: model.predict_proba(test[names])}
+    if model_scores is None or len(model_scores) != len(test):
+        model_scores = model.predict_proba(test[names])
+    scores: dict[str, np.ndarray] = {MODEL_ROW: model_scores}
     probabilistic = {MODEL_ROW} if getattr(model, "target_", "observed") != "uplift" else set()
     for baseline in baseline_module.all_baselines(
         train, test, names, seed=train_cfg.seed, value_weights=train_cfg.value_weights
@@ -212,7 +220,8 @@ def evaluate_all(
         scores[baseline.name] = baseline.scores
         if baseline.is_probability:
             probabilistic.add(baseline.name)
-    truth = None if "truth" in data.absent else truth_for(data.rows_at("truth", dataset.split.test), test["member_id"], dataset.split.test)
+    cutoff = dataset.split.test
+    truth = None if "truth" in data.absent else truth_for(data.rows_at("truth", cutoff), test["member_id"], cutoff)
     results = [
         evaluate_scores(
             name,
@@ -483,7 +492,8 @@ def step_fit(run: _Run, issued: pd.DataFrame | None) -> None:
 
 def step_evaluate(run: _Run) -> None:
     """The latest fold's model (never fitted on the test cutoff) against every baseline, overall and per slice."""
-    run.results, run.scores = evaluate_all(run.backtest.latest.model, run.dataset, run.brand, run.train_cfg)
+    latest = run.backtest.latest
+    run.results, run.scores = evaluate_all(latest.model, run.dataset, run.brand, run.train_cfg, latest.scores)
     run.table = metrics_table(run.results)
     mlflow.log_metrics(flat_metrics(run.results))
     test = run.dataset.part("test")

@@ -153,3 +153,31 @@ def test_composite_scores_from_one_shared_input_matrix(fitted: tuple[KocModel, p
     np.testing.assert_allclose(product.predict_proba(X_val), p1 * np.sqrt(p2), rtol=1e-12)
     np.testing.assert_allclose(uplift.predict_proba(X_val), p1 - p2, rtol=1e-12, atol=1e-15)
     assert conversions == [len(X_val), len(X_val)]  # once per call, not once per component
+
+
+def test_fold_scores_equal_predicting_twice(fitted: tuple[KocModel, pd.DataFrame]) -> None:
+    """`training.backtest.fold_scores` runs each booster once over a fold's test rows; its scores and
+    out-of-time (raw, label) rows equal `predict_proba` and each component's `raw_score` on its rows."""
+    from training.backtest import fold_scores
+    from training.model import CompositeModel
+    from training.targets import FittedTarget, rows_of
+
+    first, X_val = fitted
+    second = KocModel(PARAMS, seed=6).fit(*_frame(3000, 4), *_frame(1000, 5))
+    rng = np.random.default_rng(0)
+    test = X_val.assign(
+        invited=rng.integers(0, 2, len(X_val)), accepted=rng.integers(0, 2, len(X_val)),
+        productive=rng.integers(0, 2, len(X_val)), label=rng.integers(0, 2, len(X_val)),
+    )
+    names = list(X_val.columns)
+    components = {"accept": first, "productive_any": second}
+    composite = CompositeModel(components, {"accept": 1.0, "productive_any": 1.0}, target="if_invited", method="m")
+    for model in (composite, first):
+        fitted_target = FittedTarget(components=components if model is composite else {"accept": first}, rows={})
+        scores, out_of_time = fold_scores(model, fitted_target, test, names)
+        np.testing.assert_array_equal(scores, model.predict_proba(test[names]))
+        for component, (raw, labels) in out_of_time.items():
+            rows = rows_of(test, component)
+            np.testing.assert_array_equal(raw, fitted_target.components[component].raw_score(rows[names]))
+            np.testing.assert_array_equal(labels, rows["accepted" if component == "accept" else "productive"])
+    assert len(out_of_time["accept"][0]) == int(test["invited"].sum()) < len(test)
