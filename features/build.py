@@ -94,8 +94,8 @@ REFUNDS_WITHOUT_TIME: RefundsWithoutTime = "count"
 
 # Members per feature query (`EngineConfig.chunk_members`). At 1M members (905k at the cutoff)
 # one query ran out of memory under a 2 GB memory_limit (DuckDB 2.0; it had passed at 1 GB and
-# 3 GB: which operator cannot spill varies), two chunks of 500k ran in 63 s where one query
-# takes ~50 s when it fits; at 3M one query failed under 2 and 6 GB.
+# 3 GB: which operator cannot spill varies), two chunks of 500k built it in 63 s (the query
+# alone took 43 s in one piece when it fitted); at 3M one query failed under 2 and 6 GB.
 CHUNK_MEMBERS = 500_000
 
 # Python-computed registry entries (`Feature.python`): how the model is fitted on the inputs of
@@ -391,6 +391,11 @@ def compact_floats(features: pd.DataFrame) -> pd.DataFrame:
 STREAM_BATCH_ROWS = 100_000  # rows per Arrow batch read from DuckDB's feature query
 
 
+def _is_string_view(kind: pa.DataType) -> bool:
+    check = getattr(pa.types, "is_string_view", None)  # pyarrow >= 16
+    return bool(check and check(kind))
+
+
 def _owned_strings(batch: pa.RecordBatch) -> pa.RecordBatch:
     """`batch` with its text columns copied out of DuckDB's result buffers.
 
@@ -401,7 +406,7 @@ def _owned_strings(batch: pa.RecordBatch) -> pa.RecordBatch:
     positions = None
     columns = []
     for column in batch.columns:
-        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type) or pa.types.is_string_view(column.type):
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type) or _is_string_view(column.type):
             positions = positions if positions is not None else pa.array(np.arange(batch.num_rows))
             column = pc.take(column, positions)  # new buffers
         columns.append(column)
