@@ -128,7 +128,8 @@ class EngineConfig(BaseModel):
     chunk_members: int = Field(CHUNK_MEMBERS, ge=1)
 
 
-def _timestamp_literal(ts: pd.Timestamp) -> str:
+def timestamp_literal(ts: pd.Timestamp) -> str:
+    """`ts` as a DuckDB/Spark TIMESTAMP literal (microseconds)."""
     return f"TIMESTAMP '{ts.strftime('%Y-%m-%d %H:%M:%S.%f')}'"
 
 
@@ -148,7 +149,7 @@ class _Placeholders(Mapping[str, str]):
     def __init__(self, cutoff: pd.Timestamp, refunds_without_time: RefundsWithoutTime) -> None:
         self.cutoff = cutoff
         self.fixed = {
-            "t": _timestamp_literal(cutoff),
+            "t": timestamp_literal(cutoff),
             "year": str(cutoff.year),
             "known_event_types": ", ".join(f"'{e}'" for e in ALL_EVENT_TYPES if e != "other"),
             "refund_rule": refund_rule(refunds_without_time),
@@ -158,7 +159,7 @@ class _Placeholders(Mapping[str, str]):
         if key in self.fixed:
             return self.fixed[key]
         if key.startswith("since_") and key[6:].isdigit():
-            return _timestamp_literal(self.cutoff - pd.Timedelta(days=int(key[6:])))
+            return timestamp_literal(self.cutoff - pd.Timedelta(days=int(key[6:])))
         raise KeyError(f"unknown placeholder ${key} in the feature registry")
 
     def __iter__(self):  # noqa: ANN204 - Mapping protocol

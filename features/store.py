@@ -96,6 +96,11 @@ def ingest(
     return open_store(target)
 
 
+def _canonical(frame: pd.DataFrame, table: str) -> pd.DataFrame:
+    """Rows of `table` read from the database, in the contract's canonical dtypes."""
+    return frame.astype({c.name: CANONICAL_DTYPES[c.kind] for c in TABLES[table].columns})
+
+
 class _StoredTables(Mapping[str, pd.DataFrame]):
     """The contract tables of a store, each read into pandas on first access and then kept."""
 
@@ -109,8 +114,7 @@ class _StoredTables(Mapping[str, pd.DataFrame]):
         if name not in self._read:
             with duckdb.connect(self._path, read_only=True) as con:
                 frame = con.execute(f'SELECT * FROM "{name}"').df()
-            dtypes = {c.name: CANONICAL_DTYPES[c.kind] for c in TABLES[name].columns}
-            self._read[name] = frame.astype(dtypes)
+            self._read[name] = _canonical(frame, name)
         return self._read[name]
 
     def __iter__(self) -> Iterator[str]:
@@ -151,7 +155,7 @@ class StoredBrandData(BrandData):
             raise KeyError(f"{table} has no as_of column")
         with duckdb.connect(self.path, read_only=True) as con:
             frame = con.execute(f'SELECT * FROM "{table}" WHERE as_of = ?', [pd.Timestamp(as_of).to_pydatetime()]).df()
-        return frame.astype({c.name: CANONICAL_DTYPES[c.kind] for c in TABLES[table].columns}).reset_index(drop=True)
+        return _canonical(frame, table).reset_index(drop=True)
 
     def rows_and_first(self, table: str, column: str) -> tuple[int, pd.Timestamp | None]:
         """(rows of `table`, earliest `column`), from the database: the table is not read into pandas."""

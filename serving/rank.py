@@ -19,7 +19,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.build import REFUNDS_WITHOUT_TIME, EngineConfig, RefundsWithoutTime, build_features, connect, refund_rule
+from features.build import (
+    REFUNDS_WITHOUT_TIME,
+    EngineConfig,
+    RefundsWithoutTime,
+    build_features,
+    connect,
+    refund_rule,
+    timestamp_literal,
+)
 from features.contract import BrandData
 from features.labels import EXCLUSION_RULES, LabelConfig, eligibility, exclusion_counts
 from features.registry import categorical_features
@@ -159,14 +167,14 @@ def trial_categories(
                     frame[column] = pd.Series(pd.NA if dtype == "boolean" else pd.NaT, index=frame.index, dtype=dtype)
             con.register("_orders", frame)
             relation = "_orders"
-        t = f"TIMESTAMP '{as_of.strftime('%Y-%m-%d %H:%M:%S.%f')}'"
+        t = timestamp_literal(as_of)
         counted = refund_rule(refunds_without_time).replace("$t", t)
         sql = f"""
             WITH spend AS (
                 SELECT CAST(member_id AS VARCHAR) AS member_id, CAST(category AS VARCHAR) AS category,
                     SUM(CAST(amount AS DECIMAL(38, 6))) AS amount
                 FROM {relation}
-                WHERE ordered_at >= TIMESTAMP '{start.strftime('%Y-%m-%d %H:%M:%S.%f')}' AND ordered_at < {t}
+                WHERE ordered_at >= {timestamp_literal(start)} AND ordered_at < {t}
                     AND category IS NOT NULL AND {counted}
                 GROUP BY ALL
             )

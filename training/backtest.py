@@ -27,7 +27,7 @@ from features.labels import LabelConfig
 from training.config import TrainConfig
 from training.dataset import CutoffSplit, SnapshotDataset
 from training.evaluate import ScorerResult, evaluate_scores, k_label, truth_for
-from training.model import CompositeModel, KocModel
+from training.model import CompositeModel, KocModel, raw_scores
 from training.targets import (
     COMPONENTS,
     FittedTarget,
@@ -135,14 +135,7 @@ def fold_scores(
     (exactly `model.predict_proba`). Before, the test cutoff was predicted twice per component.
     """
     components = fitted.components
-    signature = lambda m: (list(m.feature_names_), getattr(m, "categories_", {}), m.input_dtype_)  # noqa: E731
-    first = next(iter(components.values()))
-    if any(signature(m) != signature(first) for m in components.values()):
-        raws = {c: m.raw_score(test[names]) for c, m in components.items()}
-    else:
-        matrix = first._model_input(test[names])
-        raws = {c: m._raw_from_input(matrix) for c, m in components.items()}
-        del matrix
+    raws = raw_scores(components, test[names])
     out_of_time = {}
     for component, raw in raws.items():
         mask = rows_mask(test, component)
@@ -166,7 +159,8 @@ def _score_fold(
     fold: CutoffSplit,
     cfg: TrainConfig,
 ) -> ScorerResult:
-    truth = None if "truth" in data.absent else truth_for(data.rows_at("truth", fold.test), test["member_id"], fold.test)
+    at = fold.test
+    truth = None if "truth" in data.absent else truth_for(data.rows_at("truth", at), test["member_id"], at)
     return evaluate_scores(
         name,
         scores,

@@ -335,6 +335,20 @@ class KocModel:
         )
 
 
+def raw_scores(models: Mapping[str, KocModel], X: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Each model's `raw_score(X)`. Models fitted on the same inputs share one converted matrix
+    (`_model_input`), which would otherwise be built once per model."""
+    first = next(iter(models.values()))
+
+    def signature(model: KocModel) -> tuple[object, ...]:
+        return list(model.feature_names_), getattr(model, "categories_", {}), model.input_dtype_
+
+    if any(signature(model) != signature(first) for model in models.values()):
+        return {name: model.raw_score(X) for name, model in models.items()}
+    matrix = first._model_input(X)
+    return {name: model._raw_from_input(matrix) for name, model in models.items()}
+
+
 class CompositeModel(KocModel):
     """Fitted KocModels combined into one score: `log p = sum_c exponent_c * log p_c`.
 
@@ -385,15 +399,9 @@ class CompositeModel(KocModel):
         return weights
 
     def _component_probas(self, X: pd.DataFrame, names: Sequence[str]) -> dict[str, np.ndarray]:
-        """Each named component's `predict_proba(X)`; components fitted on the same inputs share one
-        converted matrix (`_model_input`), which the composite would otherwise build once per component."""
-        shared = {name: self.components_[name] for name in names}
-        first = next(iter(shared.values()))
-        signature = lambda c: (list(c.feature_names_), getattr(c, "categories_", {}), c.input_dtype_)  # noqa: E731
-        if not all(signature(c) == signature(first) for c in shared.values()):
-            return {name: c.predict_proba(X) for name, c in shared.items()}
-        matrix = first._model_input(X)
-        return {name: c._proba_from_input(matrix) for name, c in shared.items()}
+        """Each named component's `predict_proba(X)`, from one shared input matrix (`raw_scores`)."""
+        chosen = {name: self.components_[name] for name in names}
+        return {name: chosen[name]._proba_from_raw(raw) for name, raw in raw_scores(chosen, X).items()}
 
     def _treated_from(self, probas: Mapping[str, np.ndarray]) -> np.ndarray:
         log_p = 0.0
