@@ -141,7 +141,7 @@ class TrainConfig(BaseModel):
             "falls back to `observed` and says so"
         ),
     )
-    target_method: Literal["two_stage", "ipw", "auxiliary", "blend"] = Field(
+    target_method: Literal["two_stage", "ipw", "auxiliary", "blend", "two_path"] = Field(
         "auxiliary",
         description=(
             "How `if_invited` (and uplift's treated arm) is learnt; see training/targets.py. `auxiliary` "

@@ -349,14 +349,23 @@ def raw_scores(models: Mapping[str, KocModel], X: pd.DataFrame) -> dict[str, np.
     return {name: model._raw_from_input(matrix) for name, model in models.items()}
 
 
+ACCEPT_COMPONENT = "accept"  # the P(accept | invited) component a declined path multiplies by 1 - p
+
+
 class CompositeModel(KocModel):
     """Fitted KocModels combined into one score: `log p = sum_c exponent_c * log p_c`.
 
-    With a `control` component the score is an uplift, `p - p_control` (it can be negative).
-    Contributions and importances are the exponent-weighted sums of the components' (minus the
-    control's): exact in log space for a product of probabilities, an approximation for the
-    uplift difference. Built by `training.targets` from components that are already fitted.
+    With a `declined` component the declined path is added: `p = prod + (1 - p_accept) * p_declined`
+    (`two_path`: accept then produce as a KOC, or decline and take the path of the members nobody
+    invited). With a `control` component the score is an uplift, `p - p_control` (it can be
+    negative). Contributions and importances are the exponent-weighted sums of the components'
+    (minus the control's): exact in log space for a product of probabilities; with a declined
+    path each path's log-space contributions are weighted by its share of the row's probability,
+    and for the uplift difference they are an approximation. Built by `training.targets` from
+    components that are already fitted.
     """
+
+    declined_: str | None = None  # models pickled before the declined path read as without one
 
     def __init__(
         self,
@@ -366,6 +375,7 @@ class CompositeModel(KocModel):
         target: str,
         method: str,
         control: str | None = None,
+        declined: str | None = None,
     ) -> None:
         first = next(iter(components.values()))
         super().__init__(
@@ -376,12 +386,16 @@ class CompositeModel(KocModel):
             num_threads=first.num_threads,
             label_config=first.label_config,
         )
-        unknown = [name for name in [*exponents, *([control] if control else [])] if name not in components]
+        named = [*exponents, *([control] if control else []), *([declined] if declined else [])]
+        unknown = [name for name in named if name not in components]
         if unknown:
             raise ValueError(f"components {unknown} are named but not given (given: {sorted(components)})")
+        if declined is not None and ACCEPT_COMPONENT not in exponents:
+            raise ValueError(f"a declined path needs the {ACCEPT_COMPONENT!r} component among the product's")
         self.components_ = dict(components)
         self.exponents_ = dict(exponents)
         self.control_ = control
+        self.declined_ = declined
         self.target_ = target
         self.target_method_ = method
         for attribute in ("feature_names_", "categorical_features_", "categories_", "feature_set_version_"):
@@ -394,6 +408,8 @@ class CompositeModel(KocModel):
 
     def _weights(self) -> dict[str, float]:
         weights = dict(self.exponents_)
+        if self.declined_ is not None:
+            weights[self.declined_] = weights.get(self.declined_, 0.0) + 1.0
         if self.control_ is not None:
             weights[self.control_] = weights.get(self.control_, 0.0) - 1.0
         return weights
@@ -403,11 +419,23 @@ class CompositeModel(KocModel):
         chosen = {name: self.components_[name] for name in names}
         return {name: chosen[name]._proba_from_raw(raw) for name, raw in raw_scores(chosen, X).items()}
 
-    def _treated_from(self, probas: Mapping[str, np.ndarray]) -> np.ndarray:
+    def _treated_names(self) -> list[str]:
+        """The components P(productive | invited) is made of (the product's, then the declined path's)."""
+        return [*self.exponents_, *([self.declined_] if self.declined_ else [])]
+
+    def _product_from(self, probas: Mapping[str, np.ndarray]) -> np.ndarray:
         log_p = 0.0
         for name, exponent in self.exponents_.items():
             log_p = log_p + exponent * np.log(np.clip(probas[name], 1e-12, 1.0))
         return np.exp(log_p)
+
+    def _declined_from(self, probas: Mapping[str, np.ndarray]) -> np.ndarray | float:
+        if self.declined_ is None:
+            return 0.0
+        return (1.0 - np.clip(probas[ACCEPT_COMPONENT], 0.0, 1.0)) * probas[self.declined_]
+
+    def _treated_from(self, probas: Mapping[str, np.ndarray]) -> np.ndarray:
+        return self._product_from(probas) + self._declined_from(probas)
 
     def combine(self, probas: Mapping[str, np.ndarray]) -> np.ndarray:
         """`predict_proba` from the components' own probabilities (each exponent's and the control's)."""
@@ -418,20 +446,34 @@ class CompositeModel(KocModel):
         """log of the combined probability (the uplift itself with a control)."""
         if self.control_ is not None:
             return self.predict_proba(X)
-        return np.log(np.clip(self._treated_from(self._component_probas(X, list(self.exponents_))), 1e-12, 1.0))
+        return np.log(np.clip(self._treated_from(self._component_probas(X, self._treated_names())), 1e-12, 1.0))
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         """The combined probability, or the uplift `p - p_control` when a control is set."""
         self._check_fitted()
-        names = list(dict.fromkeys([*self.exponents_, *([self.control_] if self.control_ else [])]))
+        names = list(dict.fromkeys([*self._treated_names(), *([self.control_] if self.control_ else [])]))
         return self.combine(self._component_probas(X, names))
 
     def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
-        """Exponent-weighted sum of the components' contributions (minus the control's)."""
+        """Exponent-weighted sum of the components' contributions (minus the control's).
+
+        With a declined path, the product's contributions are weighted per row by its share of
+        P(productive | invited) and the declined component's by the rest.
+        """
         total = pd.DataFrame(0.0, index=X.index, columns=self.feature_names_)
+        share = np.ones(len(X))
+        if self.declined_ is not None:
+            probas = self._component_probas(X, self._treated_names())
+            product = self._product_from(probas)
+            share = product / np.maximum(product + self._declined_from(probas), 1e-12)
         for name, weight in self._weights().items():
+            if name == self.declined_:
+                weight = weight - 1.0  # the path's own weight is added below, per row
             if weight:
-                total += weight * self.components_[name].contributions(X)
+                row_weight = weight * share if name in self.exponents_ else np.full(len(X), weight)
+                total += self.components_[name].contributions(X).mul(row_weight, axis=0)
+        if self.declined_ is not None:
+            total += self.components_[self.declined_].contributions(X).mul(1.0 - share, axis=0)
         return total
 
     def feature_importance(self, importance_type: Literal["gain", "split"] = "gain") -> pd.Series:

@@ -90,6 +90,9 @@ def test_components_per_target_and_method():
     assert components_for("if_invited", "two_stage") == ["accept", "productive_enrolled"]
     assert components_for("if_invited", "ipw") == ["propensity", "invited_outcome"]
     assert components_for("uplift", "two_stage")[-1] == "not_invited_outcome"
+    both_paths = ["accept", "productive_enrolled", "not_invited_outcome"]
+    assert components_for("if_invited", "two_path") == both_paths
+    assert components_for("uplift", "two_path") == both_paths  # the declined path is the control arm too
     with pytest.raises(ValueError, match="unknown target method"):
         components_for("if_invited", "magic")
 

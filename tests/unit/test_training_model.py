@@ -181,3 +181,35 @@ def test_fold_scores_equal_predicting_twice(fitted: tuple[KocModel, pd.DataFrame
             np.testing.assert_array_equal(raw, fitted_target.components[component].raw_score(rows[names]))
             np.testing.assert_array_equal(labels, rows["accepted" if component == "accept" else "productive"])
     assert len(out_of_time["accept"][0]) == int(test["invited"].sum()) < len(test)
+
+
+def test_two_path_adds_the_declined_path_and_splits_contributions_by_path(fitted: tuple[KocModel, pd.DataFrame]) -> None:
+    """`two_path`: p = p_accept * p_enrolled + (1 - p_accept) * p_declined; the uplift of it is
+    p_accept * (p_enrolled - p_declined); contributions weight each path by its share of p."""
+    from training.model import CompositeModel
+
+    accept, X_val = fitted
+    enrolled = KocModel(PARAMS, seed=6).fit(*_frame(3000, 4), *_frame(1000, 5))
+    declined = KocModel(PARAMS, seed=8).fit(*_frame(3000, 6), *_frame(1000, 7))
+    components = {"accept": accept, "productive_enrolled": enrolled, "not_invited_outcome": declined}
+    exponents = {"accept": 1.0, "productive_enrolled": 1.0}
+    a, e, d = (m.predict_proba(X_val) for m in components.values())
+    two_path = CompositeModel(components, exponents, target="if_invited", method="two_path", declined="not_invited_outcome")
+    uplift = CompositeModel(
+        components, exponents, target="uplift", method="two_path", declined="not_invited_outcome",
+        control="not_invited_outcome",
+    )
+    np.testing.assert_allclose(two_path.predict_proba(X_val), a * e + (1 - a) * d, rtol=1e-12)
+    np.testing.assert_allclose(uplift.predict_proba(X_val), a * (e - d), rtol=1e-9, atol=1e-12)
+    assert (two_path.predict_proba(X_val) >= a * e).all()
+
+    rows = X_val.iloc[:40]
+    share = (a * e / (a * e + (1 - a) * d))[:40]
+    expected = (
+        (accept.contributions(rows) + enrolled.contributions(rows)).mul(share, axis=0)
+        + declined.contributions(rows).mul(1 - share, axis=0)
+    )
+    pd.testing.assert_frame_equal(two_path.contributions(rows), expected)
+    assert set(two_path.feature_importance().index) == set(accept.feature_names_)
+    with pytest.raises(ValueError, match="accept"):
+        CompositeModel({"b": enrolled, "d": declined}, {"b": 1.0}, target="t", method="m", declined="d")
