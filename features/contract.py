@@ -274,6 +274,11 @@ class BrandData:
         first = frame[column].min() if len(frame) else None
         return int(len(frame)), None if first is None or pd.isna(first) else pd.Timestamp(first)
 
+    def latest(self, table: str, column: str) -> pd.Timestamp | None:
+        """The latest `column` value of `table` (None when empty): a store answers in SQL, loading nothing."""
+        last = self.tables[table][column].max()
+        return None if pd.isna(last) else pd.Timestamp(last)
+
     def fingerprint(self) -> dict[str, dict[str, object]]:
         """Row count and a content hash per table, for run tracking."""
         out: dict[str, dict[str, object]] = {}

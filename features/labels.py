@@ -146,7 +146,7 @@ def label_data_end(data: BrandData) -> pd.Timestamp:
     """How far the default label's own evidence reaches: the earlier of the last programme
     event and the last post (an export whose posts stop early must not read as "no posts").
     Without both tables it is the end of the data."""
-    ends = [data.program["event_at"].max(), data.posts["posted_at"].max()]
+    ends = [data.latest("program", "event_at"), data.latest("posts", "posted_at")]
     if "program" in data.absent or "posts" in data.absent or any(pd.isna(e) for e in ends):
         return data.data_end
     return min(ends)

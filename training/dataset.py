@@ -29,9 +29,9 @@ import pandas as pd
 
 from features.build import EngineConfig, build_features
 from features.contract import BrandData
-from features.labels import INTERACTIONS_KNOWN_AFTER, LabelConfig, label_window_complete, labels_for
+from features.labels import INTERACTIONS_KNOWN_AFTER, LabelConfig, label_window_complete
 from features.registry import CATEGORY_LEVELS, coerce_features, feature_names
-from features.targets import OUTCOME_COLUMNS, outcomes_for
+from features.targets import OUTCOME_COLUMNS, labels_and_outcomes
 from training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -397,7 +397,7 @@ def build_snapshots(
     evaluated = {fold.test for fold in folds}
     if train_cfg.objective == "lambdarank":
         evaluated |= {fold.validation for fold in folds}
-    labels = labels_for(data, used, label_cfg)
+    labels = labels_and_outcomes(data, used, label_cfg)
     which = {c: "train" for c in split.train} | {split.validation: "validation", split.test: "test"}
     roles = labels["as_of"].map(which).fillna("backtest")
     labels.insert(2, "split", pd.Categorical(roles, categories=[*SPLITS, "backtest"]))
@@ -406,7 +406,6 @@ def build_snapshots(
     else:
         relevance = labels["label"]
     labels.insert(4, "relevance", relevance.astype("int64").to_numpy())
-    labels = outcomes_for(data, labels, label_cfg)
 
     # sample before building features: the test cutoffs of every fold stay complete. The rate is
     # set by the training-only cutoffs' size (`negative_rate`) and applies to validation cutoffs too

@@ -40,6 +40,7 @@ def test_store_holds_the_same_tables_as_loading(data_dir, stored):
     assert reopened.data_end == loaded.data_end
     for table, column in [("orders", "ordered_at"), ("posts", "posted_at"), ("program", "event_at")]:
         assert reopened.rows_and_first(table, column) == loaded.rows_and_first(table, column)
+        assert reopened.latest(table, column) == loaded.latest(table, column) == loaded.tables[table][column].max()
     fresh = open_store(stored.path)
     assert fresh.rows_and_first("orders", "ordered_at")[0] == len(loaded.orders) and fresh.tables._read == {}
     assert load_data(stored.path).path == stored.path  # --data accepts the .duckdb file
@@ -137,3 +138,31 @@ def test_rows_at_one_cutoff_read_only_that_cutoff(small_sim_world, tmp_path):
     key = ["member_id"]
     pd.testing.assert_frame_equal(at.sort_values(key, ignore_index=True), expected.sort_values(key, ignore_index=True))
     assert stored.tables._read == {}  # no whole-table read
+
+
+@pytest.mark.parametrize("world", ["hand", "simulated"])
+def test_labels_and_outcomes_in_sql_on_the_store_equal_the_pandas_rules(world, stored, hand_world, small_sim_world, tmp_path):
+    """On a store, training's labels, eligibility and outcomes are one DuckDB query; it gives the
+    rows (eligible members only), values, dtypes and order of `labels_for` + `outcomes_for`."""
+    from features.labels import LabelConfig, labels_for
+    from features.targets import labels_and_outcomes, outcomes_for
+
+    if world == "hand":
+        store, cutoffs = stored, [AS_OF - pd.Timedelta(days=d) for d in (120, 60, 30, 0)]
+    else:
+        folder = tmp_path / "sim"
+        write_tables({n: small_sim_world.tables[n] for n in small_sim_world.tables if n not in small_sim_world.absent}, folder)
+        store = ingest(folder, tmp_path / "sim.duckdb", export_time="2026-07-01")
+        cutoffs = list(pd.date_range("2024-04-01", periods=8, freq="MS"))
+    loaded = load_data(store.path)
+    in_memory = load_data(store.path)
+    cfg = LabelConfig(horizon_days=60, cooldown_days=45)
+    expected = outcomes_for(in_memory, labels_for(in_memory, cutoffs, cfg), cfg)
+    sql = labels_and_outcomes(loaded, cutoffs, cfg)
+
+    assert loaded.tables._read == {}  # nothing read into pandas
+    pd.testing.assert_frame_equal(sql, expected)
+    if world == "simulated":  # the hand world has no programme outcomes at these cutoffs
+        assert min(int(expected[c].sum()) for c in ["label", "invited", "accepted", "enrolled", "productive"]) > 0
+    # every exclusion rule left someone out at some cutoff
+    assert len(expected) < sum(int((in_memory.members["joined_at"] < c).sum()) for c in cutoffs)
