@@ -282,7 +282,11 @@ def absent_groups(data: BrandData) -> list[str]:
 
 def connect(engine: EngineConfig) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with `engine`'s threads, memory limit and spill folder."""
-    con = duckdb.connect(":memory:")
+    return configure(duckdb.connect(":memory:"), engine)
+
+
+def configure(con: duckdb.DuckDBPyConnection, engine: EngineConfig) -> duckdb.DuckDBPyConnection:
+    """`con` set to `engine`'s threads, memory limit and spill folder."""
     threads = engine.threads or min(2, os.cpu_count() or 1)
     con.execute(f"SET threads = {int(threads)}")
     con.execute("SET preserve_insertion_order = false")

@@ -25,6 +25,7 @@ from collections.abc import Iterable
 import duckdb
 import pandas as pd
 
+from features.build import EngineConfig, configure
 from features.contract import BrandData
 from features.frames import is_in
 from features.labels import COOLDOWN_STATUSES, LabelConfig, as_cutoff, labels_for
@@ -145,7 +146,9 @@ ORDER BY c.as_of, m.member_id
 """
 
 
-def _stored_labels_and_outcomes(data: StoredBrandData, cutoffs: list[pd.Timestamp], cfg: LabelConfig) -> pd.DataFrame:
+def _stored_labels_and_outcomes(
+    data: StoredBrandData, cutoffs: list[pd.Timestamp], cfg: LabelConfig, engine: EngineConfig
+) -> pd.DataFrame:
     frame = pd.DataFrame({"as_of": pd.Series(cutoffs, dtype="datetime64[us]")})
     frame["window_end"] = frame["as_of"] + cfg.horizon
     frame["cool_start"] = frame["as_of"] - pd.Timedelta(days=cfg.cooldown_days)
@@ -155,25 +158,28 @@ def _stored_labels_and_outcomes(data: StoredBrandData, cutoffs: list[pd.Timestam
         min_interactions=int(cfg.min_interactions),
     )
     with duckdb.connect(data.path, read_only=True) as con:
-        con.execute("SET threads = 2")
+        configure(con, engine)
         con.register("_cutoffs", frame)
-        out = con.execute(sql).df()
+        out = con.sql(sql).to_arrow_table().to_pandas()
     out["member_id"] = out["member_id"].astype("str")
     out["as_of"] = out["as_of"].astype("datetime64[us]")
     return out.astype({"label": "int64", **dict.fromkeys(OUTCOME_COLUMNS, "int8")})
 
 
 def labels_and_outcomes(
-    data: BrandData, as_ofs: Iterable[pd.Timestamp], cfg: LabelConfig | None = None
+    data: BrandData,
+    as_ofs: Iterable[pd.Timestamp],
+    cfg: LabelConfig | None = None,
+    engine: EngineConfig | None = None,
 ) -> pd.DataFrame:
     """`labels_for(data, as_ofs, cfg)` plus the int8 outcome columns (`outcomes_for`).
 
     For a store without a `labels` table this is one DuckDB query over the database (the
-    tables are never read into pandas: at 1M members the pandas path took ~70 s of `koc train`);
-    otherwise the pandas functions.
+    tables are never read into pandas: at 1M members the pandas path took ~70 s of `koc train`),
+    under `engine`'s threads, memory limit and spill folder; otherwise the pandas functions.
     """
     cfg = cfg or LabelConfig()
     cutoffs = sorted({as_cutoff(raw, data.timezone) for raw in as_ofs})
     if isinstance(data, StoredBrandData) and "labels" in data.absent and cutoffs:
-        return _stored_labels_and_outcomes(data, cutoffs, cfg)
+        return _stored_labels_and_outcomes(data, cutoffs, cfg, engine or EngineConfig())
     return outcomes_for(data, labels_for(data, cutoffs, cfg), cfg)

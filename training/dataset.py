@@ -397,7 +397,7 @@ def build_snapshots(
     evaluated = {fold.test for fold in folds}
     if train_cfg.objective == "lambdarank":
         evaluated |= {fold.validation for fold in folds}
-    labels = labels_and_outcomes(data, used, label_cfg)
+    labels = labels_and_outcomes(data, used, label_cfg, engine)
     which = {c: "train" for c in split.train} | {split.validation: "validation", split.test: "test"}
     roles = labels["as_of"].map(which).fillna("backtest")
     labels.insert(2, "split", pd.Categorical(roles, categories=[*SPLITS, "backtest"]))
