@@ -157,10 +157,15 @@ class StoredBrandData(BrandData):
             frame = con.execute(f'SELECT * FROM "{table}" WHERE as_of = ?', [pd.Timestamp(as_of).to_pydatetime()]).df()
         return _canonical(frame, table).reset_index(drop=True)
 
-    def rows_and_first(self, table: str, column: str) -> tuple[int, pd.Timestamp | None]:
-        """(rows of `table`, earliest `column`), from the database: the table is not read into pandas."""
+    @staticmethod
+    def _check_column(table: str, column: str) -> None:
+        """A KeyError unless `table.column` is in the contract (names go into SQL text)."""
         if table not in TABLES or column not in {c.name for c in TABLES[table].columns}:
             raise KeyError(f"{table}.{column}")
+
+    def rows_and_first(self, table: str, column: str) -> tuple[int, pd.Timestamp | None]:
+        """(rows of `table`, earliest `column`), from the database: the table is not read into pandas."""
+        self._check_column(table, column)
         with duckdb.connect(self.path, read_only=True) as con:
             rows, first = con.execute(f'SELECT count(*), MIN("{column}") FROM "{table}"').fetchone()
         return int(rows), None if first is None else pd.Timestamp(first).as_unit("us")
@@ -169,8 +174,7 @@ class StoredBrandData(BrandData):
         """The latest `column` of `table`, from the database (posts hold 9M rows at 1M members)."""
         if table in self.tables._read:
             return super().latest(table, column)
-        if table not in TABLES or column not in {c.name for c in TABLES[table].columns}:
-            raise KeyError(f"{table}.{column}")
+        self._check_column(table, column)
         with duckdb.connect(self.path, read_only=True) as con:
             (last,) = con.execute(f'SELECT MAX("{column}") FROM "{table}"').fetchone()
         return None if last is None else pd.Timestamp(last).as_unit("us")

@@ -460,20 +460,20 @@ class CompositeModel(KocModel):
         With a declined path, the product's contributions are weighted per row by its share of
         P(productive | invited) and the declined component's by the rest.
         """
-        total = pd.DataFrame(0.0, index=X.index, columns=self.feature_names_)
         share = np.ones(len(X))
         if self.declined_ is not None:
             probas = self._component_probas(X, self._treated_names())
             product = self._product_from(probas)
             share = product / np.maximum(product + self._declined_from(probas), 1e-12)
-        for name, weight in self._weights().items():
-            if name == self.declined_:
-                weight = weight - 1.0  # the path's own weight is added below, per row
-            if weight:
-                row_weight = weight * share if name in self.exponents_ else np.full(len(X), weight)
-                total += self.components_[name].contributions(X).mul(row_weight, axis=0)
+        row_weights = {name: exponent * share for name, exponent in self.exponents_.items()}
         if self.declined_ is not None:
-            total += self.components_[self.declined_].contributions(X).mul(1.0 - share, axis=0)
+            row_weights[self.declined_] = row_weights.get(self.declined_, 0.0) + (1.0 - share)
+        if self.control_ is not None:
+            row_weights[self.control_] = row_weights.get(self.control_, 0.0) - 1.0
+        total = pd.DataFrame(0.0, index=X.index, columns=self.feature_names_)
+        for name, weight in row_weights.items():
+            if np.any(weight != 0):
+                total += self.components_[name].contributions(X).mul(weight, axis=0)
         return total
 
     def feature_importance(self, importance_type: Literal["gain", "split"] = "gain") -> pd.Series:
