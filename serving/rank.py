@@ -33,8 +33,9 @@ from features.labels import EXCLUSION_RULES, LabelConfig, eligibility, exclusion
 from features.registry import categorical_features
 from features.scores import rfm_scores, value_scores
 from features.store import StoredBrandData
+from serving.compiled import COMPILED_DIR, attach_compiled
 from serving.config import QUOTA_COLUMNS, RankConfig
-from serving.model_store import LoadedModel, RankingModel, label_config_warnings
+from serving.model_store import LoadedModel, RankingModel, label_config_warnings, model_cache_dir
 from serving.reasons import LazyPopulation, Population, explain
 from serving.selection import assign_tiers, order_by_score, score_percentiles, segment_shares, select_candidates
 
@@ -234,6 +235,8 @@ def score_population(
     elig = eligibility(data, as_of, label_cfg)
     features = build_features(data, [as_of], engine)
     X = features[list(model.feature_names_)]  # a copy-on-write view, not a copy
+    if cfg.compiled_min_rows is not None and len(X) >= cfg.compiled_min_rows:
+        attach_compiled(model, model_cache_dir() / COMPILED_DIR, engine.threads)
     scores = pd.Series(predict_in_chunks(model, X), index=features.index, name="score")
     values = value_scores(features)[list(VALUE_SCORE_COLUMNS)].round(1)  # 0-100, one decimal is plenty
     rfm_segment = rfm_scores(features)["rfm_segment"].astype("str")

@@ -302,7 +302,15 @@ class KocModel:
         return self._raw_from_input(self._model_input(X))
 
     def _raw_from_input(self, matrix: np.ndarray) -> np.ndarray:
+        compiled = self.__dict__.get("compiled_")  # serving.compiled: the same raw scores from native code
+        if compiled is not None:
+            return compiled(matrix)
         return np.asarray(self.booster_.predict(matrix, raw_score=True, num_iteration=self.best_iteration_))
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("compiled_", None)  # a handle to native code in this process: never pickled
+        return state
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         """Calibrated probability that each row's member becomes a productive KOC (label 1)."""

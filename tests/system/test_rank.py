@@ -397,3 +397,27 @@ def test_rank_uses_the_config_engine_and_the_models_refund_rule(world, monkeypat
         rank_members(world, AS_OF, loaded, 5, RankConfig(exploration_share=0.0), engine=engine, generated_at="t0")
     assert seen[-1] == EngineConfig(threads=1, memory_limit="512MB", refunds_without_time="drop")
     assert "trained with 'drop'" in caplog.text
+
+
+def test_the_compiled_forest_ranks_the_same_list(world, tmp_path, monkeypatch):
+    """A population at or above `compiled_min_rows` is scored by the compiled forest: the same
+    scores, the same list and the same list id as LightGBM's own predict."""
+    import pickle
+
+    from serving.model_store import CACHE_ENV, LoadedModel
+    from support.worlds import fit_tiny_koc_model
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    model = fit_tiny_koc_model()
+    info = fake_loaded().info
+    cfg = RankConfig(exploration_share=0.0)
+    plain = rank_members(world, AS_OF, LoadedModel(model, info), 10, cfg.model_copy(update={"compiled_min_rows": None}))
+    assert "compiled_" not in model.__dict__ and not list(tmp_path.glob("compiled/*.so"))
+    twin = pickle.loads(pickle.dumps(model))
+    fast = rank_members(world, AS_OF, LoadedModel(twin, info), 10, cfg.model_copy(update={"compiled_min_rows": 1}))
+    assert "compiled_" in twin.__dict__ and len(list(tmp_path.glob("compiled/*.so"))) == 1
+    np.testing.assert_allclose(fast.scored["score"], plain.scored["score"], rtol=0, atol=1e-12)
+    pd.testing.assert_frame_equal(
+        fast.candidates.drop(columns="score"), plain.candidates.drop(columns="score")
+    )
+    assert fast.meta["list_id"] == plain.meta["list_id"]
