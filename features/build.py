@@ -34,6 +34,7 @@ the same rows of the full build exactly.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import re
@@ -58,6 +59,7 @@ from features.registry import (
     ALL_EVENT_TYPES,
     BGNBD_HORIZON_DAYS,
     CATEGORY_LEVELS,
+    FEATURE_SET_VERSION,
     FEATURES,
     GROUPS,
     SOURCES,
@@ -540,6 +542,7 @@ def write_features(
     engine: EngineConfig | None = None,
     *,
     batch_rows: int = 50_000,
+    data_fingerprint: Mapping[str, object] | None = None,
 ) -> dict[str, int]:
     """Build the features of every cutoff and stream them to the Parquet file `out` (atomically).
 
@@ -547,11 +550,20 @@ def write_features(
     the whole result in memory: DuckDB's result is read `batch_rows` at a time (an Arrow stream), the
     python features are scored per batch with models fitted once per cutoff on every
     member. Returns `{"rows": n, "members": distinct members, "cutoffs": k}`.
+
+    The file's schema metadata records what the rows depend on (`feature_file_provenance`),
+    so `read_feature_file` can refuse a file built from other data, cutoffs or feature semantics.
     """
     import pyarrow.parquet as pq
 
     engine = engine or EngineConfig()
     cutoffs = _normalise_cutoffs(as_of, data.timezone)
+    provenance = {
+        FEATURE_FILE_KEY: json.dumps(
+            feature_file_provenance(data.timezone, engine.refunds_without_time, cutoffs, data_fingerprint),
+            sort_keys=True, default=str,
+        ).encode()
+    }
     rows, members = 0, 0
     con = connect(engine)
     try:
@@ -566,15 +578,75 @@ def write_features(
                     for finished in stream:
                         table = pa.Table.from_pandas(finished, preserve_index=False)
                         if writer is None:
-                            writer = pq.ParquetWriter(tmp, table.schema)
+                            writer = pq.ParquetWriter(tmp, table.schema.with_metadata(table.schema.metadata | provenance))
                         writer.write_table(table.cast(writer.schema))
                         rows += table.num_rows
                     logger.info("features at %s written in %.2fs", cutoff, time.perf_counter() - started)
                 if writer is None:  # no cutoff had members: an empty file with the columns
-                    pq.write_table(pa.Table.from_pandas(_empty_features(), preserve_index=False), tmp)
+                    empty = pa.Table.from_pandas(_empty_features(), preserve_index=False)
+                    pq.write_table(empty.replace_schema_metadata(empty.schema.metadata | provenance), tmp)
             finally:
                 if writer is not None:
                     writer.close()
     finally:
         con.close()
     return {"rows": rows, "members": members, "cutoffs": len(cutoffs)}
+
+
+FEATURE_FILE_KEY = b"kocrank"
+
+
+class FeatureFileMismatch(ValueError):
+    """A feature file cannot stand in for building the features now (other data, cutoff or semantics)."""
+
+
+def feature_file_provenance(
+    timezone: str,
+    refunds_without_time: str,
+    cutoffs: Sequence[pd.Timestamp],
+    data_fingerprint: Mapping[str, object] | None,
+) -> dict[str, object]:
+    """What a feature file's rows depend on, as recorded in its Parquet metadata."""
+    return {
+        "feature_set_version": FEATURE_SET_VERSION,
+        "timezone": timezone,
+        "refunds_without_time": refunds_without_time,
+        "cutoffs": [c.isoformat() for c in cutoffs],
+        "data_fingerprint": data_fingerprint,
+    }
+
+
+def read_feature_file(
+    path: str | os.PathLike[str],
+    as_of: pd.Timestamp,
+    *,
+    timezone: str,
+    refunds_without_time: str,
+    data_fingerprint: Mapping[str, object],
+) -> pd.DataFrame:
+    """The rows of the `write_features` file `path` at cutoff `as_of`: equal to `build_features(data, [as_of])`.
+
+    Refused with FeatureFileMismatch, naming what differs, unless the file records the same feature
+    set version, time zone, refund rule and data fingerprint and holds the cutoff.
+    """
+    import pyarrow.parquet as pq
+
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowInvalid) as err:
+        raise FeatureFileMismatch(f"cannot read the feature file {path}: {err}") from err
+    if FEATURE_FILE_KEY not in metadata:
+        raise FeatureFileMismatch(
+            f"{path} records no provenance (feature set, cutoffs, data): write it with `koc features --out <file>.parquet`"
+        )
+    recorded = json.loads(metadata[FEATURE_FILE_KEY])
+    expected = feature_file_provenance(timezone, refunds_without_time, [as_of], data_fingerprint)
+    normal = json.loads(json.dumps(expected, sort_keys=True, default=str))
+    for key in ("feature_set_version", "timezone", "refunds_without_time", "data_fingerprint"):
+        if recorded.get(key) != normal[key]:
+            what = "the data changed since the file was built" if key == "data_fingerprint" else f"{recorded.get(key)!r} != {normal[key]!r}"
+            raise FeatureFileMismatch(f"{path} was built with another {key.replace('_', ' ')} ({what}): rebuild it with `koc features`")
+    if normal["cutoffs"][0] not in recorded["cutoffs"]:
+        raise FeatureFileMismatch(f"{path} holds cutoffs {recorded['cutoffs']}, not {as_of.isoformat()}")
+    table = pq.read_table(path, filters=[("as_of", "==", pa.scalar(as_of.to_datetime64(), pa.timestamp("us")))])
+    return table.to_pandas().reset_index(drop=True)

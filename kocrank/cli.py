@@ -217,6 +217,7 @@ def failure_classes() -> list[tuple[tuple[type[BaseException], ...], int, str]]:
     from mlflow.exceptions import MlflowException
     from pydantic import ValidationError
 
+    from features.build import FeatureFileMismatch
     from kocrank.config import ConfigError
     from serving.api import ServeConfigError
     from serving.config import CutoffError
@@ -225,7 +226,7 @@ def failure_classes() -> list[tuple[tuple[type[BaseException], ...], int, str]]:
 
     return [
         ((ContractError,), 1, "data"),
-        ((CutoffError, ConfigError, ServeConfigError, OutputPathError, ValidationError), 2, "usage"),
+        ((CutoffError, ConfigError, ServeConfigError, OutputPathError, FeatureFileMismatch, ValidationError), 2, "usage"),
         ((IncompatibleModelError, MlflowException), 3, "model"),
         ((OSError,), 4, "file"),
         ((ValueError,), 1, "data"),

@@ -123,7 +123,9 @@ def register(app: typer.Typer) -> None:
         from features.build import absent_groups, build_features, write_features
         from features.contract import load_data
         from features.io import write_frame
+        from kocrank.config import cache_dir
         from serving.config import parse_cutoff
+        from training.fingerprint import cached_fingerprint
 
         started = time.perf_counter()
         cutoffs = [parse_cutoff(value, timezone) for value in as_of]
@@ -135,7 +137,9 @@ def register(app: typer.Typer) -> None:
             brand = load_data(data, timezone=timezone)
             step(f"building and writing features for {len(cutoffs)} cutoff(s)")
             if out.suffix.lower() == ".parquet":  # streamed: the result is never whole in memory
-                written = write_features(brand, cutoffs, out, cfg.engine)
+                # the data's fingerprint goes into the file, so `koc rank --features` can check it is this data's
+                fingerprint = cached_fingerprint(brand, cache_dir())
+                written = write_features(brand, cutoffs, out, cfg.engine, data_fingerprint=fingerprint)
             else:
                 features = build_features(brand, cutoffs, cfg.engine)
                 write_frame(features, out)

@@ -46,6 +46,7 @@ def rank_command(
     show: Annotated[int, typer.Option("--show", min=0, help="Print this many top rows.")] = 10,
     issue: Annotated[bool | None, typer.Option("--issue/--no-issue", help="Record as an immutable issued list (default: config ranking.issue).")] = None,
     issue_id: Annotated[str | None, typer.Option("--issue-id", help="Id of the issued list (default: koc-<as-of date>).")] = None,
+    features: Annotated[Path | None, typer.Option("--features", help="Score from this `koc features` Parquet file (built from the same data, holding --as-of) instead of building the features.")] = None,
 ) -> None:
     """Rank eligible members at --as-of and write the top K (with quotas and exploration) to the folder --out."""
     from features.contract import load_data
@@ -70,7 +71,7 @@ def rank_command(
         result = rank_members(
             brand, cutoff, loaded, top, cfg.ranking, cfg.labels,
             generated_at=generated_at, generated_by=who_is_running(), config_digest=cfg.digest(),
-            data_fingerprint=cached_fingerprint(brand, cache_dir()), engine=cfg.engine,
+            data_fingerprint=cached_fingerprint(brand, cache_dir()), engine=cfg.engine, features_file=features,
         )
         step("writing the list")
         written = write_ranked_list(result.candidates, result.meta, out, chosen)

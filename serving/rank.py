@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ from features.build import (
     RefundsWithoutTime,
     build_features,
     connect,
+    read_feature_file,
     refund_rule,
     timestamp_literal,
 )
@@ -224,16 +226,19 @@ def score_population(
     cfg: RankConfig,
     label_cfg: LabelConfig,
     engine: EngineConfig | None = None,
+    features: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every member who joined before `as_of`: eligibility flags, score, value scores, segment.
 
     Percentile and tier are computed among eligible members only (null for the others).
+    `features`: `build_features(data, [as_of])` already built (e.g. read by `read_feature_file`).
     Returns (scored sorted by member_id, model inputs indexed by member_id).
     """
     model = loaded.model
     engine = model_engine(model, engine)
     elig = eligibility(data, as_of, label_cfg)
-    features = build_features(data, [as_of], engine)
+    if features is None:
+        features = build_features(data, [as_of], engine)
     X = features[list(model.feature_names_)]  # a copy-on-write view, not a copy
     if cfg.compiled_min_rows is not None and len(X) >= cfg.compiled_min_rows:
         attach_compiled(model, model_cache_dir() / COMPILED_DIR, engine.threads)
@@ -294,6 +299,7 @@ def rank_members(
     config_digest: str | None = None,
     data_fingerprint: dict[str, Any] | None = None,
     engine: EngineConfig | None = None,
+    features_file: str | os.PathLike[str] | None = None,
 ) -> RankResult:
     """Rank eligible members at `as_of` and pick the K to invite (quotas + exploration).
 
@@ -303,6 +309,8 @@ def rank_members(
     to `data.fingerprint()` (callers with files pass `training.fingerprint.cached_fingerprint`'s,
     so unchanged tables are not hashed again on every ranking). `engine`: the config's `[engine]`
     (DuckDB threads, memory limit, spill folder); the refund rule is the model's (`model_engine`).
+    `features_file`: a `koc features` Parquet file holding `as_of`, read instead of building the
+    features (FeatureFileMismatch unless it was built from this data with the model's semantics).
     """
     if not isinstance(as_of, pd.Timestamp) or as_of.tzinfo is not None:
         raise TypeError(f"as_of must be a naive business-time pd.Timestamp (parse it at the edge), got {as_of!r}")
@@ -310,7 +318,16 @@ def rank_members(
     label_cfg = label_cfg or LabelConfig()
     if not (data.members["joined_at"] < as_of).any():
         raise ValueError(f"no member joined before as_of {as_of}: nobody can be ranked (is the date right?)")
-    scored, inputs = score_population(data, as_of, loaded, cfg, label_cfg, engine)
+    if data_fingerprint is None:
+        data_fingerprint = data.fingerprint()
+    features = None
+    if features_file is not None:
+        features = read_feature_file(
+            features_file, as_of, timezone=data.timezone,
+            refunds_without_time=model_engine(loaded.model, engine).refunds_without_time,
+            data_fingerprint=data_fingerprint,
+        )
+    scored, inputs = score_population(data, as_of, loaded, cfg, label_cfg, engine, features)
     chosen = choose_candidates(scored.loc[scored["eligible"]], k, cfg, as_of=as_of)
     population = _population(inputs)
     reasons = explain_members(loaded.model, inputs, chosen["member_id"], cfg.n_reasons, population)
@@ -331,8 +348,6 @@ def rank_members(
         warnings.append(stale)
     target = str(getattr(loaded.model, "target_", "observed"))
     config_hash = config_digest or cfg.config_hash(k=int(k), labels=label_cfg.model_dump(mode="json"), timezone=data.timezone)
-    if data_fingerprint is None:
-        data_fingerprint = data.fingerprint()
     meta: dict[str, Any] = {
         "list_id": list_id(as_of, info.run_id or info.uri, info.version, config_hash, data_fingerprint, int(k)),
         "target": target,

@@ -421,3 +421,35 @@ def test_the_compiled_forest_ranks_the_same_list(world, tmp_path, monkeypatch):
         fast.candidates.drop(columns="score"), plain.candidates.drop(columns="score")
     )
     assert fast.meta["list_id"] == plain.meta["list_id"]
+
+
+def test_ranking_from_a_feature_file_equals_building_the_features(world, tmp_path):
+    """`koc features --out f.parquet` then `koc rank --features f.parquet`: the same list as
+    building the features in the ranking; a file from other data or without the cutoff is refused."""
+    from features.build import FeatureFileMismatch, write_features
+
+    fingerprint = world.fingerprint()
+    path = tmp_path / "features.parquet"
+    write_features(world, [AS_OF - pd.Timedelta(days=30), AS_OF], path, data_fingerprint=fingerprint)
+    cfg = RankConfig(exploration_share=0.0)
+    built = rank_members(world, AS_OF, fake_loaded(), 10, cfg, generated_at="t0")
+    read = rank_members(world, AS_OF, fake_loaded(), 10, cfg, generated_at="t0", features_file=path)
+    pd.testing.assert_frame_equal(read.candidates, built.candidates)
+    pd.testing.assert_frame_equal(read.scored, built.scored)
+    assert read.meta == built.meta
+
+    with pytest.raises(FeatureFileMismatch, match="holds cutoffs"):
+        rank_members(world, AS_OF + pd.Timedelta(days=1), fake_loaded(), 10, cfg, features_file=path)
+    stale = {**fingerprint, "orders": {"rows": -1}}
+    with pytest.raises(FeatureFileMismatch, match="data changed since the file was built"):
+        rank_members(world, AS_OF, fake_loaded(), 10, cfg, data_fingerprint=stale, features_file=path)
+    plain = tmp_path / "plain.parquet"
+    read.features.reset_index().to_parquet(plain)
+    with pytest.raises(FeatureFileMismatch, match="records no provenance"):
+        rank_members(world, AS_OF, fake_loaded(), 10, cfg, features_file=plain)
+    from features.build import EngineConfig
+
+    dropped = tmp_path / "dropped.parquet"  # refunds without a time dropped: not the model's feature semantics
+    write_features(world, [AS_OF], dropped, EngineConfig(refunds_without_time="drop"), data_fingerprint=fingerprint)
+    with pytest.raises(FeatureFileMismatch, match="refunds without time"):
+        rank_members(world, AS_OF, fake_loaded(), 10, cfg, features_file=dropped)
