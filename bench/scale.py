@@ -9,7 +9,10 @@ runs, each stage as its own process (wall time and peak RSS from `os.wait4`):
 - `floor`: one DuckDB GROUP BY member over `orders` and one over `events`, straight from
   the Parquet files (a fresh process; the query time is measured inside it too);
 - `train` and `rank` (`koc train` / `koc rank` on the ingested store, with the same `[engine]`)
-  for the sizes in `--train` / `--rank` (rank uses the model trained at the first size).
+  for the sizes in `--train` / `--rank` (rank uses the model trained at the first size). `rank`
+  builds the features itself and, on a model's first large ranking, compiles it
+  (`serving.compiled`); `rank (feature file)` then scores from the features stage's file
+  (`koc rank --features`), as a nightly `koc features` + `koc rank` would.
 
 Then it fits time and peak memory of each stage linearly in the number of members,
 projects them to `--project` members and names the bottleneck stage. Runs at 1M members
@@ -177,6 +180,16 @@ def main() -> None:
                         "rank", members,
                         [*koc, "rank", "--data", str(store), "--as-of", opts.as_of, "--top", "500",
                          "--out", str(out / f"invitations_{members}"), "--config", str(config)],
+                        env,
+                    )
+                )
+                # the nightly shape: score from the feature file the features stage wrote (model already compiled)
+                size_rows.append(
+                    run_stage(
+                        "rank (feature file)", members,
+                        [*koc, "rank", "--data", str(store), "--as-of", opts.as_of, "--top", "500",
+                         "--out", str(out / f"invitations_{members}_file"), "--config", str(config),
+                         "--features", str(features)],
                         env,
                     )
                 )
