@@ -404,8 +404,9 @@ def test_the_compiled_forest_ranks_the_same_list(world, tmp_path, monkeypatch):
     scores, the same list and the same list id as LightGBM's own predict."""
     import pickle
 
-    from serving.model_store import CACHE_ENV, LoadedModel
     from support.worlds import fit_tiny_koc_model
+
+    from serving.model_store import CACHE_ENV, LoadedModel
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path))
     model = fit_tiny_koc_model()
