@@ -150,9 +150,20 @@ def top_reasons(
     concepts = [FEATURE_BY_NAME[f].concept for f in features]
     up = _strongest_distinct(contrib, concepts, n_reasons)
     down = np.argmin(contrib, axis=1) if features else np.zeros(len(contrib), dtype=int)
-    records = values[features].to_dict(orient="records")
+    columns: dict[str, np.ndarray] = {}  # only the few columns a reason names, as Python objects
+
+    class _Values:
+        def __init__(self, r: int) -> None:
+            self.r = r
+
+        def __getitem__(self, name: str) -> object:
+            if name not in columns:
+                columns[name] = values[name].to_numpy(dtype=object)
+            return columns[name][self.r]
+
     rows = []
-    for r, member_values in enumerate(records):
+    for r in range(len(contrib)):
+        member_values = _Values(r)
         row: dict[str, object] = {}
         objects = []
         for slot in range(n_reasons):

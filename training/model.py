@@ -330,9 +330,12 @@ class KocModel:
     def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
         """Per-feature contributions (`pred_contrib`, raw-score space); same index as X, bias left out."""
         self._check_fitted()
-        contrib = self.booster_.predict(self._model_input(X), pred_contrib=True, num_iteration=self.best_iteration_)
-        contrib = np.asarray(contrib)
-        return pd.DataFrame(contrib[:, :-1], index=X.index, columns=self.feature_names_)
+        return pd.DataFrame(self._contributions_from_input(self._model_input(X)), index=X.index, columns=self.feature_names_)
+
+    def _contributions_from_input(self, matrix: np.ndarray) -> np.ndarray:
+        """`contributions` of rows already converted by `_model_input`, as an array."""
+        contrib = self.booster_.predict(matrix, pred_contrib=True, num_iteration=self.best_iteration_)
+        return np.asarray(contrib)[:, :-1]
 
     def feature_importance(self, importance_type: Literal["gain", "split"] = "gain") -> pd.Series:
         """Total gain (or split count) per feature at the best iteration, largest first."""
@@ -343,18 +346,27 @@ class KocModel:
         )
 
 
-def raw_scores(models: Mapping[str, KocModel], X: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Each model's `raw_score(X)`. Models fitted on the same inputs share one converted matrix
-    (`_model_input`), which would otherwise be built once per model."""
+def model_inputs(models: Mapping[str, KocModel], X: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Each model's `_model_input(X)`: models fitted on the same inputs share one converted matrix,
+    which would otherwise be built once per model (for one member, most of the time of a score or
+    its reasons)."""
     first = next(iter(models.values()))
 
     def signature(model: KocModel) -> tuple[object, ...]:
         return list(model.feature_names_), getattr(model, "categories_", {}), model.input_dtype_
 
     if any(signature(model) != signature(first) for model in models.values()):
-        return {name: model.raw_score(X) for name, model in models.items()}
+        return {name: model._model_input(X) for name, model in models.items()}
     matrix = first._model_input(X)
-    return {name: model._raw_from_input(matrix) for name, model in models.items()}
+    return dict.fromkeys(models, matrix)
+
+
+def raw_scores(models: Mapping[str, KocModel], X: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Each model's `raw_score(X)`, from shared input matrices (`model_inputs`)."""
+    for model in models.values():
+        model._check_fitted()
+    inputs = model_inputs(models, X)
+    return {name: model._raw_from_input(inputs[name]) for name, model in models.items()}
 
 
 ACCEPT_COMPONENT = "accept"  # the P(accept | invited) component a declined path multiplies by 1 - p
@@ -469,8 +481,9 @@ class CompositeModel(KocModel):
         P(productive | invited) and the declined component's by the rest.
         """
         share = np.ones(len(X))
+        inputs = model_inputs(self.components_, X)  # one converted matrix for every component
         if self.declined_ is not None:
-            probas = self._component_probas(X, self._treated_names())
+            probas = {name: self.components_[name]._proba_from_input(inputs[name]) for name in self._treated_names()}
             product = self._product_from(probas)
             share = product / np.maximum(product + self._declined_from(probas), 1e-12)
         row_weights = {name: exponent * share for name, exponent in self.exponents_.items()}
@@ -478,11 +491,15 @@ class CompositeModel(KocModel):
             row_weights[self.declined_] = row_weights.get(self.declined_, 0.0) + (1.0 - share)
         if self.control_ is not None:
             row_weights[self.control_] = row_weights.get(self.control_, 0.0) - 1.0
-        total = pd.DataFrame(0.0, index=X.index, columns=self.feature_names_)
+        total = np.zeros((len(X), len(self.feature_names_)))
         for name, weight in row_weights.items():
             if np.any(weight != 0):
-                total += self.components_[name].contributions(X).mul(weight, axis=0)
-        return total
+                component = self.components_[name]
+                contrib = component._contributions_from_input(inputs[name])
+                if component.feature_names_ != self.feature_names_:  # align by name (components share them today)
+                    contrib = pd.DataFrame(contrib, columns=component.feature_names_)[self.feature_names_].to_numpy()
+                total += contrib * np.reshape(weight, (-1, 1))
+        return pd.DataFrame(total, index=X.index, columns=self.feature_names_)
 
     def feature_importance(self, importance_type: Literal["gain", "split"] = "gain") -> pd.Series:
         """Exponent-weighted sum of the components' importances (the control's counted positively)."""
