@@ -640,6 +640,10 @@ def read_feature_file(
             f"{path} records no provenance (feature set, cutoffs, data): write it with `koc features --out <file>.parquet`"
         )
     recorded = json.loads(metadata[FEATURE_FILE_KEY])
+    if recorded.get("data_fingerprint") is None:
+        raise FeatureFileMismatch(
+            f"{path} records no data fingerprint, so it cannot be matched to this data: write it with `koc features`"
+        )
     expected = feature_file_provenance(timezone, refunds_without_time, [as_of], data_fingerprint)
     normal = json.loads(json.dumps(expected, sort_keys=True, default=str))
     for key in ("feature_set_version", "timezone", "refunds_without_time", "data_fingerprint"):

@@ -450,6 +450,10 @@ def test_ranking_from_a_feature_file_equals_building_the_features(world, tmp_pat
         rank_members(world, AS_OF, fake_loaded(), 10, cfg, features_file=plain)
     from features.build import EngineConfig
 
+    unsigned = tmp_path / "unsigned.parquet"  # written without the data's fingerprint
+    write_features(world, [AS_OF], unsigned)
+    with pytest.raises(FeatureFileMismatch, match="no data fingerprint"):
+        rank_members(world, AS_OF, fake_loaded(), 10, cfg, features_file=unsigned)
     dropped = tmp_path / "dropped.parquet"  # refunds without a time dropped: not the model's feature semantics
     write_features(world, [AS_OF], dropped, EngineConfig(refunds_without_time="drop"), data_fingerprint=fingerprint)
     with pytest.raises(FeatureFileMismatch, match="refunds without time"):
