@@ -1,16 +1,16 @@
 """Compiled tree ensembles for scoring a whole population: lleaves turns each LightGBM booster
 into native code once, and later rankings load the compiled file.
 
-At 1M members `koc rank` spent ~45 s in LightGBM's predict for a three-component model (1,541
-trees); the compiled forest gives the same raw scores (to ~1e-14) about 3.4x faster. Compiling
-costs ~10 s per 500 trees once per model and machine (inlining off: it cut compile time 2.8x for
-the same predict speed), so it pays only for large batches; small brands and single-member
-requests keep LightGBM's own predict.
+At 1M members `koc rank` spent 44 s in LightGBM's predict for a three-component model (1,541
+trees) and spends 16 s with the compiled forest, whose raw scores equal LightGBM's to ~1e-14.
+Compiling costs ~10 s per 500 trees once per model and machine (inlining off: it cut compile
+time 2.8x for the same predict speed), so it pays only for large populations; small brands
+keep LightGBM's own predict, and reasons (`pred_contrib`) always come from LightGBM.
 
 The compiled file is specific to the booster (its model text at the best iteration), the
 lleaves/llvmlite versions and the host CPU, all of which are in its cache key; it is written
 atomically, so a killed compile leaves no half file behind. Without lleaves (or on any compile
-error) scoring falls back to LightGBM and says so once.
+error) scoring falls back to LightGBM and a warning says why.
 """
 
 from __future__ import annotations
