@@ -104,6 +104,8 @@ def attach_compiled(model: Any, cache_dir: Path, threads: int | None = None) -> 
     """
     threads = threads or os.cpu_count() or 1
     parts = list(boosted_parts(model))
+    if all("compiled_" in part.__dict__ for part in parts):
+        return True  # attached by an earlier ranking in this process (the API re-ranks on /reload)
     try:
         predictors = [compile_booster(p.booster_, p.best_iteration_, cache_dir, threads) for p in parts]
     except Exception as err:  # noqa: BLE001 - any compiler failure means: score with LightGBM

@@ -152,33 +152,28 @@ def top_reasons(
     down = np.argmin(contrib, axis=1) if features else np.zeros(len(contrib), dtype=int)
     columns: dict[str, np.ndarray] = {}  # only the few columns a reason names, as Python objects
 
-    class _Values:
-        def __init__(self, r: int) -> None:
-            self.r = r
-
-        def __getitem__(self, name: str) -> object:
-            if name not in columns:
-                columns[name] = values[name].to_numpy(dtype=object)
-            return columns[name][self.r]
+    def value(name: str, r: int) -> object:
+        if name not in columns:
+            columns[name] = values[name].to_numpy(dtype=object)
+        return columns[name][r]
 
     rows = []
     for r in range(len(contrib)):
-        member_values = _Values(r)
         row: dict[str, object] = {}
         objects = []
         for slot in range(n_reasons):
             pos = int(up[r, slot]) if slot < up.shape[1] else -1
             if pos >= 0 and contrib[r, pos] > 0:
                 name = features[pos]
-                zh, en = phrase(FEATURE_BY_NAME[name], member_values[name])
+                zh, en = phrase(FEATURE_BY_NAME[name], value(name, r))
                 objects.append(
                     {
                         "feature": name,
-                        "value": _plain(member_values[name]),
+                        "value": _plain(value(name, r)),
                         "contribution": round(float(contrib[r, pos]), 6),
                         "zh": zh,
                         "en": en,
-                        "percentile": _percentile(population, name, member_values[name]),
+                        "percentile": _percentile(population, name, value(name, r)),
                     }
                 )
             else:
@@ -190,7 +185,7 @@ def top_reasons(
         row["reasons"] = objects
         worst = int(down[r]) if features else -1
         if worst >= 0 and contrib[r, worst] < 0:
-            zh, en = phrase(FEATURE_BY_NAME[features[worst]], member_values[features[worst]])
+            zh, en = phrase(FEATURE_BY_NAME[features[worst]], value(features[worst], r))
             row.update(why_not_higher=f"{zh} / {en}", why_not_higher_zh=zh, why_not_higher_en=en)
         else:
             row.update(why_not_higher="", why_not_higher_zh="", why_not_higher_en="")

@@ -434,10 +434,14 @@ class CompositeModel(KocModel):
             weights[self.control_] = weights.get(self.control_, 0.0) - 1.0
         return weights
 
-    def _component_probas(self, X: pd.DataFrame, names: Sequence[str]) -> dict[str, np.ndarray]:
-        """Each named component's `predict_proba(X)`, from one shared input matrix (`raw_scores`)."""
+    def _component_probas(
+        self, X: pd.DataFrame, names: Sequence[str], inputs: Mapping[str, np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Each named component's `predict_proba(X)`, from one shared input matrix (`model_inputs`,
+        or `inputs` already built from X)."""
         chosen = {name: self.components_[name] for name in names}
-        return {name: chosen[name]._proba_from_raw(raw) for name, raw in raw_scores(chosen, X).items()}
+        inputs = model_inputs(chosen, X) if inputs is None else inputs
+        return {name: model._proba_from_input(inputs[name]) for name, model in chosen.items()}
 
     def _treated_names(self) -> list[str]:
         """The components P(productive | invited) is made of (the product's, then the declined path's)."""
@@ -483,7 +487,7 @@ class CompositeModel(KocModel):
         share = np.ones(len(X))
         inputs = model_inputs(self.components_, X)  # one converted matrix for every component
         if self.declined_ is not None:
-            probas = {name: self.components_[name]._proba_from_input(inputs[name]) for name in self._treated_names()}
+            probas = self._component_probas(X, self._treated_names(), inputs)
             product = self._product_from(probas)
             share = product / np.maximum(product + self._declined_from(probas), 1e-12)
         row_weights = {name: exponent * share for name, exponent in self.exponents_.items()}

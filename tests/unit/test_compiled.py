@@ -58,6 +58,15 @@ def test_compiled_scores_equal_lightgbm_and_the_file_is_reused(tmp_path, rows: p
     np.testing.assert_allclose(again.raw_score(rows), raw, rtol=0, atol=1e-9)
 
 
+def test_an_attached_model_is_not_compiled_again(tmp_path, rows: pd.DataFrame, monkeypatch) -> None:
+    model = _model(8)
+    assert attach_compiled(model, tmp_path)
+    attached = model.__dict__["compiled_"]
+    monkeypatch.setattr(compiled_module, "compile_booster", lambda *args, **kwargs: pytest.fail("compiled again"))
+    assert attach_compiled(model, tmp_path)  # a later ranking in the same process
+    assert model.__dict__["compiled_"] is attached
+
+
 def test_every_component_of_a_composite_is_compiled(tmp_path, rows: pd.DataFrame) -> None:
     components = {"accept": _model(2), "productive_enrolled": _model(3), "not_invited_outcome": _model(4)}
     composite = CompositeModel(

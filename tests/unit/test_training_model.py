@@ -153,6 +153,8 @@ def test_composite_scores_from_one_shared_input_matrix(fitted: tuple[KocModel, p
     np.testing.assert_allclose(product.predict_proba(X_val), p1 * np.sqrt(p2), rtol=1e-12)
     np.testing.assert_allclose(uplift.predict_proba(X_val), p1 - p2, rtol=1e-12, atol=1e-15)
     assert conversions == [len(X_val), len(X_val)]  # once per call, not once per component
+    product.contributions(X_val)
+    assert conversions == [len(X_val)] * 3  # the reasons too convert the rows once for every component
 
 
 def test_fold_scores_equal_predicting_twice(fitted: tuple[KocModel, pd.DataFrame]) -> None:
