@@ -90,3 +90,54 @@ def test_member_chunks_give_the_unchunked_result(small_sim_world, full, tmp_path
 
     parts = member_chunks(["b", "a", "c", "a", "ab"], 2)
     assert [p["member_id"].tolist() for p in parts] == [["a", "ab"], ["b", "c"]]
+
+
+def test_distinct_counts_computed_apart_equal_the_inline_aggregate(small_sim_world):
+    """`_aggregate_ctes` computes a conditional COUNT(DISTINCT) apart and joins it on: every
+    source's aggregate equals the one GROUP BY with the distinct counts inline, 0 included for a
+    member with rows but none that count (e.g. events but no campaign join)."""
+    from features.build import (
+        EngineConfig,
+        _aggregate_ctes,
+        _input_relations,
+        _Placeholders,
+        _point_views,
+        connect,
+        split_distinct,
+    )
+    from features.registry import SOURCES, source_columns
+
+    fill = _Placeholders(CUTOFFS[1], "count")
+    rows = [f"{name} AS ({fill.fill(sql)})" for source in SOURCES for name, sql in source.rows]
+    con = connect(EngineConfig())
+    apart = 0
+    try:
+        _point_views(con, _input_relations(con, small_sim_world), subset=False)
+        for source in SOURCES:
+            columns = source_columns(source.name)
+            if source.kind != "aggregate" or not columns:
+                continue
+            body = ", ".join(f"{fill.fill(sql)} AS {column}" for column, sql in columns.items())
+            inline = con.sql(
+                f"WITH {', '.join(rows)} SELECT {source.key} AS member_id, {body} "
+                f"FROM {source.rows[-1][0]} GROUP BY {source.key} ORDER BY member_id"
+            ).df()
+            staged = con.sql(
+                f"WITH {', '.join([*rows, *_aggregate_ctes(source, columns, fill)])} "
+                f"SELECT member_id, {', '.join(columns)} FROM {source.name} ORDER BY member_id"
+            ).df()
+            pd.testing.assert_frame_equal(staged, inline)
+            apart += sum(1 for sql in columns.values() if (parts := split_distinct(sql)) and parts[1] is not None)
+            if source.name == "events_agg":
+                assert (inline["campaigns_joined"] == 0).any() and (inline["campaigns_joined"] > 0).any()
+    finally:
+        con.close()
+    assert apart >= 3  # the events' campaign and active-day counts
+
+
+def test_split_distinct_reads_the_registry_forms():
+    from features.build import split_distinct
+
+    assert split_distinct("COUNT(DISTINCT platform)") == ("platform", None)
+    assert split_distinct("COUNT(DISTINCT CASE WHEN a >= 1 THEN CAST(x AS DATE) END)") == ("CAST(x AS DATE)", "a >= 1")
+    assert split_distinct("COUNT(CASE WHEN a THEN 1 END)") is None
