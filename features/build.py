@@ -34,12 +34,14 @@ the same rows of the full build exactly.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
 import os
 import re
 import string
+import tempfile
 import time
 from collections import ChainMap
 from collections.abc import Iterator, Mapping, Sequence
@@ -103,6 +105,12 @@ REFUNDS_WITHOUT_TIME: RefundsWithoutTime = "count"
 # 250k, `koc features` ran in 45 s with a 1.2 GB memory_limit and 1.97 GB peak RSS.
 CHUNK_MEMBERS = 250_000
 
+# Members per round of aggregates (`EngineConfig.stage_members`): a cutoff with more members
+# computes its aggregates per range of this many sorted ids (each round reads the tables once
+# more, only that range's rows, apart from referrals). At 3M members (2.7M at the cutoff) one
+# round ran out of memory under a 2 GB memory_limit after 4 minutes; at 1M one round fits.
+STAGE_MEMBERS = 1_000_000
+
 # Python-computed registry entries (`Feature.python`): how the model is fitted on the inputs of
 # every member at a cutoff, and how a fitted model scores any rows' inputs.
 PYTHON_FEATURES = {
@@ -122,6 +130,8 @@ class EngineConfig(BaseModel):
     `chunk_members`: a cutoff with more members than this joins its aggregates onto member
     chunks of this size, one query each (the same rows and values): the join's working set then
     follows the chunk, not the brand (see `CHUNK_MEMBERS`).
+    `stage_members`: a cutoff with more members than this computes its aggregates in rounds
+    of this many members (see `STAGE_MEMBERS`).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -131,6 +141,7 @@ class EngineConfig(BaseModel):
     temp_directory: str | None = None
     refunds_without_time: RefundsWithoutTime = REFUNDS_WITHOUT_TIME
     chunk_members: int = Field(CHUNK_MEMBERS, ge=1)
+    stage_members: int = Field(STAGE_MEMBERS, ge=1)
 
 
 def timestamp_literal(ts: pd.Timestamp) -> str:
@@ -451,15 +462,16 @@ def _point_views(
     relations: Mapping[str, str],
     subset: bool,
     member_range: tuple[str | None, str | None] = (None, None),
+    range_tables: Sequence[str] = ("members",),
 ) -> None:
     """(Re)create the views the feature SQL reads: whole tables, or only the `_subset` members' rows.
 
-    `member_range` (`lo <= member_id < hi`, None for open) limits `members` further: the member
-    chunk the final query of `staged_feature_sql` joins.
+    `member_range` (`lo <= member_id < hi`, None for open) limits `range_tables` further: the
+    member tables for a round of aggregates, `members` for a chunk of the final join.
     """
     for table, columns in SQL_COLUMNS.items():
         conditions = ["member_id IN (SELECT member_id FROM _subset)"] if subset and table in MEMBER_TABLES else []
-        if table == "members":
+        if table in range_tables:
             conditions += _range_conditions(member_range)
         where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
         con.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS SELECT {', '.join(columns)} FROM {relations[table]}{where}")
@@ -544,6 +556,60 @@ def member_chunks(member_ids: Sequence[str] | pd.Series, size: int) -> list[pd.D
     return [pd.DataFrame({"member_id": ids[start : start + size]}) for start in range(0, len(ids), size)]
 
 
+class _StageStore:
+    """Where `_cutoff_stream` keeps a cutoff's aggregates: DuckDB temp tables, or, when the engine
+    has a `temp_directory`, a database file there (`schema` attached). A file's blocks can leave
+    memory under the memory_limit; temp tables' could not: at 3M members (2.7M at the cutoff) the
+    aggregates of every source did not fit a 2 GB limit as temp tables."""
+
+    def __init__(self, schema: str, path: str | None = None) -> None:
+        self.schema, self.path = schema, path
+        self.table_kind = "TABLE" if path else "TEMP TABLE"
+
+    def close(self, con: duckdb.DuckDBPyConnection, tables: Sequence[str]) -> None:
+        if self.path is None:
+            for table in tables:
+                con.execute(f"DROP TABLE IF EXISTS {self.schema}.{table}")
+            return
+        con.execute(f"DETACH {self.schema}")
+        for suffix in ("", ".wal"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path + suffix)
+
+
+def _stage_store(con: duckdb.DuckDBPyConnection, engine: EngineConfig) -> _StageStore:
+    if not engine.temp_directory:
+        return _StageStore("temp")
+    os.makedirs(engine.temp_directory, exist_ok=True)
+    handle, path = tempfile.mkstemp(prefix="kocrank-features-", suffix=".duckdb", dir=engine.temp_directory)
+    os.close(handle)
+    os.unlink(path)  # DuckDB creates the file; mkstemp only reserved a unique name
+    con.execute("ATTACH ? AS koc_stage", [path])
+    return _StageStore("koc_stage", path)
+
+
+Range = tuple[str | None, str | None]
+
+
+def _member_ranges(member_ids: pd.Series, stage_members: int, chunk_members: int) -> list[tuple[Range, list[Range]]]:
+    """Rounds of aggregates over sorted member-id ranges of at most `stage_members` ids, each with
+    its join chunks of at most `chunk_members` ids: `[(round range, [chunk ranges])]`, in order,
+    open at both ends (a range `(lo, hi)` holds `lo <= member_id < hi`; None is open)."""
+    if len(member_ids) <= min(stage_members, chunk_members):
+        return [((None, None), [(None, None)])]
+    ids = np.sort(np.asarray(pd.Series(member_ids, dtype="str").drop_duplicates(), dtype=object))
+
+    def bounded(values: np.ndarray, size: int, lo: str | None, hi: str | None) -> list[Range]:
+        starts = [str(values[i]) for i in range(size, len(values), size)]
+        return list(zip([lo, *starts], [*starts, hi], strict=True))
+
+    rounds = []
+    for lo, hi in bounded(ids, stage_members, None, None):
+        inside = ids[(ids >= (lo or "")) & ((ids < hi) if hi is not None else np.ones(len(ids), dtype=bool))]
+        rounds.append(((lo, hi), bounded(inside, chunk_members, lo, hi)))
+    return rounds
+
+
 def _cutoff_stream(
     con: duckdb.DuckDBPyConnection,
     relations: Mapping[str, str],
@@ -566,29 +632,36 @@ def _cutoff_stream(
     population = con.execute(inline_ctes(python_inputs_sql(cutoff, engine.refunds_without_time))).df()
     models = _fit_python(population, cutoff)
     wanted = population["member_id"] if members is None else members["member_id"]
-    ranges: list[tuple[str | None, str | None]] = [(None, None)]
-    if len(wanted) > engine.chunk_members:
-        starts = [str(chunk["member_id"].iloc[0]) for chunk in member_chunks(wanted, engine.chunk_members)]
-        ranges = list(zip([None, *starts[1:]], [*starts[1:], None], strict=True))
-        logger.info("features at %s: %d members in %d chunks", cutoff, len(wanted), len(ranges))
+    rounds = _member_ranges(wanted, engine.stage_members, engine.chunk_members)
+    chunks = sum(len(joins) for _, joins in rounds)
+    if chunks > 1:
+        logger.info("features at %s: %d members in %d round(s) of aggregates, %d chunks", cutoff, len(wanted), len(rounds), chunks)
     stages, final = staged_feature_sql(cutoff, engine.refunds_without_time)
     subset = members is not None
     if subset:
         con.register("_subset", members)
-        _point_views(con, relations, subset=True)
 
     def readers() -> Iterator[object]:
-        for source, stage in stages.items():
-            con.execute(f"CREATE OR REPLACE TEMP TABLE {source}__stage AS {stage}")
-        for member_range in ranges:
-            _point_views(con, relations, subset, member_range)
+        store = _stage_store(con, engine)
+        try:
+            for stage_range, join_ranges in rounds:
+                started = time.perf_counter()
+                _point_views(con, relations, subset, stage_range, MEMBER_TABLES)
+                for source, stage in stages.items():
+                    con.execute(f"CREATE OR REPLACE {store.table_kind} {store.schema}.{source}__stage AS {stage}")
+                logger.debug("features at %s: aggregates in %.1fs", cutoff, time.perf_counter() - started)
+                for member_range in join_ranges:
+                    _point_views(con, relations, subset, member_range)
+                    where = " AND ".join(_range_conditions(member_range)) or "TRUE"
+                    for source in stages:
+                        con.execute(
+                            f"CREATE OR REPLACE TEMP VIEW {source} AS SELECT * FROM {store.schema}.{source}__stage WHERE {where}"
+                        )
+                    yield con.sql(final).to_arrow_reader(batch_rows)
+        finally:  # the last stream is exhausted (or abandoned): free the aggregates
             for source in stages:
-                where = " AND ".join(_range_conditions(member_range)) or "TRUE"
-                con.execute(f"CREATE OR REPLACE TEMP VIEW {source} AS SELECT * FROM {source}__stage WHERE {where}")
-            yield con.sql(final).to_arrow_reader(batch_rows)
-        for source in stages:  # the last stream is exhausted: free the aggregates
-            con.execute(f"DROP VIEW IF EXISTS {source}")
-            con.execute(f"DROP TABLE IF EXISTS {source}__stage")
+                con.execute(f"DROP VIEW IF EXISTS {source}")
+            store.close(con, [f"{source}__stage" for source in stages])
 
     return len(population), _FinishedBatches(readers(), cutoff, models)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -72,10 +74,12 @@ def test_member_chunks_give_the_unchunked_result(small_sim_world, full, tmp_path
 
     from features.build import EngineConfig, member_chunks, write_features
 
-    chunked = EngineConfig(chunk_members=97)
+    chunked = EngineConfig(chunk_members=97, stage_members=296)  # rounds of aggregates, each joined in chunks
     with caplog.at_level(logging.INFO, logger="features.build"):
         whole = build_features(small_sim_world, CUTOFFS, chunked)
-    assert any("chunks" in record.getMessage() for record in caplog.records)  # it really chunked
+    messages = [record.getMessage() for record in caplog.records]
+    rounds = [int(found[1]) for m in messages if (found := re.search(r"in (\d+) round\(s\) of aggregates", m))]
+    assert rounds and min(rounds) > 1, messages  # it really computed rounds, each joined in chunks
     pd.testing.assert_frame_equal(whole, full)
 
     rows = full.loc[full.index % 3 == 0, ["member_id", "as_of"]].sample(frac=1.0, random_state=1)
@@ -90,6 +94,20 @@ def test_member_chunks_give_the_unchunked_result(small_sim_world, full, tmp_path
 
     parts = member_chunks(["b", "a", "c", "a", "ab"], 2)
     assert [p["member_id"].tolist() for p in parts] == [["a", "ab"], ["b", "c"]]
+
+
+def test_aggregates_kept_in_a_file_give_the_same_features_and_the_file_goes(small_sim_world, full, tmp_path):
+    """With a `temp_directory` the staged aggregates live in a database file there (they can then
+    leave memory): the same rows, and the file is removed when the cutoff's stream ends."""
+    from features.build import EngineConfig, write_features
+
+    spill = tmp_path / "spill"
+    engine = EngineConfig(chunk_members=97, stage_members=200, temp_directory=str(spill))
+    pd.testing.assert_frame_equal(build_features(small_sim_world, CUTOFFS, engine), full)
+    out = tmp_path / "features.parquet"
+    write_features(small_sim_world, CUTOFFS, out, engine)
+    pd.testing.assert_frame_equal(pd.read_parquet(out), full, check_dtype=False, check_categorical=False)
+    assert spill.is_dir() and not list(spill.glob("kocrank-features-*"))
 
 
 def test_distinct_counts_computed_apart_equal_the_inline_aggregate(small_sim_world):
