@@ -557,8 +557,8 @@ def member_chunks(member_ids: Sequence[str] | pd.Series, size: int) -> list[pd.D
 
 
 class _StageStore:
-    """Where `_cutoff_stream` keeps a cutoff's aggregates: DuckDB temp tables, or, when the engine
-    has a `temp_directory`, a database file there (`schema` attached). A file's blocks can leave
+    """Where `_cutoff_stream` keeps a cutoff's aggregates: DuckDB temp tables, or, for a cutoff
+    joined in chunks when the engine has a `temp_directory`, a database file there (`schema` attached). A file's blocks can leave
     memory under the memory_limit; temp tables' could not: at 3M members (2.7M at the cutoff) the
     aggregates of every source did not fit a 2 GB limit as temp tables."""
 
@@ -577,8 +577,10 @@ class _StageStore:
                 os.unlink(self.path + suffix)
 
 
-def _stage_store(con: duckdb.DuckDBPyConnection, engine: EngineConfig) -> _StageStore:
-    if not engine.temp_directory:
+def _stage_store(con: duckdb.DuckDBPyConnection, engine: EngineConfig, members: int) -> _StageStore:
+    """A file store for a cutoff whose join is chunked (more than `chunk_members` members) when
+    the engine has a `temp_directory`; temp tables otherwise (a few members for `/score` need no file)."""
+    if not engine.temp_directory or members <= engine.chunk_members:
         return _StageStore("temp")
     os.makedirs(engine.temp_directory, exist_ok=True)
     handle, path = tempfile.mkstemp(prefix="kocrank-features-", suffix=".duckdb", dir=engine.temp_directory)
@@ -642,7 +644,7 @@ def _cutoff_stream(
         con.register("_subset", members)
 
     def readers() -> Iterator[object]:
-        store = _stage_store(con, engine)
+        store = _stage_store(con, engine, len(wanted))
         try:
             for stage_range, join_ranges in rounds:
                 started = time.perf_counter()

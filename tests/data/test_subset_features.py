@@ -96,11 +96,22 @@ def test_member_chunks_give_the_unchunked_result(small_sim_world, full, tmp_path
     assert [p["member_id"].tolist() for p in parts] == [["a", "ab"], ["b", "c"]]
 
 
-def test_aggregates_kept_in_a_file_give_the_same_features_and_the_file_goes(small_sim_world, full, tmp_path):
-    """With a `temp_directory` the staged aggregates live in a database file there (they can then
-    leave memory): the same rows, and the file is removed when the cutoff's stream ends."""
+def test_aggregates_kept_in_a_file_give_the_same_features_and_the_file_goes(small_sim_world, full, tmp_path, monkeypatch):
+    """With a `temp_directory` a chunked cutoff's staged aggregates live in a database file there
+    (they can then leave memory): the same rows, and the file is removed when the cutoff's stream
+    ends. A few members (a subset within one chunk) keep them in temp tables."""
+    import features.build as build
     from features.build import EngineConfig, write_features
 
+    stores: list[str | None] = []
+    real = build._stage_store
+
+    def recording(con, engine, members):
+        store = real(con, engine, members)
+        stores.append(store.path)
+        return store
+
+    monkeypatch.setattr(build, "_stage_store", recording)
     spill = tmp_path / "spill"
     engine = EngineConfig(chunk_members=97, stage_members=200, temp_directory=str(spill))
     pd.testing.assert_frame_equal(build_features(small_sim_world, CUTOFFS, engine), full)
@@ -108,6 +119,11 @@ def test_aggregates_kept_in_a_file_give_the_same_features_and_the_file_goes(smal
     write_features(small_sim_world, CUTOFFS, out, engine)
     pd.testing.assert_frame_equal(pd.read_parquet(out), full, check_dtype=False, check_categorical=False)
     assert spill.is_dir() and not list(spill.glob("kocrank-features-*"))
+    assert stores and all(path is not None and path.startswith(str(spill)) for path in stores)
+    stores.clear()
+    rows = full.loc[full.index[:5], ["member_id", "as_of"]]
+    build_features(small_sim_world, None, engine, rows=rows)
+    assert stores and all(path is None for path in stores)
 
 
 def test_distinct_counts_computed_apart_equal_the_inline_aggregate(small_sim_world):
