@@ -5,14 +5,15 @@ strictly before `as_of`, and every feature of `features.registry` is computed by
 query (`feature_sql`) GENERATED from the registry: one CTE per source (orders, events,
 posts, ...) holding exactly the aggregate columns its registry entries declare, all
 left-joined onto the members who joined before `as_of`. DuckDB runs that query in stages
-(`staged_feature_sql`: each source's aggregate into a temp table, then the join), Spark as one. Post interactions are used only
-when `posted_at + 7 days < as_of`; a referral's join / first order only when that
-timestamp is before `as_of`; a refund only from `refunded_at` (see `refund_rule`).
+(`staged_feature_sql`: each source's aggregate into a table, then the join), Spark as one.
+Post interactions are used only when `posted_at + 7 days < as_of`; a referral's join / first
+order only when that timestamp is before `as_of`; a refund only from `refunded_at` (see
+`refund_rule`).
 Entries marked `python` (the BG/NBD features) are computed by `features.clv` from
 columns of the same query.
 
 Portability: the SQL uses only CASE WHEN, COUNT(DISTINCT), SUM/AVG/MIN/MAX/MEDIAN,
-STDDEV_SAMP, LN, ROW_NUMBER/COUNT OVER, CAST, EXTRACT and DATE_DIFF('microsecond', ...).
+STDDEV_SAMP, LN, ROW_NUMBER OVER, CAST, EXTRACT and DATE_DIFF('microsecond', ...).
 Window bounds are computed in Python and inlined as TIMESTAMP literals, so no interval
 arithmetic is needed. `sqlglot.transpile(feature_sql(t), read="duckdb", write="spark")`
 yields Spark SQL.
@@ -558,23 +559,28 @@ def member_chunks(member_ids: Sequence[str] | pd.Series, size: int) -> list[pd.D
 
 class _StageStore:
     """Where `_cutoff_stream` keeps a cutoff's aggregates: DuckDB temp tables, or, for a cutoff
-    joined in chunks when the engine has a `temp_directory`, a database file there (`schema` attached). A file's blocks can leave
-    memory under the memory_limit; temp tables' could not: at 3M members (2.7M at the cutoff) the
-    aggregates of every source did not fit a 2 GB limit as temp tables."""
+    joined in chunks when the engine has a `temp_directory`, a database file there (`schema`
+    attached). A file's blocks can leave memory under the memory_limit; temp tables' could not:
+    at 3M members (2.7M at the cutoff) the aggregates did not fit a 2 GB limit as temp tables."""
 
     def __init__(self, schema: str, path: str | None = None) -> None:
         self.schema, self.path = schema, path
         self.table_kind = "TABLE" if path else "TEMP TABLE"
 
     def close(self, con: duckdb.DuckDBPyConnection, tables: Sequence[str]) -> None:
-        if self.path is None:
-            for table in tables:
-                con.execute(f"DROP TABLE IF EXISTS {self.schema}.{table}")
-            return
-        con.execute(f"DETACH {self.schema}")
-        for suffix in ("", ".wal"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path + suffix)
+        """Drop the tables (detach the file and delete it), also after the connection was closed."""
+        try:
+            if self.path is None:
+                for table in tables:
+                    con.execute(f"DROP TABLE IF EXISTS {self.schema}.{table}")
+            else:
+                con.execute(f"DETACH {self.schema}")
+        except duckdb.Error:  # closed by a failed build before its stream was: nothing left to drop
+            pass
+        finally:
+            for suffix in ("", ".wal") if self.path else ():
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path + suffix)
 
 
 def _stage_store(con: duckdb.DuckDBPyConnection, engine: EngineConfig, members: int) -> _StageStore:
@@ -623,7 +629,7 @@ def _cutoff_stream(
     """(members at the cutoff, the finished feature batches of `members` or of everyone).
 
     The python features' models are fitted on every member at the cutoff first. Then each
-    source's aggregate is computed once (`staged_feature_sql`, into a temp table; only
+    source's aggregate is computed once (`staged_feature_sql`, into a table; only
     `members`' rows when given) and the final query joining them is read as an Arrow stream:
     DuckDB never holds the whole result (under its memory_limit a 1M-member cutoff does not
     fit), and each batch is finished on its own. More than `engine.chunk_members` members are
@@ -661,8 +667,9 @@ def _cutoff_stream(
                         )
                     yield con.sql(final).to_arrow_reader(batch_rows)
         finally:  # the last stream is exhausted (or abandoned): free the aggregates
-            for source in stages:
-                con.execute(f"DROP VIEW IF EXISTS {source}")
+            with contextlib.suppress(duckdb.Error):
+                for source in stages:
+                    con.execute(f"DROP VIEW IF EXISTS {source}")
             store.close(con, [f"{source}__stage" for source in stages])
 
     return len(population), _FinishedBatches(readers(), cutoff, models)

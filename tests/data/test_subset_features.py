@@ -175,3 +175,23 @@ def test_split_distinct_reads_the_registry_forms():
     assert split_distinct("COUNT(DISTINCT platform)") == ("platform", None)
     assert split_distinct("COUNT(DISTINCT CASE WHEN a >= 1 THEN CAST(x AS DATE) END)") == ("CAST(x AS DATE)", "a >= 1")
     assert split_distinct("COUNT(CASE WHEN a THEN 1 END)") is None
+
+
+def test_an_abandoned_stream_removes_its_aggregates_file(small_sim_world, tmp_path):
+    """A build that fails mid-cutoff (its connection closed first, the stream dropped after) still
+    deletes the database file of its aggregates."""
+    import gc
+
+    from features.build import EngineConfig, _cutoff_stream, _input_relations, connect
+
+    spill = tmp_path / "spill"
+    engine = EngineConfig(chunk_members=97, temp_directory=str(spill))
+    con = connect(engine)
+    _, stream = _cutoff_stream(con, _input_relations(con, small_sim_world), CUTOFFS[1], engine, None, 50)
+    batches = iter(stream)
+    assert len(next(batches)) == 50
+    assert list(spill.glob("kocrank-features-*"))  # the aggregates are in their file
+    con.close()
+    del batches, stream
+    gc.collect()
+    assert not list(spill.glob("kocrank-features-*"))
