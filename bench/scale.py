@@ -122,7 +122,8 @@ def main() -> None:
     parser.add_argument("--data-root", type=Path, default=Path("/work/benchdata"), help="holds m<members>/ worlds")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "scale")
     parser.add_argument("--as-of", default="2025-06-01", help="cutoff for features and rank")
-    parser.add_argument("--memory-limit", default="1GB", help="[engine] memory_limit for koc features")
+    # 1 GB is too little for `koc train` at 1M: its labels-and-outcomes query ran out of memory there
+    parser.add_argument("--memory-limit", default="2GB", help="[engine] memory_limit for every koc command")
     parser.add_argument("--train", default="", help="sizes at which to run koc train (comma-separated)")
     parser.add_argument("--rank", default="", help="sizes at which to run koc rank (needs a train run first)")
     parser.add_argument("--project", type=int, default=18_000_000, help="members to project to")

@@ -558,8 +558,8 @@ def member_chunks(member_ids: Sequence[str] | pd.Series, size: int) -> list[pd.D
 
 
 class _StageStore:
-    """Where `_cutoff_stream` keeps a cutoff's aggregates: DuckDB temp tables, or, for a cutoff
-    joined in chunks when the engine has a `temp_directory`, a database file there (`schema`
+    """Where `_cutoff_stream` keeps the aggregates of a cutoff joined in chunks: DuckDB temp
+    tables, or, when the engine has a `temp_directory`, a database file there (`schema`
     attached). A file's blocks can leave memory under the memory_limit; temp tables' could not:
     at 3M members (2.7M at the cutoff) the aggregates did not fit a 2 GB limit as temp tables."""
 
@@ -583,10 +583,9 @@ class _StageStore:
                     os.unlink(self.path + suffix)
 
 
-def _stage_store(con: duckdb.DuckDBPyConnection, engine: EngineConfig, members: int) -> _StageStore:
-    """A file store for a cutoff whose join is chunked (more than `chunk_members` members) when
-    the engine has a `temp_directory`; temp tables otherwise (a few members for `/score` need no file)."""
-    if not engine.temp_directory or members <= engine.chunk_members:
+def _stage_store(con: duckdb.DuckDBPyConnection, engine: EngineConfig) -> _StageStore:
+    """A file store when the engine has a `temp_directory`, temp tables otherwise."""
+    if not engine.temp_directory:
         return _StageStore("temp")
     os.makedirs(engine.temp_directory, exist_ok=True)
     handle, path = tempfile.mkstemp(prefix="kocrank-features-", suffix=".duckdb", dir=engine.temp_directory)
@@ -628,7 +627,8 @@ def _cutoff_stream(
 ) -> tuple[int, _FinishedBatches]:
     """(members at the cutoff, the finished feature batches of `members` or of everyone).
 
-    The python features' models are fitted on every member at the cutoff first. Then each
+    The python features' models are fitted on every member at the cutoff first. Up to
+    `engine.chunk_members` members, `feature_sql` runs as one query. Above, each
     source's aggregate is computed once (`staged_feature_sql`, into a table; only
     `members`' rows when given) and the final query joining them is read as an Arrow stream:
     DuckDB never holds the whole result (under its memory_limit a 1M-member cutoff does not
@@ -644,13 +644,17 @@ def _cutoff_stream(
     chunks = sum(len(joins) for _, joins in rounds)
     if chunks > 1:
         logger.info("features at %s: %d members in %d round(s) of aggregates, %d chunks", cutoff, len(wanted), len(rounds), chunks)
-    stages, final = staged_feature_sql(cutoff, engine.refunds_without_time)
     subset = members is not None
     if subset:
         con.register("_subset", members)
+    if chunks == 1:  # one query, as Spark runs it: no tables to write (a handful for /score, or 100k)
+        _point_views(con, relations, subset)
+        sql = inline_ctes(feature_sql(cutoff, engine.refunds_without_time))
+        return len(population), _FinishedBatches(iter([con.sql(sql).to_arrow_reader(batch_rows)]), cutoff, models)
+    stages, final = staged_feature_sql(cutoff, engine.refunds_without_time)
 
     def readers() -> Iterator[object]:
-        store = _stage_store(con, engine, len(wanted))
+        store = _stage_store(con, engine)
         try:
             for stage_range, join_ranges in rounds:
                 started = time.perf_counter()

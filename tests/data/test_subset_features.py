@@ -99,15 +99,15 @@ def test_member_chunks_give_the_unchunked_result(small_sim_world, full, tmp_path
 def test_aggregates_kept_in_a_file_give_the_same_features_and_the_file_goes(small_sim_world, full, tmp_path, monkeypatch):
     """With a `temp_directory` a chunked cutoff's staged aggregates live in a database file there
     (they can then leave memory): the same rows, and the file is removed when the cutoff's stream
-    ends. A few members (a subset within one chunk) keep them in temp tables."""
+    ends. A few members (a subset within one chunk) run as one query, with no tables."""
     import features.build as build
     from features.build import EngineConfig, write_features
 
     stores: list[str | None] = []
     real = build._stage_store
 
-    def recording(con, engine, members):
-        store = real(con, engine, members)
+    def recording(con, engine):
+        store = real(con, engine)
         stores.append(store.path)
         return store
 
@@ -122,8 +122,10 @@ def test_aggregates_kept_in_a_file_give_the_same_features_and_the_file_goes(smal
     assert stores and all(path is not None and path.startswith(str(spill)) for path in stores)
     stores.clear()
     rows = full.loc[full.index[:5], ["member_id", "as_of"]]
-    build_features(small_sim_world, None, engine, rows=rows)
-    assert stores and all(path is None for path in stores)
+    subset = build_features(small_sim_world, None, engine, rows=rows)
+    assert not stores  # a few members (one chunk): one query, no tables
+    expected = full.merge(rows, on=["member_id", "as_of"]).sort_values(["as_of", "member_id"], ignore_index=True)
+    pd.testing.assert_frame_equal(subset, expected)
 
 
 def test_distinct_counts_computed_apart_equal_the_inline_aggregate(small_sim_world):
