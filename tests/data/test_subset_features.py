@@ -72,7 +72,7 @@ def test_member_chunks_give_the_unchunked_result(small_sim_world, full, tmp_path
     in row order too, for the full build, a subset build and the streamed Parquet file."""
     import logging
 
-    from features.build import EngineConfig, member_chunks, write_features
+    from features.build import EngineConfig, _member_ranges, write_features
 
     chunked = EngineConfig(chunk_members=97, stage_members=296)  # rounds of aggregates, each joined in chunks
     with caplog.at_level(logging.INFO, logger="features.build"):
@@ -92,8 +92,8 @@ def test_member_chunks_give_the_unchunked_result(small_sim_world, full, tmp_path
     write_features(small_sim_world, CUTOFFS, out, chunked, batch_rows=50)
     pd.testing.assert_frame_equal(pd.read_parquet(out), full, check_dtype=False, check_categorical=False)
 
-    parts = member_chunks(["b", "a", "c", "a", "ab"], 2)
-    assert [p["member_id"].tolist() for p in parts] == [["a", "ab"], ["b", "c"]]
+    # ids deduplicated and sorted in code point order, chunks of 2: [a, ab], [b, c]
+    assert _member_ranges(["b", "a", "c", "a", "ab"], 10, 2) == [((None, None), [(None, "b"), ("b", None)])]
 
 
 def test_aggregates_kept_in_a_file_give_the_same_features_and_the_file_goes(small_sim_world, full, tmp_path, monkeypatch):
