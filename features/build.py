@@ -552,14 +552,22 @@ class _FinishedBatches:
         return _finish(self._first.schema.empty_table().to_pandas(), self._cutoff, self._models)
 
 
+STAGE_PREFIX = "kocrank-features-"
+STALE_LOCK_SECONDS = 10.0  # a lock file younger than this may not yet be locked by its owner: left alone
+
+
 class _StageStore:
     """Where `_cutoff_stream` keeps the aggregates of a cutoff joined in chunks: DuckDB temp
     tables, or, when the engine has a `temp_directory`, a database file there (`schema`
     attached). A file's blocks can leave memory under the memory_limit; temp tables' could not:
-    at 3M members (2.7M at the cutoff) the aggregates did not fit a 2 GB limit as temp tables."""
+    at 3M members (2.7M at the cutoff) the aggregates did not fit a 2 GB limit as temp tables.
 
-    def __init__(self, schema: str, path: str | None = None) -> None:
-        self.schema, self.path = schema, path
+    A file store holds an exclusive `flock` on its `.lock` file for as long as it lives. The
+    kernel releases it when the process dies, however it dies, so the next run's
+    `sweep_stage_files` can tell a killed run's file (about 0.8 GB at 1M members) from a live one."""
+
+    def __init__(self, schema: str, path: str | None = None, lock: int | None = None) -> None:
+        self.schema, self.path, self._lock = schema, path, lock
         self.table_kind = "TABLE" if path else "TEMP TABLE"
 
     def close(self, con: duckdb.DuckDBPyConnection, tables: Sequence[str]) -> None:
@@ -573,21 +581,83 @@ class _StageStore:
         except duckdb.Error:  # closed by a failed build before its stream was: nothing left to drop
             pass
         finally:
-            for suffix in ("", ".wal") if self.path else ():
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.path + suffix)
+            if self.path:
+                _remove_stage_files(self.path)
+            if self._lock is not None:
+                os.close(self._lock)
+                self._lock = None
+
+
+def _remove_stage_files(path: str) -> None:
+    """Delete a file store's database, its WAL and, last, its lock file."""
+    for suffix in ("", ".wal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path + suffix)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path.removesuffix(".duckdb") + ".lock")
+
+
+def _try_lock(fd: int) -> bool:
+    """Take an exclusive flock on `fd` without waiting; False if another open file holds it."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def sweep_stage_files(directory: str, *, min_age_seconds: float = STALE_LOCK_SECONDS) -> list[str]:
+    """Delete the aggregate files in `directory` whose run has died (killed, or its machine crashed).
+
+    A store's lock file is flock-ed by its owner for the store's whole life; a lock nobody holds
+    (and older than `min_age_seconds`, so a store being created this instant is left alone) belongs
+    to a run that is gone. Returns the database paths removed. Files of live runs are kept.
+    """
+    removed = []
+    for entry in sorted(os.scandir(directory), key=lambda e: e.name) if os.path.isdir(directory) else []:
+        if not (entry.name.startswith(STAGE_PREFIX) and entry.name.endswith(".lock")):
+            continue
+        try:
+            if time.time() - entry.stat().st_mtime < min_age_seconds:
+                continue
+            fd = os.open(entry.path, os.O_RDWR)
+        except FileNotFoundError:  # its owner finished meanwhile
+            continue
+        try:
+            if not _try_lock(fd):
+                continue  # a live run holds it
+            database = entry.path.removesuffix(".lock") + ".duckdb"
+            _remove_stage_files(database)
+            removed.append(database)
+        finally:
+            os.close(fd)
+    if removed:
+        logger.warning("removed %d feature aggregate file(s) left by killed runs in %s", len(removed), directory)
+    return removed
 
 
 def _stage_store(con: duckdb.DuckDBPyConnection, engine: EngineConfig) -> _StageStore:
-    """A file store when the engine has a `temp_directory`, temp tables otherwise."""
+    """A file store when the engine has a `temp_directory`, temp tables otherwise.
+
+    Files that killed runs left in the folder are removed first (`sweep_stage_files`)."""
     if not engine.temp_directory:
         return _StageStore("temp")
     os.makedirs(engine.temp_directory, exist_ok=True)
-    handle, path = tempfile.mkstemp(prefix="kocrank-features-", suffix=".duckdb", dir=engine.temp_directory)
-    os.close(handle)
-    os.unlink(path)  # DuckDB creates the file; mkstemp only reserved a unique name
-    con.execute("ATTACH ? AS koc_stage", [path])
-    return _StageStore("koc_stage", path)
+    sweep_stage_files(engine.temp_directory)
+    lock, lock_path = tempfile.mkstemp(prefix=STAGE_PREFIX, suffix=".lock", dir=engine.temp_directory)
+    if not _try_lock(lock):  # a fresh, uniquely named file: nobody else can hold it
+        os.close(lock)
+        raise RuntimeError(f"could not lock {lock_path}")
+    path = lock_path.removesuffix(".lock") + ".duckdb"  # DuckDB creates it; the unique name is the lock's
+    try:
+        con.execute("ATTACH ? AS koc_stage", [path])
+    except BaseException:
+        _remove_stage_files(path)
+        os.close(lock)
+        raise
+    return _StageStore("koc_stage", path, lock)
 
 
 Range = tuple[str | None, str | None]

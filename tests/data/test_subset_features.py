@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import pandas as pd
@@ -196,4 +197,63 @@ def test_an_abandoned_stream_removes_its_aggregates_file(small_sim_world, tmp_pa
     con.close()
     del batches, stream
     gc.collect()
+    assert not list(spill.glob("kocrank-features-*"))
+
+
+def test_a_killed_runs_aggregates_file_is_removed_by_the_next_run_and_a_live_ones_is_kept(tmp_path):
+    """`koc features` killed mid-cutoff (SIGKILL: no cleanup runs) leaves its aggregates file in
+    the spill folder; the next store there removes it, because nobody holds its lock any more,
+    while the file of a run still alive is kept."""
+    import signal
+    import subprocess
+    import sys
+
+    from features.build import EngineConfig, _stage_store, connect, sweep_stage_files
+
+    spill = tmp_path / "spill"
+    owner = (
+        "import sys, time\n"
+        "from features.build import EngineConfig, _stage_store, connect\n"
+        f"engine = EngineConfig(temp_directory={str(spill)!r})\n"
+        "con = connect(engine)\n"
+        "store = _stage_store(con, engine)\n"
+        "con.execute('CREATE TABLE koc_stage.t AS SELECT range AS x FROM range(1000)')\n"
+        "con.execute('CHECKPOINT koc_stage')\n"
+        "print(store.path, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", owner], stdout=subprocess.PIPE, text=True)
+    try:
+        path = child.stdout.readline().strip()
+        assert path.startswith(str(spill)) and os.path.exists(path)
+        assert sweep_stage_files(str(spill), min_age_seconds=0) == []  # alive: kept
+        assert os.path.exists(path)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+        child.stdout.close()
+    assert os.path.exists(path)  # nothing cleaned up after a SIGKILL
+    assert sweep_stage_files(str(spill), min_age_seconds=3600) == []  # too fresh to judge: left alone
+    assert sweep_stage_files(str(spill), min_age_seconds=0) == [path]
+    assert not list(spill.glob("kocrank-features-*"))
+
+    # the sweep runs whenever a store opens in the folder; its own live file is not touched
+    child = subprocess.Popen([sys.executable, "-c", owner], stdout=subprocess.PIPE, text=True)
+    try:
+        path = child.stdout.readline().strip()
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+        child.stdout.close()
+    lock = path.removesuffix(".duckdb") + ".lock"
+    os.utime(lock, (0, 0))  # killed long ago
+    engine = EngineConfig(temp_directory=str(spill))
+    con = connect(engine)
+    try:
+        store = _stage_store(con, engine)
+        assert not os.path.exists(path) and not os.path.exists(lock)
+        assert sweep_stage_files(str(spill), min_age_seconds=0) == []  # this process holds its own lock
+        store.close(con, [])
+    finally:
+        con.close()
     assert not list(spill.glob("kocrank-features-*"))
