@@ -622,8 +622,10 @@ def sweep_stage_files(directory: str, *, min_age_seconds: float = STALE_LOCK_SEC
         try:
             if time.time() - entry.stat().st_mtime < min_age_seconds:
                 continue
-            fd = os.open(entry.path, os.O_RDWR)
+            fd = os.open(entry.path, os.O_RDONLY)  # flock needs no write access
         except FileNotFoundError:  # its owner finished meanwhile
+            continue
+        except PermissionError:  # another user's run in a shared folder: theirs to clean up
             continue
         try:
             if not _try_lock(fd):

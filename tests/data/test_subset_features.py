@@ -257,3 +257,27 @@ def test_a_killed_runs_aggregates_file_is_removed_by_the_next_run_and_a_live_one
     finally:
         con.close()
     assert not list(spill.glob("kocrank-features-*"))
+
+
+def test_the_sweep_skips_lock_files_it_may_not_open(tmp_path, monkeypatch):
+    """In a spill folder shared between users, another user's lock file (mode 0600) cannot be
+    opened: the sweep leaves it to its owner instead of failing the feature build."""
+    import features.build as build
+
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    (spill / "kocrank-features-theirs.lock").touch()
+    (spill / "kocrank-features-theirs.duckdb").write_bytes(b"x")
+    real_open = os.open
+
+    def refuse(path, flags, *args):
+        if str(path).endswith("theirs.lock"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(build.os, "open", refuse)
+    assert build.sweep_stage_files(str(spill), min_age_seconds=0) == []
+    assert sorted(p.name for p in spill.iterdir()) == ["kocrank-features-theirs.duckdb", "kocrank-features-theirs.lock"]
+    monkeypatch.setattr(build.os, "open", real_open)
+    assert build.sweep_stage_files(str(spill), min_age_seconds=0) == [str(spill / "kocrank-features-theirs.duckdb")]
+    assert not list(spill.iterdir())
