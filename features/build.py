@@ -623,9 +623,7 @@ def sweep_stage_files(directory: str, *, min_age_seconds: float = STALE_LOCK_SEC
             if time.time() - entry.stat().st_mtime < min_age_seconds:
                 continue
             fd = os.open(entry.path, os.O_RDONLY)  # flock needs no write access
-        except FileNotFoundError:  # its owner finished meanwhile
-            continue
-        except PermissionError:  # another user's run in a shared folder: theirs to clean up
+        except (FileNotFoundError, PermissionError):  # finished meanwhile, or another user's run: theirs
             continue
         try:
             if not _try_lock(fd):
@@ -679,7 +677,7 @@ def _member_ranges(member_ids: Sequence[str] | pd.Series, stage_members: int, ch
 
     round_bounds = bounds([str(ids[i]) for i in range(stage_members, len(ids), stage_members)], None, None)
     rounds = []
-    for (lo, hi), first in zip(round_bounds, range(0, max(len(ids), 1), stage_members), strict=True):
+    for (lo, hi), first in zip(round_bounds, range(0, len(ids), stage_members), strict=True):
         stop = min(first + stage_members, len(ids))
         rounds.append(((lo, hi), bounds([str(ids[i]) for i in range(first + chunk_members, stop, chunk_members)], lo, hi)))
     return rounds

@@ -212,7 +212,7 @@ def test_a_killed_runs_aggregates_file_is_removed_by_the_next_run_and_a_live_one
 
     spill = tmp_path / "spill"
     owner = (
-        "import sys, time\n"
+        "import time\n"
         "from features.build import EngineConfig, _stage_store, connect\n"
         f"engine = EngineConfig(temp_directory={str(spill)!r})\n"
         "con = connect(engine)\n"
