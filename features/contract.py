@@ -481,7 +481,7 @@ def _sql_rules(spec: TableSpec, current_year: int, unparsed: Iterable[str], with
             rules.append(_Rule(col.name, f"must be one of {', '.join(col.isin)}", f"{c} NOT IN ({allowed})"))
         if col.member_ref and with_members:
             # existence as an anti-join: no Python loop over id strings
-            joins.append(f"LEFT JOIN (SELECT DISTINCT member_id AS k FROM members) m{i} ON {c} = m{i}.k")
+            joins.append(f"LEFT JOIN (SELECT DISTINCT member_id AS k FROM _member_ids) m{i} ON {c} = m{i}.k")
             rules.append(_Rule(col.name, "must exist in members.member_id", f"{c} IS NOT NULL AND m{i}.k IS NULL"))
     if spec.name in PAIR_UNIQUE:
         joins.append(
@@ -607,19 +607,28 @@ class TimeBounds:
         return (export + EXPORT_SLACK).as_unit("us")
 
 
+def _value_rule_texts(col: Col, floor: pd.Timestamp, latest: pd.Timestamp) -> list[str]:
+    """The texts of the single-value rules on a column, in the order they are checked."""
+    if col.kind == "id":
+        return ["must not start or end with whitespace (ids are compared exactly)"]
+    if col.kind not in ("ts", "date"):
+        return []
+    bounds = [f"must not be before {floor:%Y-%m-%d} (the time floor)", f"must not be after the export time plus one day ({latest:%Y-%m-%d %H:%M})"]
+    return (["must be a date without a time of day"] if col.kind == "date" else []) + bounds
+
+
 def _value_rules(
     spec: TableSpec, col: Col, values: pd.Series, latest: pd.Timestamp, floor: pd.Timestamp
 ) -> list[tuple[str, pd.Series]]:
     """Rules on single parsed values: ids without padding, dates without a time, plausible times."""
-    found: list[tuple[str, pd.Series]] = []
+    masks: list[pd.Series] = []
     if col.kind == "id":
-        padded = values.notna() & (values.str.len() != values.str.strip().str.len())
-        found.append(("must not start or end with whitespace (ids are compared exactly)", padded))
+        masks.append(values.notna() & (values.str.len() != values.str.strip().str.len()))
     if col.kind in ("ts", "date"):
         if col.kind == "date":
-            found.append(("must be a date without a time of day", values.notna() & (values != values.dt.normalize())))
-        found.append((f"must not be before {floor:%Y-%m-%d} (the time floor)", values < floor))
-        found.append((f"must not be after the export time plus one day ({latest:%Y-%m-%d %H:%M})", values > latest))
+            masks.append(values.notna() & (values != values.dt.normalize()))
+        masks += [values < floor, values > latest]
+    found = zip(_value_rule_texts(col, floor, latest), masks, strict=True)
     return [(rule, mask) for rule, mask in found if mask.any()]
 
 
@@ -716,6 +725,9 @@ def from_frames(
 
 
 TableSink = Callable[[str, pd.DataFrame], None]
+# checks one table in SQL where it can (`features.sql_contract`): (spec, with_members, write) to
+# (problems, rule violations, notes, late notes), or None for the pandas path
+SqlCheck = Callable[[TableSpec, bool, bool], tuple[list[Violation], list[Violation], list[str], list[str]] | None]
 
 
 def _validate(
@@ -727,13 +739,17 @@ def _validate(
     bounds: TimeBounds,
     locators: Mapping[str, Locate],
     sink: TableSink | None = None,
+    con: duckdb.DuckDBPyConnection | None = None,
+    in_sql: SqlCheck | None = None,
 ) -> BrandData:
     """Read each source in turn (a frame, or the violation saying why it cannot be read), validate, canonicalise.
 
     Tables are handled one at a time, `members` first (the others' member ids are checked
     against it): each raw table is let go once its table is validated. Each canonical
     table goes to `sink` when one is given (it is then not kept: the returned
-    `BrandData.tables` is empty), else into the returned `BrandData`.
+    `BrandData.tables` is empty), else into the returned `BrandData`. With `in_sql` (and the
+    store's connection `con`), a table it accepts is checked and stored in SQL instead and
+    never read: the same rules, messages and notes.
     """
     check_timezone(timezone)
     current_year = current_year or dt.date.today().year
@@ -751,12 +767,25 @@ def _validate(
     kept: dict[str, pd.DataFrame] = {}
     keep = sink or kept.__setitem__
     prepared: set[str] = set()
-    con = duckdb.connect()
+    own = con is None
+    con = duckdb.connect() if con is None else con
     try:
         for name, spec in TABLES.items():  # members comes first
             if name not in sources:
                 continue
-            raw = sources.pop(name)()
+            read = sources.pop(name)
+            with_members = "members" in prepared or name == "members"
+            done = in_sql(spec, with_members, not (problems or broken)) if in_sql else None
+            if done is not None:
+                found, rules, table_notes, table_late = done
+                problems += found
+                broken += rules
+                notes += table_notes
+                late_notes += table_late
+                if not any(p.rule == MISSING_COLUMN for p in found):
+                    prepared.add(name)
+                continue
+            raw = read()
             if isinstance(raw, Violation):  # unreadable: reported with the rest, the other files still checked
                 problems.append(raw)
                 continue
@@ -767,9 +796,9 @@ def _validate(
             df = _drop_exact_duplicates(con, name, df, raw, notes)
             del raw
             if name == "members":
-                con.register("members", df[["member_id"]].copy())
+                con.register("_member_ids", df[["member_id"]].copy())
             locate = locators.get(name, _row_label)
-            broken += _rule_violations(con, spec, df, unparsed, current_year, locate, "members" in prepared or name == "members")
+            broken += _rule_violations(con, spec, df, unparsed, current_year, locate, with_members)
             prepared.add(name)
             if problems or broken:
                 continue  # the load fails: no need to keep or write the table
@@ -778,7 +807,8 @@ def _validate(
             keep(name, _finalise(spec, df))
             del df
     finally:
-        con.close()
+        if own:
+            con.close()
     if problems or broken:
         raise ContractError(problems + broken)
 

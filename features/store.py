@@ -12,12 +12,14 @@ read only when some consumer asks for `data.tables[name]` (and then kept).
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import pandas as pd
@@ -29,12 +31,17 @@ from features.contract import (
     TABLES,
     BrandData,
     ContractError,
+    TableSpec,
     Violation,
     _validate,
     check_timezone,
     load_sources,
+    table_files,
 )
 from features.io import atomic_path
+
+if TYPE_CHECKING:
+    from features.build import EngineConfig
 
 logger = logging.getLogger(__name__)
 
@@ -56,19 +63,36 @@ def ingest(
     current_year: int | None = None,
     time_floor: pd.Timestamp | str = DEFAULT_TIME_FLOOR,
     export_time: pd.Timestamp | str | None = None,
+    engine: EngineConfig | None = None,
+    in_sql: bool = True,
 ) -> StoredBrandData:
     """Validate `data_dir` and write its canonical tables to the DuckDB file `out`.
 
     Raises `ContractError` exactly as `load_data` does; `out` is then left as it was.
+    Typed Parquet files are checked and copied in DuckDB SQL (`features.sql_contract`), so
+    they never enter pandas, under `engine`'s threads, memory limit and spill folder; CSV
+    files and columns that need parsing go through pandas one table at a time. `in_sql=False`
+    sends every table through pandas.
     """
+    from features.build import EngineConfig
+    from features.sql_contract import SqlChecker, plan
+
     check_timezone(timezone)
     sources, locators, bounds = load_sources(data_dir, timezone, time_floor=time_floor, export_time=export_time)
-    fingerprints: dict[str, dict[str, object]] = {}
+    files = table_files(data_dir)
+    plans = {name: plan(TABLES[name], files[name]) for name in sources if in_sql and name in TABLES}
     target = Path(out)
     with atomic_path(target) as tmp:
         tmp.unlink()  # DuckDB creates the file itself (an empty file is not a database)
         con = duckdb.connect(str(tmp))
+        checker = SqlChecker(con, timezone, bounds, current_year or dt.date.today().year)
+        fingerprints = checker.fingerprints
         try:
+            _limit(con, engine or EngineConfig())
+
+            def check(spec: TableSpec, with_members: bool, write: bool):
+                table = plans.get(spec.name)
+                return None if table is None else checker.check(spec, table, locators.get(spec.name), with_members, write)
 
             def write(name: str, df: pd.DataFrame) -> None:
                 fingerprints[name] = _fingerprint(df)
@@ -79,7 +103,7 @@ def ingest(
 
             checked = _validate(
                 sources, timezone, current_year=current_year, source=str(data_dir), bounds=bounds,
-                locators=locators, sink=write,
+                locators=locators, sink=write, con=con, in_sql=check,
             )
             meta = {
                 "format": STORE_FORMAT,
@@ -94,6 +118,14 @@ def ingest(
         finally:
             con.close()
     return open_store(target)
+
+
+def _limit(con: duckdb.DuckDBPyConnection, engine: EngineConfig) -> None:
+    """`engine`'s threads, memory limit and spill folder; rows keep their file order (the default)."""
+    from features.build import configure
+
+    configure(con, engine)
+    con.execute("SET preserve_insertion_order = true")
 
 
 def _canonical(frame: pd.DataFrame, table: str) -> pd.DataFrame:

@@ -142,6 +142,7 @@ def ingest(
             timezone=timezone or cfg.timezone,
             time_floor=cfg.contract.time_floor,
             export_time=export_time or cfg.contract.export_time,
+            engine=cfg.engine,
         )
     except ContractError as err:
         _print_violations(err, data)

@@ -1,0 +1,314 @@
+"""Contract validation in DuckDB SQL, straight over a typed Parquet file: the table never enters pandas.
+
+`koc ingest` (`features.store`) sends every Parquet file whose contract columns already have
+their canonical physical types through here: ids and text as strings (or integer ids),
+timestamps as TIMESTAMP (naive business time) or TIMESTAMP WITH TIME ZONE, dates as DATE
+or TIMESTAMP, numbers as integers or floats, booleans as BOOLEAN. That is how a warehouse
+export and `koc simulate` write them. Each rule is one condition in a DuckDB query over the
+file, which returns per rule the count and the first few row numbers; only those example rows
+are read back (with pyarrow, as `pd.read_parquet` would read them) to show their values. The
+table then goes from the file into the store in one `CREATE TABLE ... AS SELECT`.
+
+The rules, counts, messages, examples, notes and stored values are those of the pandas path
+in `features.contract` (a fuzz test holds them equal on random typed files). That path still
+reads CSV files and any column that needs parsing: text timestamps, numbers written as text,
+floats or decimals as ids, nested or exotic columns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow.parquet as pq
+
+from features.contract import (
+    CANONICAL_DTYPES,
+    EVENT_TYPES,
+    MISSING_COLUMN,
+    OTHER_EVENT,
+    ROW,
+    Col,
+    Locate,
+    TableSpec,
+    TimeBounds,
+    Violation,
+    _examples,
+    _literal,
+    _may_be_left_out,
+    _q,
+    _row_label,
+    _shorten,
+    _sql_rules,
+    _value_rule_texts,
+)
+
+logger = logging.getLogger(__name__)
+
+INTEGERS = frozenset({"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT"})
+# the physical types each column kind is read from in SQL; anything else goes to the pandas path
+NATIVE: dict[str, frozenset[str]] = {
+    "id": INTEGERS | {"VARCHAR"},
+    "str": INTEGERS | {"VARCHAR"},
+    "ts": frozenset({"TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "DATE"}),
+    "date": frozenset({"TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "DATE"}),
+    "int": INTEGERS,
+    "nullable_int": INTEGERS,
+    "float": INTEGERS | {"FLOAT", "DOUBLE"},
+    "bool": frozenset({"BOOLEAN"}),
+}
+ALL_NULL = '"NULL"'  # a column of nulls only, as pyarrow writes an object column without a value
+SQL_TYPES = {
+    "id": "VARCHAR", "str": "VARCHAR", "ts": "TIMESTAMP", "date": "TIMESTAMP",
+    "int": "BIGINT", "nullable_int": "BIGINT", "float": "DOUBLE", "bool": "BOOLEAN",
+}  # fmt: skip
+PARSE_RULES = {
+    "id": "must be text", "str": "must be text", "ts": "must be an ISO 8601 timestamp",
+    "date": "must be an ISO 8601 date", "int": "must be an integer", "nullable_int": "must be an integer",
+    "float": "must be a finite number", "bool": "must be true or false",
+}  # fmt: skip
+EXACT_FLOAT = 2**53  # the pandas path reads integers through float64: beyond this they are not exact
+CHECKED_DTYPES = {"int": "Int64", "bool": "boolean"}  # dtypes of the rule checks' frame where not canonical yet
+FINGERPRINT_ROWS = 1_000_000  # rows hashed per chunk when fingerprinting a stored table
+
+
+@dataclass(frozen=True)
+class ParquetTable:
+    """A Parquet file the SQL path can check: its columns, their DuckDB types and row count."""
+
+    path: Path
+    columns: tuple[str, ...]
+    types: Mapping[str, str]
+    rows: int
+
+    @property
+    def source(self) -> str:
+        return f"read_parquet({_literal(str(self.path))}, file_row_number = true)"
+
+
+def plan(spec: TableSpec, path: Path) -> ParquetTable | None:
+    """The file as a `ParquetTable` when every contract column in it has a native type, else None."""
+    if path.suffix != ".parquet":
+        return None
+    try:
+        schema = pq.read_schema(path)
+        rows = pq.ParquetFile(path).metadata.num_rows
+        described = duckdb.sql(f"DESCRIBE SELECT * FROM read_parquet({_literal(str(path))})").fetchall()
+    except Exception:  # noqa: BLE001 - an unreadable file is reported by the pandas path's reader
+        return None
+    names = tuple(schema.names)
+    types = {row[0]: row[1] for row in described}
+    if len(set(names)) != len(names) or tuple(types) != names or {"file_row_number", ROW} & set(names):
+        return None  # repeated or reserved column names: the pandas path knows how to report them
+    for col in spec.columns:
+        if col.name in types and types[col.name] not in NATIVE[col.kind] | {ALL_NULL}:
+            return None
+    return ParquetTable(path, names, types, rows)
+
+
+def _parsed(col: Col, table: ParquetTable, timezone: str) -> tuple[str, str | None]:
+    """(SQL value in the canonical type, SQL condition of a value the pandas path cannot parse, or None)."""
+    c, kind = f"s.{_q(col.name)}", table.types.get(col.name)
+    if kind is None:  # left out: the contract's default, else nulls
+        default = "NULL" if col.default is None else str(col.default).upper() if col.kind == "bool" else _literal(str(col.default))
+        return f"CAST({default} AS {SQL_TYPES[col.kind]})", None
+    if col.kind in ("ts", "date"):
+        if kind == "TIMESTAMP WITH TIME ZONE":
+            return f"timezone({_literal(timezone)}, {c})", None
+        return f"CAST({c} AS TIMESTAMP)", None
+    if col.kind in ("int", "nullable_int"):
+        bad = f"abs(CAST({c} AS DOUBLE)) >= {EXACT_FLOAT}"
+        return f"CASE WHEN {bad} THEN NULL ELSE CAST({c} AS BIGINT) END", bad
+    if col.kind == "float":
+        bad = f"isinf(CAST({c} AS DOUBLE))"
+        return f"CASE WHEN isnan(CAST({c} AS DOUBLE)) OR {bad} THEN NULL ELSE CAST({c} AS DOUBLE) END", bad
+    return f"CAST({c} AS {SQL_TYPES[col.kind]})", None
+
+
+def _value_conditions(col: Col, value: str, bounds: TimeBounds, timezone: str) -> list[tuple[str, str]]:
+    """The single-value rules of `features.contract._value_rules` as SQL conditions, in its order."""
+    texts = _value_rule_texts(col, bounds.floor, bounds.latest(timezone))
+    if col.kind == "id":
+        return [(texts[0], rf"regexp_matches({value}, '^[\t\n\x0b\x0c\r\x1c-\x1f\x85\pZ]|[\t\n\x0b\x0c\r\x1c-\x1f\x85\pZ]$')")]
+    if col.kind not in ("ts", "date"):
+        return []
+    floor = f"TIMESTAMP '{bounds.floor:%Y-%m-%d %H:%M:%S.%f}'"
+    latest = f"TIMESTAMP '{bounds.latest(timezone):%Y-%m-%d %H:%M:%S.%f}'"
+    found = [(texts[-2], f"{value} < {floor}"), (texts[-1], f"{value} > {latest}")]
+    if col.kind == "date":
+        found.insert(0, (texts[0], f"{value} <> date_trunc('day', {value})"))
+    return found
+
+
+def example_rows(path: Path, rows: list[int]) -> pd.DataFrame:
+    """The file's rows at these positions, every column, read as `pd.read_parquet` reads them."""
+    parquet = pq.ParquetFile(path)
+    parts, start = [], 0
+    for group in range(parquet.metadata.num_row_groups):
+        size = parquet.metadata.row_group(group).num_rows
+        inside = [r for r in rows if start <= r < start + size]
+        if inside:
+            frame = parquet.read_row_group(group).to_pandas()
+            parts.append(frame.iloc[[r - start for r in inside]].set_axis(inside))
+        start += size
+    return pd.concat(parts) if parts else pd.DataFrame()
+
+
+class SqlChecker:
+    """Checks and stores contract tables from Parquet files on one DuckDB connection (the store's)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, timezone: str, bounds: TimeBounds, current_year: int) -> None:
+        self.con, self.timezone, self.bounds, self.current_year = con, timezone, bounds, current_year
+        self.fingerprints: dict[str, dict[str, object]] = {}
+
+    def check(
+        self, spec: TableSpec, table: ParquetTable, locate: Locate, with_members: bool, write: bool
+    ) -> tuple[list[Violation], list[Violation], list[str], list[str]]:
+        """(problems, rule violations, notes, late notes) of one table, as `contract._validate` collects them.
+
+        Members' ids go into the temp table `_member_ids` for the other tables' reference
+        checks; with `write` and no violation the canonical table is created in the store.
+        """
+        locate = locate or _row_label
+        con = self.con
+        missing = [c.name for c in spec.columns if not _may_be_left_out(c) and c.name not in table.types]
+        if missing:
+            present = _shorten(", ".join(table.columns), 200)
+            return [Violation(spec.name, n, MISSING_COLUMN, table.rows, (f"columns present: {present}",)) for n in missing], [], [], []
+
+        parsed = {col.name: _parsed(col, table, self.timezone) for col in spec.columns}
+        values = ", ".join(f"{value} AS {_q(name)}" for name, (value, _) in parsed.items())
+        bad = ", ".join(f"coalesce({cond}, false) AS {_q('__unparsed_' + name)}" for name, (_, cond) in parsed.items() if cond)
+        con.execute(f"CREATE OR REPLACE TEMP VIEW _parsed AS SELECT s.file_row_number AS {ROW}, {values}{', ' + bad if bad else ''} FROM {table.source} s")
+
+        # problems: values that cannot be parsed, then the single-value rules, column by column (every row)
+        conditions: list[tuple[str, str, str]] = []
+        for col in spec.columns:
+            value, cond = parsed[col.name]
+            if col.name not in table.types:
+                continue
+            if cond:
+                conditions.append((col.name, PARSE_RULES[col.kind], f"{_q('__unparsed_' + col.name)}"))
+            conditions += [(col.name, text, f) for text, f in _value_conditions(col, _q(col.name), self.bounds, self.timezone)]
+        problems = self._violations(spec, table, conditions, "_parsed", "", locate)
+
+        notes: list[str] = []
+        dups = 0 if spec.name == "truth" else self._mark_duplicates(table)
+        if dups:
+            note = f"{spec.name}: dropped {dups} exact duplicate row(s)"
+            logger.warning(note)
+            notes.append(note)
+        kept = f" WHERE {ROW} NOT IN (SELECT {ROW} FROM _dups)" if dups else ""
+        normalised = ", ".join(
+            f"date_trunc('day', {_q(c.name)}) AS {_q(c.name)}" if c.kind == "date" else _q(c.name) for c in spec.columns
+        )
+        flags = "".join(f", {_q('__unparsed_' + n)}" for n, (_, cond) in parsed.items() if cond)
+        con.execute(f"CREATE OR REPLACE TEMP VIEW t AS SELECT {ROW}, {normalised}{flags} FROM _parsed{kept}")
+        if spec.name == "members":
+            con.execute("CREATE OR REPLACE TEMP TABLE _member_ids AS SELECT DISTINCT member_id FROM t")
+
+        unparsed = [n for n, (_, cond) in parsed.items() if cond]
+        rules, joins = _sql_rules(spec, self.current_year, unparsed, with_members)
+        broken = self._violations(spec, table, [(r.column, r.text, r.condition) for r in rules], "t", " ".join(joins), locate)
+
+        late: list[str] = []
+        if write and not problems and not broken:
+            late = self._unknown_events(spec)
+            self._write(spec)
+        con.execute("DROP VIEW t")
+        con.execute("DROP VIEW _parsed")
+        return problems, broken, notes, late
+
+    def _violations(
+        self, spec: TableSpec, table: ParquetTable, conditions: list[tuple[str, str, str]], view: str, joins: str, locate: Locate, limit: int = 3
+    ) -> list[Violation]:
+        """Count each condition's rows on `view` and show the first few, as the pandas path does.
+
+        The examples of `_parsed` (values that do not parse or break a single-value rule) show
+        the file's row as written; those of `t` (the rule checks) show the canonical row.
+        """
+        if not conditions:
+            return []
+        selects = ", ".join(f"count(*) FILTER (WHERE {c}), min(t.{ROW}, {limit}) FILTER (WHERE {c})" for _, _, c in conditions)
+        (found,) = self.con.execute(f"SELECT {selects} FROM {view} t {joins}").fetchall()
+        hits = [(i, int(found[2 * i]), sorted(found[2 * i + 1] or [])) for i in range(len(conditions)) if found[2 * i]]
+        if not hits:
+            return []
+        wanted = sorted({r for _, _, shown in hits for r in shown})
+        if view == "_parsed":
+            rows = example_rows(table.path, wanted)
+        else:  # the dtypes of the pandas path's frame before `_finalise`: nullable ints and bools
+            columns = ", ".join(_q(c.name) for c in spec.columns)
+            picked = self.con.execute(f"SELECT {ROW}, {columns} FROM t WHERE {ROW} IN ({', '.join(map(str, wanted))})").df()
+            dtypes = {c.name: CHECKED_DTYPES.get(c.kind, CANONICAL_DTYPES[c.kind]) for c in spec.columns}
+            rows = picked.set_index(ROW).astype(dtypes)
+        return [
+            Violation(spec.name, conditions[i][0], conditions[i][1], count, _examples(rows, pd.Index(shown), limit, column=conditions[i][0], locate=locate))
+            for i, count, shown in hits
+        ]
+
+    def _mark_duplicates(self, table: ParquetTable) -> int:
+        """Rows repeating an earlier row exactly (every column as written) into `_dups`; how many."""
+        keys = ", ".join(
+            f"CASE WHEN NOT isnan(s.{_q(n)}) THEN s.{_q(n)} END" if table.types[n] in ("FLOAT", "DOUBLE") else f"s.{_q(n)}"
+            for n in table.columns
+        )  # NaN is null to the pandas path, and so to its duplicate check
+        self.con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE _dups AS
+            WITH repeated AS (SELECT hash({keys}) AS h FROM {table.source} s GROUP BY 1 HAVING count(*) > 1)
+            SELECT {ROW} FROM (
+                SELECT s.file_row_number AS {ROW}, row_number() OVER (PARTITION BY {keys} ORDER BY s.file_row_number) AS n
+                FROM {table.source} s WHERE hash({keys}) IN (SELECT h FROM repeated)
+            ) WHERE n > 1""")
+        return int(self.con.execute("SELECT count(*) FROM _dups").fetchone()[0])
+
+    def _unknown_events(self, spec: TableSpec) -> list[str]:
+        """The note `contract._count_unknown_events_as_other` gives, from SQL."""
+        if spec.name != "events":
+            return []
+        known = ", ".join(_literal(v) for v in (*EVENT_TYPES, OTHER_EVENT))
+        count, values = self.con.execute(
+            f"SELECT count(*), list(DISTINCT event_type ORDER BY event_type)[:5] FROM t WHERE event_type NOT IN ({known})"
+        ).fetchone()
+        if not count:
+            return []
+        note = f"events.event_type: {int(count)} row(s) with types outside the contract counted as 'other' (e.g. {list(values)})"
+        logger.warning(note)
+        return [note]
+
+    def _write(self, spec: TableSpec) -> None:
+        """The canonical table into the store, in file order, with the contract's defaults."""
+        known = ", ".join(_literal(v) for v in (*EVENT_TYPES, OTHER_EVENT))
+        columns = []
+        for col in spec.columns:
+            c = _q(col.name)
+            if col.kind == "bool":
+                c = f"coalesce({c}, {'true' if col.default else 'false'}) AS {c}"
+            elif spec.name == "events" and col.name == "event_type":
+                c = f"CASE WHEN {c} IN ({known}) THEN {c} ELSE {_literal(OTHER_EVENT)} END AS {c}"
+            columns.append(c)
+        # in file order, as the pandas path keeps it (and the fingerprint hashes it): without the
+        # ORDER BY, DuckDB stored the 1M world's events out of order after the checks
+        self.con.execute(f"CREATE TABLE {_q(spec.name)} AS SELECT {', '.join(columns)} FROM t ORDER BY {ROW}")
+        self.fingerprints[spec.name] = self.fingerprint(spec.name)
+        logger.info("ingested %s in SQL: %d rows", spec.name, self.fingerprints[spec.name]["rows"])
+
+    def fingerprint(self, name: str) -> dict[str, object]:
+        """`BrandData.fingerprint` of a stored table, hashed in chunks (the same bytes, a bounded memory)."""
+        from features.store import _canonical
+
+        digest, rows = hashlib.sha256(), 0
+        cursor = self.con.execute(f"SELECT * FROM {_q(name)}")
+        while True:
+            chunk = cursor.fetch_df_chunk(FINGERPRINT_ROWS // 2048)
+            if chunk.empty:
+                break
+            digest.update(pd.util.hash_pandas_object(_canonical(chunk, name), index=False).to_numpy().tobytes())
+            rows += len(chunk)
+        return {"rows": rows, "sha256": digest.hexdigest()}
+
