@@ -22,6 +22,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import duckdb
 import pandas as pd
@@ -98,7 +99,8 @@ def plan(spec: TableSpec, path: Path) -> ParquetTable | None:
     try:
         schema = pq.read_schema(path)
         rows = pq.ParquetFile(path).metadata.num_rows
-        described = duckdb.sql(f"DESCRIBE SELECT * FROM read_parquet({_literal(str(path))})").fetchall()
+        with duckdb.connect() as con:
+            described = con.execute(f"DESCRIBE SELECT * FROM read_parquet({_literal(str(path))})").fetchall()
     except Exception:  # noqa: BLE001 - an unreadable file is reported by the pandas path's reader
         return None
     names = tuple(schema.names)
@@ -159,12 +161,35 @@ def example_rows(path: Path, rows: list[int]) -> pd.DataFrame:
     return pd.concat(parts) if parts else pd.DataFrame()
 
 
-class SqlChecker:
-    """Checks and stores contract tables from Parquet files on one DuckDB connection (the store's)."""
+class TableStats(NamedTuple):
+    """A valid table's rows, the range of its time column and its latest timestamp of any column."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, timezone: str, bounds: TimeBounds, current_year: int) -> None:
-        self.con, self.timezone, self.bounds, self.current_year = con, timezone, bounds, current_year
+    rows: int
+    first: pd.Timestamp | None
+    last: pd.Timestamp | None
+    latest: pd.Timestamp | None
+
+
+class SqlChecker:
+    """Checks contract tables from Parquet files on one DuckDB connection and stores them there.
+
+    With `store=False` (`koc validate`) a valid table is not stored: `stats` keeps its rows and
+    time range instead.
+    """
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, timezone: str, bounds: TimeBounds, current_year: int, store: bool = True) -> None:
+        self.con, self.timezone, self.bounds, self.current_year, self.store = con, timezone, bounds, current_year, store
         self.fingerprints: dict[str, dict[str, object]] = {}
+        self.stats: dict[str, TableStats] = {}
+
+    def table_stats(self, spec: TableSpec, view: str) -> TableStats:
+        """Rows, first and last of the table's time column (`as_of` for labels and truth), latest timestamp."""
+        time_col = spec.time_column or "as_of"
+        stamps = [c.name for c in spec.columns if c.kind == "ts"]
+        latest = f"greatest({', '.join(f'max({_q(c)})' for c in stamps)})" if stamps else "NULL"
+        rows, first, last, end = self.con.execute(f"SELECT count(*), min({_q(time_col)}), max({_q(time_col)}), {latest} FROM {view}").fetchall()[0]
+        stamp = lambda v: None if v is None else pd.Timestamp(v).as_unit("us")  # noqa: E731
+        return TableStats(int(rows), stamp(first), stamp(last), stamp(end))
 
     def check(
         self, spec: TableSpec, table: ParquetTable, locate: Locate, with_members: bool, write: bool
@@ -219,7 +244,10 @@ class SqlChecker:
         late: list[str] = []
         if write and not problems and not broken:
             late = self._unknown_events(spec)
-            self._write(spec)
+            if self.store:
+                self._write(spec)
+            else:
+                self.stats[spec.name] = self.table_stats(spec, "t")
         con.execute("DROP VIEW t")
         con.execute("DROP VIEW _parsed")
         return problems, broken, notes, late
@@ -265,7 +293,7 @@ class SqlChecker:
                 SELECT s.file_row_number AS {ROW}, row_number() OVER (PARTITION BY {keys} ORDER BY s.file_row_number) AS n
                 FROM {table.source} s WHERE hash({keys}) IN (SELECT h FROM repeated)
             ) WHERE n > 1""")
-        return int(self.con.execute("SELECT count(*) FROM _dups").fetchone()[0])
+        return int(self.con.execute("SELECT count(*) FROM _dups").fetchall()[0][0])
 
     def _unknown_events(self, spec: TableSpec) -> list[str]:
         """The note `contract._count_unknown_events_as_other` gives, from SQL."""
@@ -274,7 +302,7 @@ class SqlChecker:
         known = ", ".join(_literal(v) for v in (*EVENT_TYPES, OTHER_EVENT))
         count, values = self.con.execute(
             f"SELECT count(*), list(DISTINCT event_type ORDER BY event_type)[:5] FROM t WHERE event_type NOT IN ({known})"
-        ).fetchone()
+        ).fetchall()[0]
         if not count:
             return []
         note = f"events.event_type: {int(count)} row(s) with types outside the contract counted as 'other' (e.g. {list(values)})"

@@ -42,6 +42,7 @@ from features.io import atomic_path
 
 if TYPE_CHECKING:
     from features.build import EngineConfig
+    from features.sql_contract import SqlChecker, TableStats
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,53 @@ def _fingerprint(df: pd.DataFrame) -> dict[str, object]:
     """The same row count and hash as `BrandData.fingerprint` gives for the frame."""
     hashed = pd.util.hash_pandas_object(df, index=False).to_numpy()
     return {"rows": int(len(df)), "sha256": hashlib.sha256(hashed.tobytes()).hexdigest()}
+
+
+def _check_into(
+    con: duckdb.DuckDBPyConnection,
+    data_dir: str | Path,
+    timezone: str,
+    *,
+    current_year: int | None,
+    time_floor: pd.Timestamp | str,
+    export_time: pd.Timestamp | str | None,
+    engine: EngineConfig | None,
+    in_sql: bool,
+    store: bool,
+) -> tuple[BrandData, SqlChecker]:
+    """Validate `data_dir` on `con`; with `store`, each valid table is created in `con`'s database,
+    else only its row count and time range are kept (`SqlChecker.stats`). Raises `ContractError`."""
+    from features.build import EngineConfig
+    from features.sql_contract import SqlChecker, plan
+
+    check_timezone(timezone)
+    sources, locators, bounds = load_sources(data_dir, timezone, time_floor=time_floor, export_time=export_time)
+    files = table_files(data_dir)
+    plans = {name: plan(TABLES[name], files[name]) for name in sources if in_sql and name in TABLES}
+    checker = SqlChecker(con, timezone, bounds, current_year or dt.date.today().year, store=store)
+    _limit(con, engine or EngineConfig())
+
+    def check(spec: TableSpec, with_members: bool, write: bool):
+        table = plans.get(spec.name)
+        return None if table is None else checker.check(spec, table, locators.get(spec.name), with_members, write)
+
+    def sink(name: str, df: pd.DataFrame) -> None:
+        con.register("_frame", df)
+        try:
+            if store:
+                checker.fingerprints[name] = _fingerprint(df)
+                con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM _frame')
+                logger.info("ingested %s: %d rows", name, len(df))
+            else:
+                checker.stats[name] = checker.table_stats(TABLES[name], "_frame")
+        finally:
+            con.unregister("_frame")
+
+    checked = _validate(
+        sources, timezone, current_year=current_year, source=str(data_dir), bounds=bounds,
+        locators=locators, sink=sink, con=con, in_sql=check,
+    )
+    return checked, checker
 
 
 def ingest(
@@ -74,36 +122,14 @@ def ingest(
     files and columns that need parsing go through pandas one table at a time. `in_sql=False`
     sends every table through pandas.
     """
-    from features.build import EngineConfig
-    from features.sql_contract import SqlChecker, plan
-
-    check_timezone(timezone)
-    sources, locators, bounds = load_sources(data_dir, timezone, time_floor=time_floor, export_time=export_time)
-    files = table_files(data_dir)
-    plans = {name: plan(TABLES[name], files[name]) for name in sources if in_sql and name in TABLES}
     target = Path(out)
     with atomic_path(target) as tmp:
         tmp.unlink()  # DuckDB creates the file itself (an empty file is not a database)
         con = duckdb.connect(str(tmp))
-        checker = SqlChecker(con, timezone, bounds, current_year or dt.date.today().year)
-        fingerprints = checker.fingerprints
         try:
-            _limit(con, engine or EngineConfig())
-
-            def check(spec: TableSpec, with_members: bool, write: bool):
-                table = plans.get(spec.name)
-                return None if table is None else checker.check(spec, table, locators.get(spec.name), with_members, write)
-
-            def write(name: str, df: pd.DataFrame) -> None:
-                fingerprints[name] = _fingerprint(df)
-                con.register("_frame", df)
-                con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM _frame')
-                con.unregister("_frame")
-                logger.info("ingested %s: %d rows", name, len(df))
-
-            checked = _validate(
-                sources, timezone, current_year=current_year, source=str(data_dir), bounds=bounds,
-                locators=locators, sink=write, con=con, in_sql=check,
+            checked, checker = _check_into(
+                con, data_dir, timezone, current_year=current_year, time_floor=time_floor,
+                export_time=export_time, engine=engine, in_sql=in_sql, store=True,
             )
             meta = {
                 "format": STORE_FORMAT,
@@ -111,13 +137,70 @@ def ingest(
                 "absent": sorted(checked.absent),
                 "warnings": list(checked.warnings),
                 "source": str(data_dir),
-                "fingerprint": {k: v for k, v in fingerprints.items() if k not in checked.absent},
+                "fingerprint": {k: v for k, v in checker.fingerprints.items() if k not in checked.absent},
             }
             con.execute(f"CREATE TABLE {META_TABLE} AS SELECT ? AS meta", [json.dumps(meta)])
             con.execute("CHECKPOINT")
         finally:
             con.close()
     return open_store(target)
+
+
+@dataclass(frozen=True)
+class CheckedFiles:
+    """What `check_files` found in a valid data directory: per table rows and times, and the notes."""
+
+    timezone: str
+    absent: frozenset[str]
+    warnings: tuple[str, ...]
+    stats: Mapping[str, TableStats]
+
+    @property
+    def members(self) -> int:
+        return self.stats["members"].rows
+
+    @property
+    def data_end(self) -> pd.Timestamp:
+        """The latest timestamp in any behavioural table, as `BrandData.data_end` gives it."""
+        latest = [s.latest for s in self.stats.values() if s.latest is not None]
+        if not latest:
+            raise ContractError([Violation("members", "joined_at", "the data holds no timestamps", 0)])
+        return max(latest)
+
+    def summary(self) -> pd.DataFrame:
+        """Rows and time range per table, as `contract.summary` gives them."""
+        return pd.DataFrame(
+            [
+                {"table": name, "status": "absent" if name in self.absent else "ok", "rows": s.rows, "from": s.first, "to": s.last}
+                for name, s in self.stats.items()
+            ]
+        )
+
+
+def check_files(
+    data_dir: str | Path,
+    timezone: str = DEFAULT_TIMEZONE,
+    *,
+    current_year: int | None = None,
+    time_floor: pd.Timestamp | str = DEFAULT_TIME_FLOOR,
+    export_time: pd.Timestamp | str | None = None,
+    engine: EngineConfig | None = None,
+) -> CheckedFiles:
+    """`koc validate`: the checks of `ingest` (typed Parquet in SQL), keeping no table.
+
+    Raises `ContractError` exactly as `ingest` and `load_data` do; otherwise returns each
+    table's row count and time range, the data end and the notes.
+    """
+    con = duckdb.connect(":memory:")
+    try:
+        checked, checker = _check_into(
+            con, data_dir, timezone, current_year=current_year, time_floor=time_floor,
+            export_time=export_time, engine=engine, in_sql=True, store=False,
+        )
+    finally:
+        con.close()
+    stats = {name: checker.stats[name] for name in TABLES}
+    return CheckedFiles(timezone, checked.absent, checked.warnings, stats)
 
 
 def _limit(con: duckdb.DuckDBPyConnection, engine: EngineConfig) -> None:

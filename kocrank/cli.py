@@ -12,7 +12,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 from typer.core import TyperGroup
 
-from features.contract import ContractError, load_data, summary
+from features.contract import ContractError
 from kocrank import cli_features, cli_loop, cli_runs, cli_serving, cli_simulate, cli_spark, cli_training
 from kocrank.config import load_config
 from kocrank.console import make_console
@@ -163,26 +163,31 @@ def validate(
     ] = None,
 ) -> None:
     """Check a data directory against the contract; exit 1 on any violation."""
+    from features.store import check_files
+
     cfg = load_config(config)
     try:
         limits = cfg.contract
-        brand = load_data(
+        # the checks of `koc ingest`: typed Parquet files in DuckDB SQL, never read whole into memory
+        brand = check_files(
             data,
             timezone=timezone or cfg.timezone,
             time_floor=limits.time_floor,
             export_time=export_time or limits.export_time,
+            engine=cfg.engine,
         )
+        data_end = brand.data_end
     except ContractError as err:
         _print_violations(err, data)
         raise typer.Exit(code=1) from None
     table = Table(title=f"{data}: valid (time zone {brand.timezone})")
     for col in ("table", "status", "rows", "from", "to"):
         table.add_column(col)
-    for row in summary(brand).to_dict("records"):
+    for row in brand.summary().to_dict("records"):
         first, last = (str(row[k]) if row[k] is not None and not pd.isna(row[k]) else "-" for k in ("from", "to"))
         table.add_row(row["table"], row["status"], f"{row['rows']:,}", first, last)
     console.print(table)
-    console.print(f"members: {len(brand.members):,}; data end: {brand.data_end}")
+    console.print(f"members: {brand.members:,}; data end: {data_end}")
     for note in brand.warnings:
         console.print(f"[yellow]note[/]: {note}")
 

@@ -20,9 +20,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from features.contract import EVENT_TYPES, GENDERS, PLATFORMS, PROGRAM_STATUSES, TABLES, Col, ContractError, load_data
+from features.contract import EVENT_TYPES, GENDERS, PLATFORMS, PROGRAM_STATUSES, TABLES, Col, ContractError, load_data, summary
 from features.sql_contract import plan
-from features.store import ingest, open_store
+from features.store import check_files, ingest, open_store
 
 pytestmark = pytest.mark.slow
 
@@ -156,6 +156,9 @@ def test_mixed_directory_checks_typed_files_in_sql_and_the_rest_in_pandas(hand_w
     for name in TABLES:
         pd.testing.assert_frame_equal(open_store(stored.path).tables[name], loaded.tables[name])
     assert stored.fingerprint() == loaded.fingerprint()
+    checked = check_files(root, export_time="2026-07-01")  # `koc validate`: the same checks, no table kept
+    pd.testing.assert_frame_equal(checked.summary(), summary(loaded))
+    assert (checked.data_end, checked.members, checked.warnings) == (loaded.data_end, len(loaded.members), loaded.warnings)
 
     events = pd.read_parquet(root / "events.parquet")
     events.loc[[1, 4], "member_id"] = "nobody"
@@ -166,4 +169,7 @@ def test_mixed_directory_checks_typed_files_in_sql_and_the_rest_in_pandas(hand_w
         load_data(root, export_time="2026-07-01")
     assert "events.member_id: must exist in members.member_id — 2 row(s) break it; e.g. events.parquet row 1:" in str(from_sql.value)
     assert str(from_sql.value) == str(from_pandas.value)
+    with pytest.raises(ContractError) as from_check:
+        check_files(root, export_time="2026-07-01")
+    assert str(from_check.value) == str(from_pandas.value)
     assert not (tmp_path / "other.duckdb").exists()
