@@ -42,7 +42,7 @@ bench: $(STAMP) ## time and peak memory of simulate, features, train, rank and /
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/monitor.py
 
-bench-scale: $(STAMP) ## ingest, features (+ DuckDB floor), train, rank at 100k/300k/1M (from the store, [engine] 2 GB); projection to 18M
+bench-scale: $(STAMP) ## validate, ingest, features (+ DuckDB floor), train, rank at 100k/300k/1M (from the store, [engine] 2 GB); projection to 18M
 	$(BIN)/python bench/scale.py --members 100000,300000,1000000 --train 100000,1000000 --rank 100000,300000,1000000
 
 lint: $(STAMP) ## ruff check

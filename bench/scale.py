@@ -3,7 +3,9 @@
 For each pre-simulated world (`<data-root>/m<members>`, e.g. /work/benchdata/m100000) it
 runs, each stage as its own process (wall time and peak RSS from `os.wait4`):
 
-- `ingest`: `koc ingest` — validate the files with the contract, write the DuckDB store;
+- `validate`: `koc validate` — the contract's checks over the files (typed Parquet in DuckDB
+  SQL, under the `[engine]` memory limit), keeping no table;
+- `ingest`: `koc ingest` — the same checks, writing the DuckDB store;
 - `features`: `koc features --db` for one cutoff, streamed to Parquet, with the
   `[engine]` memory limit of `--memory-limit`;
 - `floor`: one DuckDB GROUP BY member over `orders` and one over `events`, straight from
@@ -156,7 +158,10 @@ def main() -> None:
         load = load_average()
         with big_run_lock(members):
             size_rows = [
-                run_stage("ingest", members, [*koc, "ingest", "--data", str(data), "--out", str(store)], env),
+                run_stage("validate", members, [*koc, "validate", "--data", str(data), "--config", str(config)], env),
+                run_stage(
+                    "ingest", members, [*koc, "ingest", "--data", str(data), "--out", str(store), "--config", str(config)], env
+                ),
                 run_stage(
                     "features (1 cutoff)", members,
                     [*koc, "features", "--db", str(store), "--as-of", opts.as_of, "--out", str(features),
@@ -194,20 +199,21 @@ def main() -> None:
                         env,
                     )
                 )
-        floor_query = float(size_rows[2].pop("stdout").strip().splitlines()[-1])
-        size_rows[2]["query_seconds"] = round(floor_query, 2)
+        floor, features_row = (next(r for r in size_rows if r["stage"] == name) for name in ("floor", "features (1 cutoff)"))
+        floor_query = float(floor.pop("stdout").strip().splitlines()[-1])
+        floor["query_seconds"] = round(floor_query, 2)
         for row in size_rows:
             row.pop("stdout", None)
             row["load_before"] = load
         rows += size_rows
-        feature_seconds = size_rows[1]["seconds"]
+        feature_seconds = features_row["seconds"]
         ratios.append(
             {
                 "members": members,
                 "features_s": feature_seconds,
-                "floor_process_s": size_rows[2]["seconds"],
+                "floor_process_s": floor["seconds"],
                 "floor_query_s": round(floor_query, 2),
-                "ratio_to_floor_process": round(feature_seconds / size_rows[2]["seconds"], 1),
+                "ratio_to_floor_process": round(feature_seconds / floor["seconds"], 1),
                 "ratio_to_floor_query": round(feature_seconds / floor_query, 1),
             }
         )
