@@ -747,9 +747,9 @@ def _validate(
     Tables are handled one at a time, `members` first (the others' member ids are checked
     against it): each raw table is let go once its table is validated. Each canonical
     table goes to `sink` when one is given (it is then not kept: the returned
-    `BrandData.tables` is empty), else into the returned `BrandData`. With `in_sql` (and the
-    store's connection `con`), a table it accepts is checked and stored in SQL instead and
-    never read: the same rules, messages and notes.
+    `BrandData.tables` is empty), else into the returned `BrandData`. With `in_sql` (and its
+    DuckDB connection `con`), a table it accepts is checked in SQL instead, and stored there
+    by `koc ingest`, never read into pandas: the same rules, messages and notes.
     """
     check_timezone(timezone)
     current_year = current_year or dt.date.today().year

@@ -20,7 +20,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from features.contract import EVENT_TYPES, GENDERS, PLATFORMS, PROGRAM_STATUSES, TABLES, Col, ContractError, load_data, summary
+from features.contract import (
+    EVENT_TYPES,
+    GENDERS,
+    PLATFORMS,
+    PROGRAM_STATUSES,
+    TABLES,
+    Col,
+    ContractError,
+    load_data,
+    summary,
+)
 from features.sql_contract import plan
 from features.store import check_files, ingest, open_store
 
@@ -149,7 +159,7 @@ def test_mixed_directory_checks_typed_files_in_sql_and_the_rest_in_pandas(hand_w
 
     with caplog.at_level("INFO", logger="features.sql_contract"):
         stored = ingest(root, tmp_path / "brand.duckdb", export_time="2026-07-01")
-    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+    assert [r.getMessage().split(":")[0] for r in caplog.records if r.name == "features.sql_contract"] == [
         f"ingested {n} in SQL" for n in TABLES if n not in ("members", "orders") and n not in hand_world.absent
     ]
     loaded = load_data(root, export_time="2026-07-01")
