@@ -170,6 +170,16 @@ class TableStats(NamedTuple):
     latest: pd.Timestamp | None
 
 
+def table_stats(con: duckdb.DuckDBPyConnection, spec: TableSpec, view: str) -> TableStats:
+    """Rows, first and last of the table's time column (`as_of` for labels and truth), latest timestamp."""
+    time_col = spec.time_column or "as_of"
+    stamps = [c.name for c in spec.columns if c.kind == "ts"]
+    latest = f"greatest({', '.join(f'max({_q(c)})' for c in stamps)})" if stamps else "NULL"
+    rows, first, last, end = con.execute(f"SELECT count(*), min({_q(time_col)}), max({_q(time_col)}), {latest} FROM {view}").fetchall()[0]
+    stamp = lambda v: None if v is None else pd.Timestamp(v).as_unit("us")  # noqa: E731
+    return TableStats(int(rows), stamp(first), stamp(last), stamp(end))
+
+
 class SqlChecker:
     """Checks contract tables from Parquet files on one DuckDB connection and stores them there.
 
@@ -181,15 +191,6 @@ class SqlChecker:
         self.con, self.timezone, self.bounds, self.current_year, self.store = con, timezone, bounds, current_year, store
         self.fingerprints: dict[str, dict[str, object]] = {}
         self.stats: dict[str, TableStats] = {}
-
-    def table_stats(self, spec: TableSpec, view: str) -> TableStats:
-        """Rows, first and last of the table's time column (`as_of` for labels and truth), latest timestamp."""
-        time_col = spec.time_column or "as_of"
-        stamps = [c.name for c in spec.columns if c.kind == "ts"]
-        latest = f"greatest({', '.join(f'max({_q(c)})' for c in stamps)})" if stamps else "NULL"
-        rows, first, last, end = self.con.execute(f"SELECT count(*), min({_q(time_col)}), max({_q(time_col)}), {latest} FROM {view}").fetchall()[0]
-        stamp = lambda v: None if v is None else pd.Timestamp(v).as_unit("us")  # noqa: E731
-        return TableStats(int(rows), stamp(first), stamp(last), stamp(end))
 
     def check(
         self, spec: TableSpec, table: ParquetTable, locate: Locate, with_members: bool, write: bool
@@ -247,7 +248,7 @@ class SqlChecker:
             if self.store:
                 self._write(spec)
             else:
-                self.stats[spec.name] = self.table_stats(spec, "t")
+                self.stats[spec.name] = table_stats(con, spec, "t")
         con.execute("DROP VIEW t")
         con.execute("DROP VIEW _parsed")
         return problems, broken, notes, late

@@ -71,7 +71,7 @@ def _check_into(
     """Validate `data_dir` on `con`; with `store`, each valid table is created in `con`'s database,
     else only its row count and time range are kept (`SqlChecker.stats`). Raises `ContractError`."""
     from features.build import EngineConfig
-    from features.sql_contract import SqlChecker, plan
+    from features.sql_contract import SqlChecker, plan, table_stats
 
     check_timezone(timezone)
     sources, locators, bounds = load_sources(data_dir, timezone, time_floor=time_floor, export_time=export_time)
@@ -92,7 +92,7 @@ def _check_into(
                 con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM _frame')
                 logger.info("ingested %s: %d rows", name, len(df))
             else:
-                checker.stats[name] = checker.table_stats(TABLES[name], "_frame")
+                checker.stats[name] = table_stats(con, TABLES[name], "_frame")
         finally:
             con.unregister("_frame")
 
@@ -189,8 +189,16 @@ def check_files(
     """`koc validate`: the checks of `ingest` (typed Parquet in SQL), keeping no table.
 
     Raises `ContractError` exactly as `ingest` and `load_data` do; otherwise returns each
-    table's row count and time range, the data end and the notes.
+    table's row count and time range, the data end and the notes. A store written by `koc
+    ingest` was checked then: its summary is read from it.
     """
+    from features.sql_contract import table_stats
+
+    if is_store(data_dir):
+        stored = open_store(data_dir)
+        with duckdb.connect(stored.path, read_only=True) as con:
+            stats = {name: table_stats(con, spec, f'"{name}"') for name, spec in TABLES.items()}
+        return CheckedFiles(stored.timezone, stored.absent, stored.warnings, stats)
     con = duckdb.connect(":memory:")
     try:
         checked, checker = _check_into(

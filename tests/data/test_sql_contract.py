@@ -169,6 +169,9 @@ def test_mixed_directory_checks_typed_files_in_sql_and_the_rest_in_pandas(hand_w
     checked = check_files(root, export_time="2026-07-01")  # `koc validate`: the same checks, no table kept
     pd.testing.assert_frame_equal(checked.summary(), summary(loaded))
     assert (checked.data_end, checked.members, checked.warnings) == (loaded.data_end, len(loaded.members), loaded.warnings)
+    from_store = check_files(stored.path)  # `koc validate --data brand.duckdb`: the store's summary
+    pd.testing.assert_frame_equal(from_store.summary(), summary(loaded))
+    assert (from_store.data_end, from_store.warnings) == (loaded.data_end, loaded.warnings)
 
     events = pd.read_parquet(root / "events.parquet")
     events.loc[[1, 4], "member_id"] = "nobody"
