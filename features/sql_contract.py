@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
@@ -80,37 +81,73 @@ FINGERPRINT_ROWS = 1_000_000  # rows hashed per chunk when fingerprinting a stor
 
 @dataclass(frozen=True)
 class ParquetTable:
-    """A Parquet file the SQL path can check: its columns, their DuckDB types and row count."""
+    """A Parquet file, or a folder of part files, the SQL path can check: columns, DuckDB types, rows.
+
+    A folder (`events.parquet/part-0.parquet`, … as Spark writes it) is read in the order
+    `pd.read_parquet` reads it, its files sorted by name; row numbers run on across files.
+    """
 
     path: Path
     columns: tuple[str, ...]
     types: Mapping[str, str]
     rows: int
+    files: tuple[Path, ...] = ()  # the part files of a folder, in reading order
+    offsets: tuple[int, ...] = ()  # the row number each part file starts at
 
     @property
     def source(self) -> str:
-        return f"read_parquet({_literal(str(self.path))}, file_row_number = true)"
+        """The rows as SQL, with `file_row_number` the row's number in the whole table."""
+        if not self.files:
+            return f"read_parquet({_literal(str(self.path))}, file_row_number = true)"
+        names = ", ".join(_literal(str(f)) for f in self.files)
+        start = " ".join(f"WHEN {_literal(str(f))} THEN {o}" for f, o in zip(self.files, self.offsets, strict=True))
+        return (
+            f"(SELECT * EXCLUDE (filename, file_row_number), file_row_number + CASE filename {start} END AS file_row_number"
+            f" FROM read_parquet([{names}], filename = true, file_row_number = true))"
+        )
+
+
+def _part_files(folder: Path) -> list[Path] | None:
+    """The Parquet files of a table folder in pyarrow's reading order, or None when the SQL path
+    should not read it: subfolders (hive partitions add columns), files that are not Parquet."""
+    found = []
+    for entry in sorted(folder.iterdir(), key=lambda p: str(p)):
+        if entry.name.startswith((".", "_")):  # _SUCCESS, .crc: pyarrow skips them too
+            continue
+        if entry.is_dir() or entry.suffix != ".parquet":
+            return None
+        found.append(entry)
+    return found or None
 
 
 def plan(spec: TableSpec, path: Path) -> ParquetTable | None:
-    """The file as a `ParquetTable` when every contract column in it has a native type, else None."""
+    """The file (or folder of part files) as a `ParquetTable` when every contract column in it has a
+    native type, else None."""
     if path.suffix != ".parquet":
         return None
+    files = _part_files(path) if path.is_dir() else [path]
+    if files is None:
+        return None
     try:
-        schema = pq.read_schema(path)
-        rows = pq.ParquetFile(path).metadata.num_rows
+        schemas = [pq.read_schema(f) for f in files]
+        sizes = [pq.ParquetFile(f).metadata.num_rows for f in files]
         with duckdb.connect() as con:
-            described = con.execute(f"DESCRIBE SELECT * FROM read_parquet({_literal(str(path))})").fetchall()
+            described = con.execute(f"DESCRIBE SELECT * FROM read_parquet({_literal(str(files[0]))})").fetchall()
     except Exception:  # noqa: BLE001 - an unreadable file is reported by the pandas path's reader
         return None
-    names = tuple(schema.names)
+    if any(not schema.equals(schemas[0]) for schema in schemas):
+        return None  # parts that disagree: the pandas path reports what pyarrow makes of them
+    names = tuple(schemas[0].names)
     types = {row[0]: row[1] for row in described}
-    if len(set(names)) != len(names) or tuple(types) != names or {"file_row_number", ROW} & set(names):
+    if len(set(names)) != len(names) or tuple(types) != names or {"file_row_number", "filename", ROW} & set(names):
         return None  # repeated or reserved column names: the pandas path knows how to report them
     for col in spec.columns:
         if col.name in types and types[col.name] not in NATIVE[col.kind] | {ALL_NULL}:
             return None
-    return ParquetTable(path, names, types, rows)
+    if not path.is_dir():
+        return ParquetTable(path, names, types, sizes[0])
+    offsets = tuple(int(v) for v in np.cumsum([0, *sizes[:-1]]))
+    return ParquetTable(path, names, types, sum(sizes), tuple(files), offsets)
 
 
 def _parsed(col: Col, table: ParquetTable, timezone: str) -> tuple[str, str | None]:
@@ -147,17 +184,18 @@ def _value_conditions(col: Col, value: str, bounds: TimeBounds, timezone: str) -
     return found
 
 
-def example_rows(path: Path, rows: list[int]) -> pd.DataFrame:
-    """The file's rows at these positions, every column, read as `pd.read_parquet` reads them."""
-    parquet = pq.ParquetFile(path)
+def example_rows(table: ParquetTable, rows: list[int]) -> pd.DataFrame:
+    """The table's rows at these positions, every column, read as `pd.read_parquet` reads them."""
     parts, start = [], 0
-    for group in range(parquet.metadata.num_row_groups):
-        size = parquet.metadata.row_group(group).num_rows
-        inside = [r for r in rows if start <= r < start + size]
-        if inside:
-            frame = parquet.read_row_group(group).to_pandas()
-            parts.append(frame.iloc[[r - start for r in inside]].set_axis(inside))
-        start += size
+    for file in table.files or (table.path,):
+        parquet = pq.ParquetFile(file)
+        for group in range(parquet.metadata.num_row_groups):
+            size = parquet.metadata.row_group(group).num_rows
+            inside = [r for r in rows if start <= r < start + size]
+            if inside:
+                frame = parquet.read_row_group(group).to_pandas()
+                parts.append(frame.iloc[[r - start for r in inside]].set_axis(inside))
+            start += size
     return pd.concat(parts) if parts else pd.DataFrame()
 
 
@@ -270,7 +308,7 @@ class SqlChecker:
             return []
         wanted = sorted({r for _, _, shown in hits for r in shown})
         if view == "_parsed":
-            rows = example_rows(table.path, wanted)
+            rows = example_rows(table, wanted)
         else:  # the dtypes of the pandas path's frame before `_finalise`: nullable ints and bools
             columns = ", ".join(_q(c.name) for c in spec.columns)
             picked = self.con.execute(f"SELECT {ROW}, {columns} FROM t WHERE {ROW} IN ({', '.join(map(str, wanted))})").df()

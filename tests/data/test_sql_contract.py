@@ -4,9 +4,10 @@ Hypothesis draws small worlds of typed Parquet files near the contract's edges: 
 and integer ids, references that exist or not, timestamps naive and with an offset on both
 sides of the time floor and the export time, dates with a time of day, integers beyond 2^53,
 NaN and infinite amounts, null booleans, unknown event types, exact duplicate rows and left-out
-columns. `ingest` checks every such file in DuckDB SQL without reading it into pandas;
-`load_data` reads it into pandas. Both must raise the same `ContractError`, to the last example,
-or return the same tables, notes and fingerprints.
+columns; some tables are a folder of two part files, as Spark writes them. `ingest` checks
+every such file in DuckDB SQL without reading it into pandas; `load_data` reads it into
+pandas. Both must raise the same `ContractError`, to the last example, or return the same
+tables, notes and fingerprints.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -106,10 +109,27 @@ def typed_table(draw, name: str, clean: bool) -> pd.DataFrame:
 
 
 @st.composite
-def typed_world(draw) -> dict[str, pd.DataFrame]:
+def typed_world(draw) -> dict[str, tuple[pd.DataFrame, int | None]]:
+    """Per table its frame and, now and then, where to split it into a folder of two part files."""
     clean = draw(st.booleans())
     names = [n for n in TABLES if n in ("members", "orders") or draw(st.integers(0, 2)) > 0]
-    return {name: draw(typed_table(name, clean)) for name in names}
+    out = {}
+    for name in names:
+        frame = draw(typed_table(name, clean))
+        out[name] = (frame, draw(st.one_of(st.none(), st.integers(0, len(frame)))))
+    return out
+
+
+def _write_typed(frame: pd.DataFrame, path: Path, split: int | None) -> None:
+    """One Parquet file, or a folder of two part files (as Spark writes a table) split at `split`."""
+    if split is None:
+        frame.to_parquet(path, index=False)
+        return
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    path.mkdir()
+    (path / "_SUCCESS").touch()
+    pq.write_table(table.slice(0, split), path / "part-00000.parquet")
+    pq.write_table(table.slice(split), path / "part-00001.parquet")
 
 
 def _outcome(call):
@@ -125,9 +145,9 @@ def test_ingest_in_sql_equals_the_pandas_path(world):
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "data"
         root.mkdir()
-        for name, frame in world.items():
-            frame.to_parquet(root / f"{name}.parquet", index=False)
-        in_sql = [plan(TABLES[name], root / f"{name}.parquet") is not None for name, frame in world.items() if len(frame.columns)]
+        for name, (frame, split) in world.items():
+            _write_typed(frame, root / f"{name}.parquet", split)
+        in_sql = [plan(TABLES[name], root / f"{name}.parquet") is not None for name, (frame, _) in world.items() if len(frame.columns)]
         assert all(in_sql)  # every table with a column is checked in SQL (DuckDB reads no file without one)
 
         expected = _outcome(lambda: load_data(root, export_time=EXPORT, current_year=2026))
