@@ -362,6 +362,14 @@ _TRUE = {"true", "1", "t", "yes", "y"}
 _FALSE = {"false", "0", "f", "no", "n"}
 
 
+# what a value of each column kind must be, when it cannot be read as one
+PARSE_RULES = {
+    "id": "must be text", "str": "must be text", "ts": "must be an ISO 8601 timestamp",
+    "date": "must be an ISO 8601 date", "int": "must be an integer", "nullable_int": "must be an integer",
+    "float": "must be a finite number", "bool": "must be true or false",
+}  # fmt: skip
+
+
 def _coerce(series: pd.Series, col: Col, timezone: str) -> tuple[pd.Series, pd.Series, str]:
     """Convert one column to its canonical dtype; return (values, unparseable mask, rule text)."""
     none = pd.Series(False, index=series.index)
@@ -371,28 +379,28 @@ def _coerce(series: pd.Series, col: Col, timezone: str) -> tuple[pd.Series, pd.S
             as_int = series.dropna()
             if (as_int == as_int.round()).all() and (as_int.abs() < 2**53).all():
                 series = series.astype("Int64")
-        return _as_text(series).astype("str"), none, "must be text"
+        return _as_text(series).astype("str"), none, PARSE_RULES[col.kind]
     if col.kind in ("ts", "date"):
         out, bad = _to_local_naive(series, timezone)  # a date's time of day is checked by _value_rules
-        return out, bad, "must be an ISO 8601 timestamp" if col.kind == "ts" else "must be an ISO 8601 date"
+        return out, bad, PARSE_RULES[col.kind]
     if col.kind in ("int", "nullable_int"):
         num = pd.to_numeric(series, errors="coerce").astype("float64")
         bad = (series.notna() & num.isna()) | (num.notna() & ((num != num.round()) | (num.abs() >= 2**53)))
         out = num.where(~bad).round().astype("Int64")
-        return out, bad, "must be an integer"
+        return out, bad, PARSE_RULES[col.kind]
     if col.kind == "float":
         num = pd.to_numeric(series, errors="coerce").astype("float64")
         bad = (series.notna() & num.isna()) | (num.notna() & ~np.isfinite(num.fillna(0.0)))
-        return num.where(~bad), bad, "must be a finite number"
+        return num.where(~bad), bad, PARSE_RULES[col.kind]
     if col.kind == "bool":
         if pd.api.types.is_bool_dtype(series.dtype):
-            return series.astype("boolean"), none, "must be true or false"
+            return series.astype("boolean"), none, PARSE_RULES[col.kind]
         text = _as_text(series).str.strip().str.lower()
         out = pd.Series(pd.NA, index=series.index, dtype="boolean")
         out[text.isin(_TRUE)] = True
         out[text.isin(_FALSE)] = False
         bad = text.notna() & out.isna()
-        return out, bad, "must be true or false"
+        return out, bad, PARSE_RULES[col.kind]
     raise AssertionError(col.kind)
 
 

@@ -1,7 +1,7 @@
 """Contract validation in DuckDB SQL, straight over a typed Parquet file: the table never enters pandas.
 
-`koc ingest` (`features.store`) sends every Parquet file whose contract columns already have
-their canonical physical types through here: ids and text as strings (or integer ids),
+`koc ingest` and `koc validate` (`features.store`) send every Parquet file (or folder of
+part files) whose contract columns already have their canonical physical types through here: ids and text as strings (or integer ids),
 timestamps as TIMESTAMP (naive business time) or TIMESTAMP WITH TIME ZONE, dates as DATE
 or TIMESTAMP, numbers as integers or floats, booleans as BOOLEAN. That is how a warehouse
 export and `koc simulate` write them. Each rule is one condition in a DuckDB query over the
@@ -34,6 +34,7 @@ from features.contract import (
     EVENT_TYPES,
     MISSING_COLUMN,
     OTHER_EVENT,
+    PARSE_RULES,
     ROW,
     Col,
     Locate,
@@ -68,11 +69,6 @@ ALL_NULL = '"NULL"'  # a column of nulls only, as pyarrow writes an object colum
 SQL_TYPES = {
     "id": "VARCHAR", "str": "VARCHAR", "ts": "TIMESTAMP", "date": "TIMESTAMP",
     "int": "BIGINT", "nullable_int": "BIGINT", "float": "DOUBLE", "bool": "BOOLEAN",
-}  # fmt: skip
-PARSE_RULES = {
-    "id": "must be text", "str": "must be text", "ts": "must be an ISO 8601 timestamp",
-    "date": "must be an ISO 8601 date", "int": "must be an integer", "nullable_int": "must be an integer",
-    "float": "must be a finite number", "bool": "must be true or false",
 }  # fmt: skip
 EXACT_FLOAT = 2**53  # the pandas path reads integers through float64: beyond this they are not exact
 CHECKED_DTYPES = {"int": "Int64", "bool": "boolean"}  # dtypes of the rule checks' frame where not canonical yet
