@@ -249,7 +249,7 @@ class SqlChecker:
         # problems: values that cannot be parsed, then the single-value rules, column by column (every row)
         conditions: list[tuple[str, str, str]] = []
         for col in spec.columns:
-            value, cond = parsed[col.name]
+            cond = parsed[col.name][1]
             if col.name not in table.types:
                 continue
             if cond:

@@ -186,6 +186,8 @@ def test_mixed_directory_checks_typed_files_in_sql_and_the_rest_in_pandas(hand_w
     for name in TABLES:
         pd.testing.assert_frame_equal(open_store(stored.path).tables[name], loaded.tables[name])
     assert stored.fingerprint() == loaded.fingerprint()
+    every_table_in_pandas = ingest(root, tmp_path / "pandas.duckdb", export_time="2026-07-01", in_sql=False)
+    assert every_table_in_pandas.fingerprint() == stored.fingerprint()
     checked = check_files(root, export_time="2026-07-01")  # `koc validate`: the same checks, no table kept
     pd.testing.assert_frame_equal(checked.summary(), summary(loaded))
     assert (checked.data_end, checked.members, checked.warnings) == (loaded.data_end, len(loaded.members), loaded.warnings)
