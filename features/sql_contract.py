@@ -27,6 +27,7 @@ from typing import NamedTuple
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features.contract import (
@@ -70,6 +71,12 @@ SQL_TYPES = {
     "id": "VARCHAR", "str": "VARCHAR", "ts": "TIMESTAMP", "date": "TIMESTAMP",
     "int": "BIGINT", "nullable_int": "BIGINT", "float": "DOUBLE", "bool": "BOOLEAN",
 }  # fmt: skip
+# what a file may hold that SQL reads otherwise than pandas, found while checking: the table then
+# goes through the pandas path (never out of memory or I/O errors: those are the run's)
+UNREADABLE = (
+    duckdb.ConversionException, duckdb.BinderException, duckdb.InvalidInputException, duckdb.NotImplementedException,
+    pa.ArrowException, ValueError, OverflowError,
+)  # fmt: skip
 EXACT_FLOAT = 2**53  # the pandas path reads integers through float64: beyond this they are not exact
 CHECKED_DTYPES = {"int": "Int64", "bool": "boolean"}  # dtypes of the rule checks' frame where not canonical yet
 FINGERPRINT_ROWS = 1_000_000  # rows hashed per chunk when fingerprinting a stored table
@@ -89,6 +96,7 @@ class ParquetTable:
     rows: int
     files: tuple[Path, ...] = ()  # the part files of a folder, in reading order
     offsets: tuple[int, ...] = ()  # the row number each part file starts at
+    float_ints: tuple[str, ...] = ()  # integer columns `pd.read_parquet` reads as float64 (they hold nulls)
 
     @property
     def source(self) -> str:
@@ -119,14 +127,14 @@ def _part_files(folder: Path) -> list[Path] | None:
 def plan(spec: TableSpec, path: Path) -> ParquetTable | None:
     """The file (or folder of part files) as a `ParquetTable` when every contract column in it has a
     native type, else None."""
-    if path.suffix != ".parquet":
-        return None
+    if path.suffix != ".parquet" or any(c in str(path) for c in "*?[{"):
+        return None  # DuckDB would read a path with glob characters as a pattern
     files = _part_files(path) if path.is_dir() else [path]
     if files is None:
         return None
     try:
+        metadata = [pq.ParquetFile(f).metadata for f in files]
         schemas = [pq.read_schema(f) for f in files]
-        sizes = [pq.ParquetFile(f).metadata.num_rows for f in files]
         with duckdb.connect() as con:
             described = con.execute(f"DESCRIBE SELECT * FROM read_parquet({_literal(str(files[0]))})").fetchall()
     except Exception:  # noqa: BLE001 - an unreadable file is reported by the pandas path's reader
@@ -135,15 +143,44 @@ def plan(spec: TableSpec, path: Path) -> ParquetTable | None:
         return None  # parts that disagree: the pandas path reports what pyarrow makes of them
     names = tuple(schemas[0].names)
     types = {row[0]: row[1] for row in described}
-    if len(set(names)) != len(names) or tuple(types) != names or {"file_row_number", "filename", ROW} & set(names):
+    reserved = {"file_row_number", "filename", ROW}
+    if len(set(names)) != len(names) or tuple(types) != names or {n.lower() for n in names} & reserved:
         return None  # repeated or reserved column names: the pandas path knows how to report them
+    if any(isinstance(i, str) for i in (schemas[0].pandas_metadata or {}).get("index_columns", [])):
+        return None  # a stored pandas index: pd.read_parquet makes it the index, not a column
+    if any(t.endswith("]") or t.startswith(("STRUCT", "MAP", "UNION")) for t in types.values()):
+        return None  # nested columns: the pandas path compares them by their text for duplicates
     for col in spec.columns:
         if col.name in types and types[col.name] not in NATIVE[col.kind] | {ALL_NULL}:
             return None
+    if any(_float_in_pandas(metadata, schemas[0], n, lossy=True) for n, t in types.items() if t in INTEGERS):
+        return None  # pandas reads these integers as float64 and loses digits: its answer, not SQL's
+    floats = tuple(n for n, t in types.items() if t in INTEGERS and _float_in_pandas(metadata, schemas[0], n, lossy=False))
     if not path.is_dir():
-        return ParquetTable(path, names, types, sizes[0])
+        return ParquetTable(path, names, types, metadata[0].num_rows, float_ints=floats)
+    sizes = [m.num_rows for m in metadata]
     offsets = tuple(int(v) for v in np.cumsum([0, *sizes[:-1]]))
-    return ParquetTable(path, names, types, sum(sizes), tuple(files), offsets)
+    return ParquetTable(path, names, types, sum(sizes), tuple(files), offsets, float_ints=floats)
+
+
+def _float_in_pandas(metadata: list[pq.FileMetaData], schema, name: str, lossy: bool) -> bool:
+    """Whether `pd.read_parquet` reads integer column `name` as float64: it holds a null and no
+    pandas metadata asks for a nullable integer dtype. With `lossy`, also a value of 2^53 or more
+    (float64 is not exact there), by the row groups' statistics (no statistics: assumed so)."""
+    described = {c.get("name"): c for c in (schema.pandas_metadata or {}).get("columns", [])}
+    if str(described.get(name, {}).get("numpy_type", "")).startswith(("Int", "UInt")):
+        return False
+    index = schema.names.index(name)
+    nulls = big = False
+    for meta in metadata:
+        for group in range(meta.num_row_groups):
+            stats = meta.row_group(group).column(index).statistics
+            if stats is None or not stats.has_null_count:
+                return True  # unknown: with `lossy` the table goes to the pandas path
+            nulls |= stats.null_count > 0
+            if stats.has_min_max:
+                big |= max(abs(int(stats.min)), abs(int(stats.max))) >= EXACT_FLOAT
+    return nulls and (big or not lossy)
 
 
 def _parsed(col: Col, table: ParquetTable, timezone: str) -> tuple[str, str | None]:
@@ -165,15 +202,15 @@ def _parsed(col: Col, table: ParquetTable, timezone: str) -> tuple[str, str | No
     return f"CAST({c} AS {SQL_TYPES[col.kind]})", None
 
 
-def _value_conditions(col: Col, value: str, bounds: TimeBounds, timezone: str) -> list[tuple[str, str]]:
+def _value_conditions(col: Col, value: str, floor_ts: pd.Timestamp, latest_ts: pd.Timestamp) -> list[tuple[str, str]]:
     """The single-value rules of `features.contract._value_rules` as SQL conditions, in its order."""
-    texts = _value_rule_texts(col, bounds.floor, bounds.latest(timezone))
+    texts = _value_rule_texts(col, floor_ts, latest_ts)
     if col.kind == "id":
         return [(texts[0], rf"regexp_matches({value}, '^[\t\n\x0b\x0c\r\x1c-\x1f\x85\pZ]|[\t\n\x0b\x0c\r\x1c-\x1f\x85\pZ]$')")]
     if col.kind not in ("ts", "date"):
         return []
-    floor = f"TIMESTAMP '{bounds.floor:%Y-%m-%d %H:%M:%S.%f}'"
-    latest = f"TIMESTAMP '{bounds.latest(timezone):%Y-%m-%d %H:%M:%S.%f}'"
+    floor = f"TIMESTAMP '{floor_ts:%Y-%m-%d %H:%M:%S.%f}'"
+    latest = f"TIMESTAMP '{latest_ts:%Y-%m-%d %H:%M:%S.%f}'"
     found = [(texts[-2], f"{value} < {floor}"), (texts[-1], f"{value} > {latest}")]
     if col.kind == "date":
         found.insert(0, (texts[0], f"{value} <> date_trunc('day', {value})"))
@@ -192,7 +229,10 @@ def example_rows(table: ParquetTable, rows: list[int]) -> pd.DataFrame:
                 frame = parquet.read_row_group(group).to_pandas()
                 parts.append(frame.iloc[[r - start for r in inside]].set_axis(inside))
             start += size
-    return pd.concat(parts) if parts else pd.DataFrame()
+    if not parts:
+        return pd.DataFrame()
+    # one row group (or part) may hold none of a column's nulls; the whole file read holds them
+    return pd.concat(parts).astype({c: "float64" for c in table.float_ints})
 
 
 class TableStats(NamedTuple):
@@ -228,18 +268,45 @@ class SqlChecker:
 
     def check(
         self, spec: TableSpec, table: ParquetTable, locate: Locate, with_members: bool, write: bool
-    ) -> tuple[list[Violation], list[Violation], list[str], list[str]]:
+    ) -> tuple[list[Violation], list[Violation], list[str], list[str]] | None:
         """(problems, rule violations, notes, late notes) of one table, as `contract._validate` collects them.
 
         Members' ids go into the temp table `_member_ids` for the other tables' reference
         checks; with `write` and no violation the canonical table is created in the store.
+        None when the file holds what SQL cannot read as pandas does (a date past year 9999, a
+        time zone DuckDB's ICU lacks): the table then goes through the pandas path.
         """
+        try:
+            found = self._check(spec, table, locate, with_members)
+        except UNREADABLE as err:
+            for view in ("t", "_parsed"):
+                self.con.execute(f"DROP VIEW IF EXISTS {view}")
+            if spec.name == "members":
+                self.con.execute("DROP TABLE IF EXISTS _member_ids")
+            logger.warning("%s: checked in pandas instead of SQL (%s: %s)", spec.name, type(err).__name__, _shorten(str(err), 200))
+            return None
+        problems, broken, notes = found
+        late: list[str] = []
+        if write and not problems and not broken:
+            late = self._unknown_events(spec)
+            if self.store:
+                self._write(spec)
+            else:
+                self.stats[spec.name] = table_stats(self.con, spec, "t")
+        self.con.execute("DROP VIEW IF EXISTS t")
+        self.con.execute("DROP VIEW IF EXISTS _parsed")
+        return problems, broken, notes, late
+
+    def _check(
+        self, spec: TableSpec, table: ParquetTable, locate: Locate, with_members: bool
+    ) -> tuple[list[Violation], list[Violation], list[str]]:
+        """The checks of `check`, leaving the canonical rows in the temp view `t`."""
         locate = locate or _row_label
         con = self.con
         missing = [c.name for c in spec.columns if not _may_be_left_out(c) and c.name not in table.types]
         if missing:
             present = _shorten(", ".join(table.columns), 200)
-            return [Violation(spec.name, n, MISSING_COLUMN, table.rows, (f"columns present: {present}",)) for n in missing], [], [], []
+            return [Violation(spec.name, n, MISSING_COLUMN, table.rows, (f"columns present: {present}",)) for n in missing], [], []
 
         parsed = {col.name: _parsed(col, table, self.timezone) for col in spec.columns}
         values = ", ".join(f"{value} AS {_q(name)}" for name, (value, _) in parsed.items())
@@ -248,13 +315,14 @@ class SqlChecker:
 
         # problems: values that cannot be parsed, then the single-value rules, column by column (every row)
         conditions: list[tuple[str, str, str]] = []
+        latest = self.bounds.latest(self.timezone)  # once per table, as the pandas path takes it
         for col in spec.columns:
             cond = parsed[col.name][1]
             if col.name not in table.types:
                 continue
             if cond:
                 conditions.append((col.name, PARSE_RULES[col.kind], f"{_q('__unparsed_' + col.name)}"))
-            conditions += [(col.name, text, f) for text, f in _value_conditions(col, _q(col.name), self.bounds, self.timezone)]
+            conditions += [(col.name, text, f) for text, f in _value_conditions(col, _q(col.name), self.bounds.floor, latest)]
         problems = self._violations(spec, table, conditions, "_parsed", "", locate)
 
         notes: list[str] = []
@@ -276,16 +344,7 @@ class SqlChecker:
         rules, joins = _sql_rules(spec, self.current_year, unparsed, with_members)
         broken = self._violations(spec, table, [(r.column, r.text, r.condition) for r in rules], "t", " ".join(joins), locate)
 
-        late: list[str] = []
-        if write and not problems and not broken:
-            late = self._unknown_events(spec)
-            if self.store:
-                self._write(spec)
-            else:
-                self.stats[spec.name] = table_stats(con, spec, "t")
-        con.execute("DROP VIEW t")
-        con.execute("DROP VIEW _parsed")
-        return problems, broken, notes, late
+        return problems, broken, notes
 
     def _violations(
         self, spec: TableSpec, table: ParquetTable, conditions: list[tuple[str, str, str]], view: str, joins: str, locate: Locate, limit: int = 3

@@ -208,3 +208,82 @@ def test_mixed_directory_checks_typed_files_in_sql_and_the_rest_in_pandas(hand_w
         check_files(root, export_time="2026-07-01")
     assert str(from_check.value) == str(from_pandas.value)
     assert not (tmp_path / "other.duckdb").exists()
+
+
+def _members_orders(members: pd.DataFrame | None = None, orders: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+    members = members if members is not None else pd.DataFrame(
+        {"member_id": ["M0", "M1", "M2"], "joined_at": pd.to_datetime(["2020-01-01", "2020-02-01", "2020-03-01"]).astype("datetime64[us]")}
+    )
+    orders = orders if orders is not None else pd.DataFrame(
+        {
+            "order_id": ["O0", "O1"], "member_id": ["M0", "M1"], "amount": [1.0, 2.0],
+            "ordered_at": pd.to_datetime(["2021-01-01", "2021-01-02"]).astype("datetime64[us]"),
+        }
+    )  # fmt: skip
+    return {"members": members, "orders": orders}
+
+
+def _same_outcome(root: Path, tmp: Path, **kwargs) -> None:
+    expected = _outcome(lambda: load_data(root, export_time=EXPORT, current_year=2026, **kwargs))
+    got = _outcome(lambda: ingest(root, tmp / "brand.duckdb", export_time=EXPORT, current_year=2026, **kwargs))
+    if isinstance(expected, str) or isinstance(got, str):
+        assert got == expected
+        return
+    stored = open_store(got.path)
+    for name in TABLES:
+        pd.testing.assert_frame_equal(stored.tables[name], expected.tables[name])
+    assert (stored.warnings, stored.fingerprint()) == (expected.warnings, expected.fingerprint())
+
+
+def _write_frames(frames: dict[str, pd.DataFrame], root: Path, **to_parquet) -> None:
+    root.mkdir(parents=True)
+    for name, frame in frames.items():
+        frame.to_parquet(root / f"{name}.parquet", **to_parquet)
+
+
+def test_files_sql_reads_otherwise_than_pandas_go_through_pandas(tmp_path):
+    """Found in review: each of these made the SQL path answer differently from the pandas path
+    (or crash). `plan` now sends them to pandas, or the check falls back when DuckDB refuses."""
+    world = _members_orders()
+    # a stored pandas index (after a filter), and a named one that holds member_id
+    indexed = {**world, "members": pd.concat([world["members"], world["members"].iloc[[1]]]).set_axis([10, 11, 12, 13])}
+    _write_frames(indexed, tmp_path / "index")
+    assert plan(TABLES["members"], tmp_path / "index" / "members.parquet") is None
+    _same_outcome(tmp_path / "index", tmp_path)
+    _write_frames({**world, "members": world["members"].set_index("member_id")}, tmp_path / "named")
+    _same_outcome(tmp_path / "named", tmp_path)
+
+    # an extra column named like DuckDB's row-number column; a nested one
+    _write_frames({**world, "orders": world["orders"].assign(FILE_ROW_NUMBER=1, tags=[[1.0], [1.0]])}, tmp_path / "odd", index=False)
+    assert plan(TABLES["orders"], tmp_path / "odd" / "orders.parquet") is None
+    _same_outcome(tmp_path / "odd", tmp_path)
+
+    # integers pandas reads as float64 (a null, no pandas metadata) and beyond 2^53: pandas's digits
+    events = pa.table({"member_id": ["M0", "M1", "M2"], "event_at": pa.array([dt.datetime(2021, 1, 1)] * 3, pa.timestamp("us")),
+                       "event_type": ["share"] * 3, "campaign_id": pa.array([5, None, 2**60 + 1], pa.int64())})  # fmt: skip
+    _write_frames(world, tmp_path / "big")
+    pq.write_table(events, tmp_path / "big" / "events.parquet")
+    assert plan(TABLES["events"], tmp_path / "big" / "events.parquet") is None
+    _same_outcome(tmp_path / "big", tmp_path)
+
+    # a folder whose name DuckDB would read as a glob pattern
+    _write_frames(world, tmp_path / "brand*")
+    _write_frames(_members_orders(world["members"].assign(member_id=["X0", "X1", "X2"])), tmp_path / "brand_old")
+    _same_outcome(tmp_path / "brand*", tmp_path)
+
+
+def test_a_table_duckdb_cannot_read_as_pandas_does_falls_back_to_pandas(tmp_path, caplog):
+    """A date past year 9999 (pandas reports the file as unreadable) and a time zone name the
+    system knows but DuckDB's ICU does not: the table is checked in pandas, with a warning."""
+    world = _members_orders()
+    members = pa.table({"member_id": ["M0", "M1"], "joined_at": pa.array([dt.date(2020, 1, 1), 3_000_000], pa.date32())})
+    _write_frames({"orders": world["orders"]}, tmp_path / "far")
+    pq.write_table(members, tmp_path / "far" / "members.parquet")
+    with caplog.at_level("WARNING", logger="features.sql_contract"):
+        _same_outcome(tmp_path / "far", tmp_path)
+    assert any("members: checked in pandas instead of SQL (ValueError" in r.getMessage() for r in caplog.records)
+
+    aware = world["members"].assign(joined_at=world["members"]["joined_at"].dt.tz_localize("UTC"))
+    _write_frames({**world, "members": aware}, tmp_path / "zone")
+    if Path("/usr/share/zoneinfo/posix/Asia/Shanghai").exists():
+        _same_outcome(tmp_path / "zone", tmp_path, timezone="posix/Asia/Shanghai")
