@@ -139,6 +139,20 @@ def _outcome(call):
         return str(err)
 
 
+def _same_outcome(root: Path, tmp: Path, **kwargs) -> None:
+    """`ingest` and `load_data` raise the same error, or give the same tables, notes and fingerprints."""
+    expected = _outcome(lambda: load_data(root, export_time=EXPORT, current_year=2026, **kwargs))
+    got = _outcome(lambda: ingest(root, tmp / "brand.duckdb", export_time=EXPORT, current_year=2026, **kwargs))
+    if isinstance(expected, str) or isinstance(got, str):
+        assert got == expected
+        return
+    stored = open_store(got.path)
+    for name in TABLES:
+        pd.testing.assert_frame_equal(stored.tables[name], expected.tables[name])
+    assert (stored.absent, stored.warnings) == (expected.absent, expected.warnings)
+    assert stored.fingerprint() == expected.fingerprint()
+
+
 @settings(deadline=None, max_examples=60, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(world=typed_world())
 def test_ingest_in_sql_equals_the_pandas_path(world):
@@ -150,16 +164,7 @@ def test_ingest_in_sql_equals_the_pandas_path(world):
         in_sql = [plan(TABLES[name], root / f"{name}.parquet") is not None for name, (frame, _) in world.items() if len(frame.columns)]
         assert all(in_sql)  # every table with a column is checked in SQL (DuckDB reads no file without one)
 
-        expected = _outcome(lambda: load_data(root, export_time=EXPORT, current_year=2026))
-        got = _outcome(lambda: ingest(root, Path(tmp) / "brand.duckdb", export_time=EXPORT, current_year=2026))
-        if isinstance(expected, str) or isinstance(got, str):
-            assert got == expected
-            return
-        stored = open_store(got.path)
-        for name in TABLES:
-            pd.testing.assert_frame_equal(stored.tables[name], expected.tables[name])
-        assert (stored.absent, stored.warnings) == (expected.absent, expected.warnings)
-        assert stored.fingerprint() == expected.fingerprint()
+        _same_outcome(root, Path(tmp))
 
 
 def test_mixed_directory_checks_typed_files_in_sql_and_the_rest_in_pandas(hand_world, tmp_path, caplog):
@@ -221,18 +226,6 @@ def _members_orders(members: pd.DataFrame | None = None, orders: pd.DataFrame | 
         }
     )  # fmt: skip
     return {"members": members, "orders": orders}
-
-
-def _same_outcome(root: Path, tmp: Path, **kwargs) -> None:
-    expected = _outcome(lambda: load_data(root, export_time=EXPORT, current_year=2026, **kwargs))
-    got = _outcome(lambda: ingest(root, tmp / "brand.duckdb", export_time=EXPORT, current_year=2026, **kwargs))
-    if isinstance(expected, str) or isinstance(got, str):
-        assert got == expected
-        return
-    stored = open_store(got.path)
-    for name in TABLES:
-        pd.testing.assert_frame_equal(stored.tables[name], expected.tables[name])
-    assert (stored.warnings, stored.fingerprint()) == (expected.warnings, expected.fingerprint())
 
 
 def _write_frames(frames: dict[str, pd.DataFrame], root: Path, **to_parquet) -> None:
