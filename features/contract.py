@@ -281,13 +281,18 @@ class BrandData:
 
     def fingerprint(self) -> dict[str, dict[str, object]]:
         """Row count and a content hash per table, for run tracking."""
-        out: dict[str, dict[str, object]] = {}
-        for name, df in self.tables.items():
-            if name in self.absent:
-                continue
-            hashed = pd.util.hash_pandas_object(df, index=False).to_numpy()
-            out[name] = {"rows": int(len(df)), "sha256": hashlib.sha256(hashed.tobytes()).hexdigest()}
-        return out
+        return {name: table_fingerprint(df) for name, df in self.tables.items() if name not in self.absent}
+
+
+def row_hashes(df: pd.DataFrame) -> bytes:
+    """One 64-bit hash per row, as bytes: a table's fingerprint hashes them in row order (so a
+    table hashed in chunks of rows gets the same fingerprint as hashed whole)."""
+    return pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes()
+
+
+def table_fingerprint(df: pd.DataFrame) -> dict[str, object]:
+    """Row count and content hash of one canonical table."""
+    return {"rows": int(len(df)), "sha256": hashlib.sha256(row_hashes(df)).hexdigest()}
 
 
 # --------------------------------------------------------------------------- time
@@ -534,6 +539,18 @@ def _rule_violations(
     return out
 
 
+def duplicate_rows_query(source: str, keys: str, row: str) -> str:
+    """SQL giving, as `__row`, the row number `row` of each row of `source` that repeats an earlier
+    row on every one of `keys`. Only rows whose hash repeats are compared column by column: the
+    window never holds the whole table."""
+    return f"""
+        WITH repeated AS (SELECT hash({keys}) AS h FROM {source} GROUP BY 1 HAVING count(*) > 1)
+        SELECT {ROW} FROM (
+            SELECT {row} AS {ROW}, row_number() OVER (PARTITION BY {keys} ORDER BY {row}) AS n
+            FROM {source} WHERE hash({keys}) IN (SELECT h FROM repeated)
+        ) WHERE n > 1"""
+
+
 def _exact_duplicates(con: duckdb.DuckDBPyConnection, raw: pd.DataFrame) -> np.ndarray:
     """Positions of rows that repeat an earlier row exactly (every source column, as written)."""
     if raw.empty or not len(raw.columns):
@@ -549,14 +566,7 @@ def _exact_duplicates(con: duckdb.DuckDBPyConnection, raw: pd.DataFrame) -> np.n
     frame[ROW] = np.arange(len(frame), dtype="int64")
     con.register("raw", frame)
     try:
-        keys = ", ".join(_q(n) for n in names)
-        # only rows whose hash repeats are compared column by column: the window never holds the whole table
-        query = f"""
-            WITH repeated AS (SELECT hash({keys}) AS h FROM raw GROUP BY 1 HAVING count(*) > 1)
-            SELECT {ROW} FROM (
-                SELECT {ROW}, row_number() OVER (PARTITION BY {keys} ORDER BY {ROW}) AS n
-                FROM raw WHERE hash({keys}) IN (SELECT h FROM repeated)
-            ) WHERE n > 1"""
+        query = duplicate_rows_query("raw", ", ".join(_q(n) for n in names), ROW)
         return np.sort(np.asarray(con.execute(query).fetchnumpy()[ROW], dtype="int64"))
     finally:
         con.unregister("raw")
@@ -698,6 +708,20 @@ def _finalise(spec: TableSpec, df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def duplicates_note(table: str, count: int) -> str:
+    """The note (also logged) for exact duplicate rows dropped from `table`."""
+    note = f"{table}: dropped {count} exact duplicate row(s)"
+    logger.warning(note)
+    return note
+
+
+def unknown_events_note(count: int, first: list[str]) -> str:
+    """The note (also logged) for event types outside the contract, counted as `other`."""
+    note = f"events.event_type: {count} row(s) with types outside the contract counted as 'other' (e.g. {first})"
+    logger.warning(note)
+    return note
+
+
 def _drop_exact_duplicates(
     con: duckdb.DuckDBPyConnection, name: str, df: pd.DataFrame, raw: pd.DataFrame, notes: list[str]
 ) -> pd.DataFrame:
@@ -706,9 +730,7 @@ def _drop_exact_duplicates(
         return df
     dup = _exact_duplicates(con, raw)
     if len(dup):
-        note = f"{name}: dropped {len(dup)} exact duplicate row(s)"
-        logger.warning(note)
-        notes.append(note)
+        notes.append(duplicates_note(name, len(dup)))
         df = df.drop(index=df.index[dup])  # keep the source row numbers for error examples
     return df
 
@@ -837,9 +859,7 @@ def _count_unknown_events_as_other(events: pd.DataFrame, notes: list[str]) -> pd
     unknown_types = ~events["event_type"].isin((*EVENT_TYPES, OTHER_EVENT))
     if unknown_types.any():
         values = sorted(events.loc[unknown_types, "event_type"].unique())[:5]
-        note = f"events.event_type: {int(unknown_types.sum())} row(s) with types outside the contract counted as 'other' (e.g. {values})"
-        logger.warning(note)
-        notes.append(note)
+        notes.append(unknown_events_note(int(unknown_types.sum()), values))
         events = events.copy()
         events.loc[unknown_types, "event_type"] = OTHER_EVENT
     return events

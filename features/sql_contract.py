@@ -50,6 +50,10 @@ from features.contract import (
     _shorten,
     _sql_rules,
     _value_rule_texts,
+    duplicate_rows_query,
+    duplicates_note,
+    row_hashes,
+    unknown_events_note,
 )
 
 logger = logging.getLogger(__name__)
@@ -79,6 +83,7 @@ UNREADABLE = (
 )  # fmt: skip
 EXACT_FLOAT = 2**53  # the pandas path reads integers through float64: beyond this they are not exact
 CHECKED_DTYPES = {"int": "Int64", "bool": "boolean"}  # dtypes of the rule checks' frame where not canonical yet
+KNOWN_EVENTS = ", ".join(_literal(v) for v in (*EVENT_TYPES, OTHER_EVENT))  # as an SQL list
 FINGERPRINT_ROWS = 1_000_000  # rows hashed per chunk when fingerprinting a stored table
 
 
@@ -133,8 +138,8 @@ def plan(spec: TableSpec, path: Path) -> ParquetTable | None:
     if files is None:
         return None
     try:
-        metadata = [pq.ParquetFile(f).metadata for f in files]
-        schemas = [pq.read_schema(f) for f in files]
+        parquets = [pq.ParquetFile(f) for f in files]
+        metadata, schemas = [p.metadata for p in parquets], [p.schema_arrow for p in parquets]
         with duckdb.connect() as con:
             described = con.execute(f"DESCRIBE SELECT * FROM read_parquet({_literal(str(files[0]))})").fetchall()
     except Exception:  # noqa: BLE001 - an unreadable file is reported by the pandas path's reader
@@ -328,9 +333,7 @@ class SqlChecker:
         notes: list[str] = []
         dups = 0 if spec.name == "truth" else self._mark_duplicates(table)
         if dups:
-            note = f"{spec.name}: dropped {dups} exact duplicate row(s)"
-            logger.warning(note)
-            notes.append(note)
+            notes.append(duplicates_note(spec.name, dups))
         kept = f" WHERE {ROW} NOT IN (SELECT {ROW} FROM _dups)" if dups else ""
         normalised = ", ".join(
             f"date_trunc('day', {_q(c.name)}) AS {_q(c.name)}" if c.kind == "date" else _q(c.name) for c in spec.columns
@@ -380,39 +383,28 @@ class SqlChecker:
             f"CASE WHEN NOT isnan(s.{_q(n)}) THEN s.{_q(n)} END" if table.types[n] in ("FLOAT", "DOUBLE") else f"s.{_q(n)}"
             for n in table.columns
         )  # NaN is null to the pandas path, and so to its duplicate check
-        self.con.execute(f"""
-            CREATE OR REPLACE TEMP TABLE _dups AS
-            WITH repeated AS (SELECT hash({keys}) AS h FROM {table.source} s GROUP BY 1 HAVING count(*) > 1)
-            SELECT {ROW} FROM (
-                SELECT s.file_row_number AS {ROW}, row_number() OVER (PARTITION BY {keys} ORDER BY s.file_row_number) AS n
-                FROM {table.source} s WHERE hash({keys}) IN (SELECT h FROM repeated)
-            ) WHERE n > 1""")
+        query = duplicate_rows_query(f"{table.source} s", keys, "s.file_row_number")
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE _dups AS {query}")
         return int(self.con.execute("SELECT count(*) FROM _dups").fetchall()[0][0])
 
     def _unknown_events(self, spec: TableSpec) -> list[str]:
         """The note `contract._count_unknown_events_as_other` gives, from SQL."""
         if spec.name != "events":
             return []
-        known = ", ".join(_literal(v) for v in (*EVENT_TYPES, OTHER_EVENT))
         count, values = self.con.execute(
-            f"SELECT count(*), list(DISTINCT event_type ORDER BY event_type)[:5] FROM t WHERE event_type NOT IN ({known})"
+            f"SELECT count(*), list(DISTINCT event_type ORDER BY event_type)[:5] FROM t WHERE event_type NOT IN ({KNOWN_EVENTS})"
         ).fetchall()[0]
-        if not count:
-            return []
-        note = f"events.event_type: {int(count)} row(s) with types outside the contract counted as 'other' (e.g. {list(values)})"
-        logger.warning(note)
-        return [note]
+        return [unknown_events_note(int(count), list(values))] if count else []
 
     def _write(self, spec: TableSpec) -> None:
         """The canonical table into the store, in file order, with the contract's defaults."""
-        known = ", ".join(_literal(v) for v in (*EVENT_TYPES, OTHER_EVENT))
         columns = []
         for col in spec.columns:
             c = _q(col.name)
             if col.kind == "bool":
                 c = f"coalesce({c}, {'true' if col.default else 'false'}) AS {c}"
             elif spec.name == "events" and col.name == "event_type":
-                c = f"CASE WHEN {c} IN ({known}) THEN {c} ELSE {_literal(OTHER_EVENT)} END AS {c}"
+                c = f"CASE WHEN {c} IN ({KNOWN_EVENTS}) THEN {c} ELSE {_literal(OTHER_EVENT)} END AS {c}"
             columns.append(c)
         # in file order, as the pandas path keeps it (and the fingerprint hashes it): without the
         # ORDER BY, DuckDB stored the 1M world's events out of order after the checks
@@ -430,7 +422,7 @@ class SqlChecker:
             chunk = cursor.fetch_df_chunk(FINGERPRINT_ROWS // 2048)
             if chunk.empty:
                 break
-            digest.update(pd.util.hash_pandas_object(_canonical(chunk, name), index=False).to_numpy().tobytes())
+            digest.update(row_hashes(_canonical(chunk, name)))
             rows += len(chunk)
         return {"rows": rows, "sha256": digest.hexdigest()}
 

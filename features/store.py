@@ -13,7 +13,6 @@ read only when some consumer asks for `data.tables[name]` (and then kept).
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping
@@ -37,6 +36,7 @@ from features.contract import (
     check_timezone,
     load_sources,
     table_files,
+    table_fingerprint,
 )
 from features.io import atomic_path
 
@@ -48,12 +48,6 @@ logger = logging.getLogger(__name__)
 
 META_TABLE = "_kocrank_meta"
 STORE_FORMAT = 1
-
-
-def _fingerprint(df: pd.DataFrame) -> dict[str, object]:
-    """The same row count and hash as `BrandData.fingerprint` gives for the frame."""
-    hashed = pd.util.hash_pandas_object(df, index=False).to_numpy()
-    return {"rows": int(len(df)), "sha256": hashlib.sha256(hashed.tobytes()).hexdigest()}
 
 
 def _check_into(
@@ -88,7 +82,7 @@ def _check_into(
         con.register("_frame", df)
         try:
             if store:
-                checker.fingerprints[name] = _fingerprint(df)
+                checker.fingerprints[name] = table_fingerprint(df)
                 con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM _frame')
                 logger.info("ingested %s: %d rows", name, len(df))
             else:
