@@ -32,9 +32,10 @@ from training.targets import (
     COMPONENTS,
     FittedTarget,
     TargetUnavailable,
+    fit_inputs,
+    fit_rows,
     inverse_propensity_weights,
     rows_mask,
-    rows_of,
 )
 
 logger = logging.getLogger(__name__)
@@ -253,7 +254,7 @@ def refit(
     fitted = FittedTarget(components={}, rows={})
     for component, fold_model in latest.fitted.components.items():
         label = COMPONENTS[component].label
-        part = rows_of(rows, component)
+        part = fit_rows(rows, component)
         weight = part["weight"].to_numpy(dtype=float)
         if component == "invited_outcome":
             weight, fitted.propensity = inverse_propensity_weights(
@@ -264,7 +265,9 @@ def refit(
             logger.warning("refit skipped: %s's out-of-time rows hold one class; serving the latest fold", component)
             return latest.model
         model = make_model(min_data_in_leaf=fold_model.params["min_data_in_leaf"])
-        model.fit_fixed(part[names], part[label].to_numpy(), iterations[component], sample_weight=weight)
+        if fold_model.fixed_inputs_:  # an S-learner scores with its given input fixed, as the fold's did
+            model.fixed_inputs_ = dict(fold_model.fixed_inputs_)
+        model.fit_fixed(fit_inputs(part, names, component), part[label].to_numpy(), iterations[component], sample_weight=weight)
         model.calibrate(raw, y)
         model.target_method_ = fold_model.target_method_
         fitted.components[component] = model

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, Literal
 
 import lightgbm as lgb
@@ -54,6 +55,8 @@ class KocModel:
     target_: str = "observed"  # class defaults: models saved before target modes read as observed
     target_method_: str = "single"
     input_dtype_: str = "float64"  # models saved before float32 inputs keep scoring in float64
+    # inputs set to a constant when scoring (an S-learner's "given" outcome); absent from the feature rows
+    fixed_inputs_: Mapping[str, float] = MappingProxyType({})
 
     def __init__(
         self,
@@ -275,7 +278,8 @@ class KocModel:
         of a whole frame that `coerce_features` + LightGBM's conversion would make.
         """
         names = getattr(self, "feature_names_", list(X.columns))
-        missing = [c for c in names if c not in X.columns]
+        fixed = self.fixed_inputs_
+        missing = [c for c in names if c not in X.columns and c not in fixed]
         if missing:
             version = getattr(self, "feature_set_version_", "?")
             raise ValueError(
@@ -289,6 +293,9 @@ class KocModel:
             if name in categories:
                 codes = coded[name].cat.codes.to_numpy()
                 matrix[:, position] = np.where(codes < 0, np.nan, codes)
+                continue
+            if name not in X.columns:  # a fixed input: the rows never carry it
+                matrix[:, position] = fixed[name]
                 continue
             column = X[name]
             if not pd.api.types.is_numeric_dtype(column.dtype) or pd.api.types.is_bool_dtype(column.dtype):
@@ -350,15 +357,18 @@ def model_inputs(models: Mapping[str, KocModel], X: pd.DataFrame) -> dict[str, n
     """Each model's `_model_input(X)`: models fitted on the same inputs share one converted matrix,
     which would otherwise be built once per model (for one member, most of the time of a score or
     its reasons)."""
-    first = next(iter(models.values()))
 
-    def signature(model: KocModel) -> tuple[object, ...]:
-        return list(model.feature_names_), getattr(model, "categories_", {}), model.input_dtype_
+    def signature(model: KocModel) -> str:
+        return repr((list(model.feature_names_), getattr(model, "categories_", {}), model.input_dtype_, dict(model.fixed_inputs_)))
 
-    if any(signature(model) != signature(first) for model in models.values()):
-        return {name: model._model_input(X) for name, model in models.items()}
-    matrix = first._model_input(X)
-    return dict.fromkeys(models, matrix)
+    matrices: dict[str, np.ndarray] = {}
+    inputs = {}
+    for name, model in models.items():
+        key = signature(model)
+        if key not in matrices:
+            matrices[key] = model._model_input(X)
+        inputs[name] = matrices[key]
+    return inputs
 
 
 def raw_scores(models: Mapping[str, KocModel], X: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -500,7 +510,7 @@ class CompositeModel(KocModel):
             if np.any(weight != 0):
                 component = self.components_[name]
                 contrib = component._contributions_from_input(inputs[name])
-                if component.feature_names_ != self.feature_names_:  # align by name (components share them today)
+                if component.feature_names_ != self.feature_names_:  # align by name (an S-learner's given input left out)
                     contrib = pd.DataFrame(contrib, columns=component.feature_names_)[self.feature_names_].to_numpy()
                 total += contrib * np.reshape(weight, (-1, 1))
         return pd.DataFrame(total, index=X.index, columns=self.feature_names_)
@@ -509,5 +519,6 @@ class CompositeModel(KocModel):
         """Exponent-weighted sum of the components' importances (the control's counted positively)."""
         total = pd.Series(0.0, index=self.feature_names_, name=importance_type)
         for name, weight in self._weights().items():
-            total += abs(weight) * self.components_[name].feature_importance(importance_type)
+            importance = self.components_[name].feature_importance(importance_type)
+            total += abs(weight) * importance.reindex(self.feature_names_, fill_value=0.0)  # an S-learner's input left out
         return total.sort_values(ascending=False, kind="stable")

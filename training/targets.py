@@ -18,6 +18,11 @@
     simulator's worlds the top 1% by truth have P(productive | not invited) of 0.34-0.78 except
     where self-enrolment is rare (spend_led, 0.08). `two_stage` drops it; the second path is learnt
     from the observed label on rows nobody invited (uplift's control arm);
+  - `two_path_shared`: `two_path` whose P(productive | enrolled, x) is learnt from every
+    eligible row, with enrolment (within the window) as an extra input set to 1 when scoring
+    (an S-learner). Enrolled members are ~1-4% of the rows; content ability shows in everyone's
+    posts, so the shared trees learn it from all of them, and the enrolment input carries what
+    the programme adds. It is calibrated on the enrolled validation rows only;
   - `blend`: the geometric mean of `two_stage` and `auxiliary`, P(accept | invited, x) x
     sqrt(P(productive | enrolled, x) x P(productive posting | x)): the two methods win in different
     worlds on `koc eval` (two_stage where the past policy was spend-led, auxiliary elsewhere), and
@@ -46,17 +51,28 @@ from training.model import CompositeModel, KocModel
 logger = logging.getLogger(__name__)
 
 TARGETS = ("if_invited", "observed", "uplift")
-IF_INVITED_METHODS = ("two_stage", "ipw", "auxiliary", "blend", "two_path")
+IF_INVITED_METHODS = ("two_stage", "ipw", "auxiliary", "blend", "two_path", "two_path_shared")
 MIN_COMPONENT_POSITIVES = 5  # fewer positives in a component's train or validation rows: not learnable
 
 
 @dataclass(frozen=True)
 class Component:
-    """One binary model: rows where `rows` is 1 (None: every row; "not_invited": invited == 0), label `label`."""
+    """One binary model: rows where `rows` is 1 (None: every row; "not_invited": invited == 0), label `label`.
+
+    With `given`, the model learns from every row instead, with the outcome column `given` as an
+    extra input (`given_input(given)`), and is scored with that input set to 1: P(label | given, x).
+    `rows` then names the rows it is calibrated and judged on (those where `given` is 1).
+    """
 
     rows: str | None
     label: str
     description: str
+    given: str | None = None
+
+
+def given_input(column: str) -> str:
+    """The name of the extra input an S-learner component reads an outcome column `column` from."""
+    return f"given__{column}"
 
 
 COMPONENTS: dict[str, Component] = {
@@ -66,6 +82,9 @@ COMPONENTS: dict[str, Component] = {
     "productive_any": Component(None, "productive", "productive posting | eligible (no enrolment requirement)"),
     "invited_outcome": Component("invited", "label", "enrolled and productive | invited, inverse-propensity weighted"),
     "not_invited_outcome": Component("not_invited", "label", "enrolled and productive | not invited"),
+    "productive_enrolled_shared": Component(
+        "enrolled", "productive", "productive | enrolled, learnt on every row with enrolment as an input", given="enrolled"
+    ),
     "propensity": Component(None, "invited", "invited | eligible (the historical invitation policy)"),
 }
 METHOD_EXPONENTS: dict[str, dict[str, float]] = {
@@ -74,9 +93,10 @@ METHOD_EXPONENTS: dict[str, dict[str, float]] = {
     "auxiliary": {"accept": 1.0, "productive_any": 1.0},
     "blend": {"accept": 1.0, "productive_enrolled": 0.5, "productive_any": 0.5},
     "two_path": {"accept": 1.0, "productive_enrolled": 1.0},
+    "two_path_shared": {"accept": 1.0, "productive_enrolled_shared": 1.0},
 }
 # Methods that add the declined path: (1 - P(accept | invited, x)) x this component.
-METHOD_DECLINED_PATH: dict[str, str] = {"two_path": "not_invited_outcome"}
+METHOD_DECLINED_PATH: dict[str, str] = {"two_path": "not_invited_outcome", "two_path_shared": "not_invited_outcome"}
 
 
 def leaf_size(params: Mapping[str, Any], rows: int) -> int:
@@ -119,9 +139,22 @@ def rows_mask(frame: pd.DataFrame, component: str) -> np.ndarray | None:
 
 
 def rows_of(frame: pd.DataFrame, component: str) -> pd.DataFrame:
-    """The rows component `component` learns from."""
+    """The rows component `component` is calibrated and judged on (and, unless it has `given`, learns from)."""
     mask = rows_mask(frame, component)
     return frame if mask is None else frame.loc[mask]
+
+
+def fit_rows(frame: pd.DataFrame, component: str) -> pd.DataFrame:
+    """The rows component `component` learns from: every row for an S-learner (`given`), else `rows_of`."""
+    return frame if COMPONENTS[component].given else rows_of(frame, component)
+
+
+def fit_inputs(rows: pd.DataFrame, names: list[str], component: str) -> pd.DataFrame:
+    """The features `component` is fitted on: `names`, plus the `given` outcome as an input for an S-learner."""
+    given = COMPONENTS[component].given
+    if given is None:
+        return rows[names]
+    return rows[names].assign(**{given_input(given): rows[given].to_numpy(dtype="float32")})
 
 
 @dataclass
@@ -247,25 +280,36 @@ def fit_components(
     fitted = FittedTarget(components={})
     for component in components:
         label = COMPONENTS[component].label
-        train_rows, valid_rows = rows_of(train, component), rows_of(valid, component)
+        train_rows, valid_rows = fit_rows(train, component), fit_rows(valid, component)
         if component == "propensity" and issued is not None:
             invited_rows = train_rows.loc[train_rows["invited"].to_numpy() == 1]
             if not np.isnan(logged_propensity(invited_rows, issued)).any():
                 continue  # every invited training row has a logged propensity: no policy model needed
         _check_learnable(component, train_rows, valid_rows)
+        if COMPONENTS[component].given is not None:  # its own rows (enrolled) must hold both classes too
+            _check_learnable(component, rows_of(train, component), rows_of(valid, component))
         weight = train_rows["weight"].to_numpy(dtype=float)
         if component == "invited_outcome":
             weight, fitted.propensity = inverse_propensity_weights(
                 train_rows, names, fitted.components.get("propensity"), clip=propensity_clip, issued=issued
             )
-        model = make_model(min_data_in_leaf=leaf_size(make_model().params, len(train_rows))).fit(
-            train_rows[names],
+        model = make_model(min_data_in_leaf=leaf_size(make_model().params, len(train_rows)))
+        given = COMPONENTS[component].given
+        if given is not None:
+            model.fixed_inputs_ = {given_input(given): 1.0}  # scored as if `given` held
+        model.fit(
+            fit_inputs(train_rows, names, component),
             train_rows[label].to_numpy(),
-            valid_rows[names],
+            fit_inputs(valid_rows, names, component),
             valid_rows[label].to_numpy(),
             sample_weight=weight,
             sample_weight_val=valid_rows["weight"].to_numpy(dtype=float),
         )
+        if given is not None:  # the probability it serves is the `given` one: calibrate on those rows
+            calibration = rows_of(valid, component)
+            model.calibrate(
+                model.raw_score(calibration[names]), calibration[label].to_numpy(), calibration["weight"].to_numpy(dtype=float)
+            )
         model.target_method_ = component
         fitted.components[component] = model
         fitted.rows[component] = {

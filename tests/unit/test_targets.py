@@ -93,6 +93,9 @@ def test_components_per_target_and_method():
     both_paths = ["accept", "productive_enrolled", "not_invited_outcome"]
     assert components_for("if_invited", "two_path") == both_paths
     assert components_for("uplift", "two_path") == both_paths  # the declined path is the control arm too
+    shared = ["accept", "productive_enrolled_shared", "not_invited_outcome"]
+    assert components_for("if_invited", "two_path_shared") == shared
+    assert components_for("uplift", "two_path_shared") == shared
     with pytest.raises(ValueError, match="unknown target method"):
         components_for("if_invited", "magic")
 

@@ -215,3 +215,51 @@ def test_two_path_adds_the_declined_path_and_splits_contributions_by_path(fitted
     assert set(two_path.feature_importance().index) == set(accept.feature_names_)
     with pytest.raises(ValueError, match="accept"):
         CompositeModel({"b": enrolled, "d": declined}, {"b": 1.0}, target="t", method="m", declined="d")
+
+
+def test_shared_component_learns_from_every_row_and_scores_as_if_enrolled(fitted: tuple[KocModel, pd.DataFrame]) -> None:
+    """`productive_enrolled_shared` (an S-learner): fitted on every row with enrolment as an extra
+    input, scored with that input at 1 from feature rows that never carry it, calibrated on the
+    enrolled validation rows; inside `two_path_shared` the composite still speaks the feature rows'
+    columns (contributions, importances) and converts the rows once per input layout."""
+    from training.model import CompositeModel
+    from training.targets import fit_components, given_input, rows_of
+
+    accept, _ = fitted
+    rng = np.random.default_rng(3)
+
+    def outcomes(X: pd.DataFrame, y: np.ndarray) -> pd.DataFrame:
+        enrolled = (rng.random(len(X)) < 0.25).astype("int8")
+        productive = np.where(enrolled == 1, y | (rng.random(len(X)) < 0.4), y).astype("int8")
+        return X.assign(enrolled=enrolled, productive=productive, weight=1.0)
+
+    train, valid = outcomes(*_frame(6000, 11)), outcomes(*_frame(3000, 12))
+    names = list(accept.feature_names_)
+    target = fit_components(
+        train, valid, names, ["productive_enrolled_shared"], lambda **o: KocModel(PARAMS | o, seed=5), propensity_clip=0.01
+    )
+    shared = target.components["productive_enrolled_shared"]
+    given = given_input("enrolled")
+    assert shared.feature_names_ == [*names, given]
+    assert target.rows["productive_enrolled_shared"]["train_rows"] == len(train)  # every row, not the enrolled only
+
+    as_enrolled = shared.raw_score(valid[names].assign(**{given: np.float32(1)}))
+    np.testing.assert_array_equal(shared.raw_score(valid[names]), as_enrolled)
+    as_not_enrolled = shared.raw_score(valid[names].assign(**{given: np.float32(0)}))
+    assert (as_enrolled > as_not_enrolled).mean() > 0.9  # the input carries what enrolment adds
+    enrolled = rows_of(valid, "productive_enrolled_shared")
+    assert len(enrolled) < len(valid)
+    # Platt scaling fitted on the enrolled validation rows reproduces their positive rate
+    assert shared.predict_proba(enrolled[names]).mean() == pytest.approx(enrolled["productive"].mean(), abs=0.005)
+
+    declined = KocModel(PARAMS, seed=8).fit(*_frame(3000, 6), *_frame(1000, 7))
+    components = {"accept": accept, "productive_enrolled_shared": shared, "not_invited_outcome": declined}
+    model = CompositeModel(
+        components, {"accept": 1.0, "productive_enrolled_shared": 1.0}, target="if_invited", method="two_path_shared",
+        declined="not_invited_outcome",
+    )
+    X = valid[names]
+    a, e, d = (m.predict_proba(X) for m in components.values())
+    np.testing.assert_allclose(model.predict_proba(X), a * e + (1 - a) * d, rtol=1e-12)
+    assert list(model.contributions(X.iloc[:20]).columns) == names
+    assert list(model.feature_importance().sort_index().index) == sorted(names)
