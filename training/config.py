@@ -143,14 +143,14 @@ class TrainConfig(BaseModel):
             "falls back to `observed` and says so"
         ),
     )
-    target_method: Literal["two_path", "two_path_shared", "two_stage", "ipw", "auxiliary", "blend"] = Field(
-        "two_path",
+    target_method: Literal["two_path_shared", "two_path", "two_stage", "ipw", "auxiliary", "blend"] = Field(
+        "two_path_shared",
         description=(
-            "How `if_invited` (and uplift's treated arm) is learnt; see training/targets.py. `two_path` "
+            "How `if_invited` (and uplift's treated arm) is learnt; see training/targets.py. `two_path_shared` "
             "(P(accept | invited) x P(productive | enrolled) + (1 - P(accept | invited)) x P(productive | not "
-            "invited)) has the best mean share of the ceiling on the 30k `koc eval` grid and the best worst "
-            "scenario (mean 0.948, lowest 0.939; auxiliary 0.933 and 0.882, blend 0.943, two_stage 0.926, "
-            "observed 0.914; README, koc eval)"
+            "invited), with P(productive | enrolled) learnt from every row with enrolment as an input) has the "
+            "best mean share of the ceiling on the 30k `koc eval` grid, seeds 1-4 (README, koc eval); `two_path` "
+            "learns that factor from the enrolled rows only"
         ),
     )
     propensity_clip: float = Field(

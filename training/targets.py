@@ -154,7 +154,8 @@ def fit_inputs(rows: pd.DataFrame, names: list[str], component: str) -> pd.DataF
     given = COMPONENTS[component].given
     if given is None:
         return rows[names]
-    return rows[names].assign(**{given_input(given): rows[given].to_numpy(dtype="float32")})
+    extra = pd.DataFrame({given_input(given): rows[given].to_numpy(dtype="float32")}, index=rows.index)
+    return pd.concat([rows[names], extra], axis=1)  # not .assign: inserting into a wide frame warns of fragmentation
 
 
 @dataclass
