@@ -333,3 +333,35 @@ def test_cli_train_models_and_promote(world: BrandData, tmp_path: Path) -> None:
     assert forced.exit_code == 0 and "forced" in forced.output
     missing = runner.invoke(app, ["promote", "--version", "7", "--tracking-uri", uri])
     assert missing.exit_code == 1 and "no version 7" in missing.output
+
+
+def test_two_path_shared_is_refit_and_served_with_its_given_input_fixed(world: BrandData, tmp_path: Path) -> None:
+    """`target_method = "two_path_shared"` end to end: the served model is the refit on every
+    cutoff; its S-learner learnt from every row with the enrolment input and scores feature rows
+    (which never carry it) as if enrolled; the logged pyfunc gives the same probabilities."""
+    from training.targets import given_input
+
+    cfg = TrainConfig.model_validate(
+        CONFIG.model_dump()
+        | {"target": "if_invited", "target_method": "two_path_shared", "backtest_cutoffs": 2,
+           "lgbm": {"num_boost_round": 80, "early_stopping_rounds": 10}}
+    )
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    result = run_training(world, cfg, tracking_uri=store)
+    model = result.model
+    assert (model.target_, model.target_method_) == ("if_invited", "two_path_shared")
+    shared = model.components_["productive_enrolled_shared"]
+    names = result.dataset.feature_names
+    assert shared.feature_names_ == [*names, given_input("enrolled")]
+    assert dict(shared.fixed_inputs_) == {given_input("enrolled"): 1.0}
+    assert model.feature_names_ == names and given_input("enrolled") not in model.contributions(
+        result.dataset.part("test").head(5)[names]
+    ).columns
+
+    rows = result.dataset.part("test").head(300)
+    as_enrolled = shared.raw_score(rows[names].assign(**{given_input("enrolled"): np.float32(1)}))
+    np.testing.assert_array_equal(shared.raw_score(rows[names]), as_enrolled)
+    with tracking.tracking_context(store):
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{result.model_name}/{result.model_version}")
+    out = pyfunc.predict(to_pyfunc_input(rows))
+    np.testing.assert_allclose(out["probability"].to_numpy(), model.predict_proba(rows[names]))
