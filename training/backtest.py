@@ -34,6 +34,7 @@ from training.targets import (
     TargetUnavailable,
     fit_inputs,
     fit_rows,
+    fixed_inputs,
     inverse_propensity_weights,
     rows_mask,
 )
@@ -265,8 +266,8 @@ def refit(
             logger.warning("refit skipped: %s's out-of-time rows hold one class; serving the latest fold", component)
             return latest.model
         model = make_model(min_data_in_leaf=fold_model.params["min_data_in_leaf"])
-        if fold_model.fixed_inputs_:  # an S-learner scores with its given input fixed, as the fold's did
-            model.fixed_inputs_ = dict(fold_model.fixed_inputs_)
+        if COMPONENTS[component].given is not None:  # an S-learner scores with its given input fixed
+            model.fixed_inputs_ = fixed_inputs(component)
         model.fit_fixed(fit_inputs(part, names, component), part[label].to_numpy(), iterations[component], sample_weight=weight)
         model.calibrate(raw, y)
         model.target_method_ = fold_model.target_method_

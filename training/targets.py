@@ -144,6 +144,12 @@ def rows_of(frame: pd.DataFrame, component: str) -> pd.DataFrame:
     return frame if mask is None else frame.loc[mask]
 
 
+def fixed_inputs(component: str) -> dict[str, float]:
+    """The inputs `component` is scored with at a constant: an S-learner's `given` input at 1, else none."""
+    given = COMPONENTS[component].given
+    return {} if given is None else {given_input(given): 1.0}
+
+
 def fit_rows(frame: pd.DataFrame, component: str) -> pd.DataFrame:
     """The rows component `component` learns from: every row for an S-learner (`given`), else `rows_of`."""
     return frame if COMPONENTS[component].given else rows_of(frame, component)
@@ -280,14 +286,14 @@ def fit_components(
     """
     fitted = FittedTarget(components={})
     for component in components:
-        label = COMPONENTS[component].label
+        label, given = COMPONENTS[component].label, COMPONENTS[component].given
         train_rows, valid_rows = fit_rows(train, component), fit_rows(valid, component)
         if component == "propensity" and issued is not None:
             invited_rows = train_rows.loc[train_rows["invited"].to_numpy() == 1]
             if not np.isnan(logged_propensity(invited_rows, issued)).any():
                 continue  # every invited training row has a logged propensity: no policy model needed
         _check_learnable(component, train_rows, valid_rows)
-        if COMPONENTS[component].given is not None:  # its own rows (enrolled) must hold both classes too
+        if given is not None:  # its own rows (enrolled) must hold both classes too
             _check_learnable(component, rows_of(train, component), rows_of(valid, component))
         weight = train_rows["weight"].to_numpy(dtype=float)
         if component == "invited_outcome":
@@ -295,9 +301,8 @@ def fit_components(
                 train_rows, names, fitted.components.get("propensity"), clip=propensity_clip, issued=issued
             )
         model = make_model(min_data_in_leaf=leaf_size(make_model().params, len(train_rows)))
-        given = COMPONENTS[component].given
         if given is not None:
-            model.fixed_inputs_ = {given_input(given): 1.0}  # scored as if `given` held
+            model.fixed_inputs_ = fixed_inputs(component)  # scored as if `given` held
         model.fit(
             fit_inputs(train_rows, names, component),
             train_rows[label].to_numpy(),
