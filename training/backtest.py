@@ -6,8 +6,9 @@ on its own test cutoff. The summary (mean and spread of the primary metric and o
 over the folds) is what promotion compares (`bt_*` metrics, see TEAM/architecture docs).
 
 The served model then uses the freshest labels known at training time: every component is
-refit on every cutoff the latest fold uses (train + validation + test) with the median of
-the folds' best iteration counts, and calibrated on the folds' out-of-time raw scores (each
+refit on every complete cutoff (`SnapshotDataset.refit_cutoffs`: the latest fold's train,
+validation and test cutoffs and the ones its embargo left out) with the median of the folds'
+best iteration counts, and calibrated on the folds' out-of-time raw scores (each
 fold's booster scoring its own test cutoff, which it was not fitted on).
 """
 
@@ -241,7 +242,7 @@ def refit(
     *,
     issued: pd.DataFrame | None = None,
 ) -> KocModel:
-    """The served model: every component refit on every used cutoff, calibrated out of time.
+    """The served model: every component refit on every complete cutoff, calibrated out of time.
 
     Falls back to the latest fold's model for lambdarank (no fixed-round refit) or when
     `training.refit` is off, or when a component's out-of-time rows hold a single class.

@@ -103,8 +103,9 @@ class TrainConfig(BaseModel):
     refit: bool = Field(
         True,
         description=(
-            "Serve a model refit on every cutoff used with the backtest's median iteration count, calibrated on the "
-            "backtest's out-of-time scores; false serves the latest fold's model (lambdarank always does)"
+            "Serve a model refit on every complete cutoff (embargoed ones included) with the backtest's median "
+            "iteration count, calibrated on the backtest's out-of-time scores; false serves the latest fold's model "
+            "(lambdarank always does)"
         ),
     )
     negative_sample_rate: float | Literal["auto"] = Field(

@@ -15,6 +15,11 @@ Split (out of time)
   window on or before the validation cutoff, so fitting, early stopping, calibration and
   the backtest each use only labels known at the cutoff they are judged on. Cutoffs left
   out by either rule are listed in `CutoffSplit.embargoed`.
+
+Refit
+- The served model is refit on every complete cutoff (`SnapshotDataset.refit_cutoffs`), the
+  embargoed ones included: the embargo keeps the backtest's judgement honest, but once the
+  judging is done every label known at training time is fair to learn from.
 """
 
 from __future__ import annotations
@@ -206,8 +211,9 @@ class SnapshotDataset:
 
     Columns: `member_id, as_of, split, label, relevance, weight`, the outcome columns of
     `features.targets` (`invited, accepted, enrolled, productive`), then the features. `split`
-    names the latest fold's role of the row (`train`, `validation`, `test`, or `backtest` for
-    cutoffs only earlier folds use). Cutoffs no fold tests on (lambdarank: nor validates on) hold
+    names the latest fold's role of the row (`train`, `validation`, `test`, `backtest` for
+    cutoffs only earlier folds use, `refit` for embargoed cutoffs only the served model's refit
+    learns from). Cutoffs no fold tests on (lambdarank: nor validates on) hold
     only their sampled rows (`downsample_negatives`, built before their features); `part` and `fold_parts`
     sample the training rows of the other cutoffs the same way (the same rows: sampling is
     idempotent), so every training row is kept with probability 1 or `negative_sample_rate`
@@ -221,6 +227,7 @@ class SnapshotDataset:
     folds: tuple[CutoffSplit, ...] = ()
     negative_sample_rate: float = 1.0
     seed: int = 0
+    refit_cutoffs: tuple[pd.Timestamp, ...] = ()  # every complete cutoff (empty: the latest fold's used ones)
 
     def _rows(self, cutoffs: Sequence[pd.Timestamp]) -> pd.DataFrame:
         return self.frame.loc[self.frame["as_of"].isin(list(cutoffs))].reset_index(drop=True)
@@ -242,8 +249,12 @@ class SnapshotDataset:
         return self._train_rows(fold.train), self._rows([fold.validation]), self._rows([fold.test])
 
     def all_rows(self) -> pd.DataFrame:
-        """Rows of every cutoff the latest fold uses (the refit's training rows), negatives downsampled."""
-        return self._train_rows(self.split.used)
+        """The refit's training rows: every complete cutoff (`refit_cutoffs`), negatives downsampled.
+
+        That includes the cutoffs the latest fold's embargo left out: they are complete at training
+        time, and the refit is judged by no one afterwards (it is calibrated on the folds' out-of-time
+        scores). Without `refit_cutoffs`, the cutoffs the latest fold uses."""
+        return self._train_rows(self.refit_cutoffs or self.split.used)
 
     def counts(self) -> pd.DataFrame:
         """Rows and positives per split and cutoff."""
@@ -372,7 +383,7 @@ def _same_keys(rows: pd.DataFrame, features: pd.DataFrame) -> bool:
 def build_snapshots(
     data: BrandData, label_cfg: LabelConfig, train_cfg: TrainConfig, engine: EngineConfig | None = None
 ) -> SnapshotDataset:
-    """Features, labels and outcomes of eligible members at every cutoff a backtest fold uses.
+    """Features, labels and outcomes of eligible members at every complete cutoff (backtest folds and refit).
 
     `engine`: the config's `[engine]` (DuckDB threads, memory limit, spill folder, refund rule)."""
     cutoffs, incomplete, source = candidate_cutoffs(data, label_cfg, train_cfg)
@@ -380,7 +391,7 @@ def build_snapshots(
     split = folds[-1]
     logger.info(
         "cutoffs: %d train (%s .. %s), validation %s, test %s; %d left out (incomplete window), %d embargoed; "
-        "backtest tests %s",
+        "backtest tests %s; the refit learns from all %d complete cutoffs",
         len(split.train),
         split.train[0].date(),
         split.train[-1].date(),
@@ -389,8 +400,11 @@ def build_snapshots(
         len(split.incomplete),
         len(split.embargoed),
         ", ".join(str(f.test.date()) for f in folds),
+        len(cutoffs),
     )
-    used = sorted({c for fold in folds for c in fold.used})
+    # every complete cutoff: the folds' own, and the embargoed ones the served model's refit learns from
+    refit_cutoffs = tuple(sorted(cutoffs))
+    used = sorted({c for fold in folds for c in fold.used} | set(refit_cutoffs))
     # test cutoffs are judged by top-K metrics over the whole population: they stay complete.
     # Validation cutoffs only early-stop and calibrate, which take weights: they are sampled
     # like training cutoffs (lambdarank's query groups need them whole, so it keeps them).
@@ -398,9 +412,10 @@ def build_snapshots(
     if train_cfg.objective == "lambdarank":
         evaluated |= {fold.validation for fold in folds}
     labels = labels_and_outcomes(data, used, label_cfg, engine)
-    which = {c: "train" for c in split.train} | {split.validation: "validation", split.test: "test"}
-    roles = labels["as_of"].map(which).fillna("backtest")
-    labels.insert(2, "split", pd.Categorical(roles, categories=[*SPLITS, "backtest"]))
+    which = {c: "backtest" for fold in folds for c in fold.used}
+    which |= {c: "train" for c in split.train} | {split.validation: "validation", split.test: "test"}
+    roles = labels["as_of"].map(which).fillna("refit")
+    labels.insert(2, "split", pd.Categorical(roles, categories=[*SPLITS, "backtest", "refit"]))
     if train_cfg.objective == "lambdarank":
         relevance = graded_relevance(data, labels, label_cfg) if source == "default_label" else labels["label"]
     else:
@@ -450,6 +465,7 @@ def build_snapshots(
         folds=folds,
         negative_sample_rate=rate,
         seed=train_cfg.seed,
+        refit_cutoffs=refit_cutoffs,
     )
     downsampling = {
         "negative_sample_rate": rate,

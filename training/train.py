@@ -475,6 +475,7 @@ def step_fit(run: _Run, issued: pd.DataFrame | None) -> None:
             **target_params(backtest.target, backtest.method, latest.fitted),
             "model.best_iteration": str(run.model.best_iteration_),
             "model.refit": str(run.model is not latest.model).lower(),
+            "model.refit_cutoffs": str(len(dataset.refit_cutoffs)) if run.model is not latest.model else "0",
             "engine.refunds_without_time": run.engine.refunds_without_time,
             **{f"model.iterations.{name}": str(n) for name, n in backtest.iterations().items()},
         }

@@ -184,7 +184,11 @@ def test_build_snapshots_tags_rows_with_their_split() -> None:
     assert set(frame.loc[frame["split"] == "test", "as_of"]) == {pd.Timestamp("2025-06-01")}
     assert set(frame.loc[frame["split"] == "validation", "as_of"]) == {pd.Timestamp("2025-02-01")}
     assert set(frame.loc[frame["split"] == "train", "as_of"]) == set(_ts(["2024-08-01", "2024-09-01", "2024-10-01"]))
-    assert not frame["as_of"].isin(dataset.split.incomplete + dataset.split.embargoed).any()
+    assert not frame["as_of"].isin(dataset.split.incomplete).any()
+    # the embargoed cutoffs are built for the served model's refit only, which learns from every complete cutoff
+    assert set(frame.loc[frame["split"] == "refit", "as_of"]) == set(dataset.split.embargoed)
+    assert dataset.refit_cutoffs == tuple(sorted([*dataset.split.used, *dataset.split.embargoed]))
+    assert set(dataset.all_rows()["as_of"]) == set(dataset.refit_cutoffs)
     # m3 is blacklisted on 2024-09-10 (never eligible after), m4 joins only in October 2024
     assert set(frame.loc[frame["as_of"] == pd.Timestamp("2024-09-01"), "member_id"]) == {"m1", "m2", "m3"}
     assert set(frame.loc[frame["as_of"] == pd.Timestamp("2024-10-01"), "member_id"]) == {"m1", "m2"}

@@ -337,8 +337,9 @@ def test_cli_train_models_and_promote(world: BrandData, tmp_path: Path) -> None:
 
 def test_two_path_shared_is_refit_and_served_with_its_given_input_fixed(world: BrandData, tmp_path: Path) -> None:
     """`target_method = "two_path_shared"` end to end: the served model is the refit on every
-    cutoff; its S-learner learnt from every row with the enrolment input and scores feature rows
-    (which never carry it) as if enrolled; the logged pyfunc gives the same probabilities."""
+    complete cutoff, the embargoed ones included; its S-learner learnt from every row with the
+    enrolment input and scores feature rows (which never carry it) as if enrolled; the logged
+    pyfunc gives the same probabilities."""
     from training.targets import given_input
 
     cfg = TrainConfig.model_validate(
@@ -350,6 +351,11 @@ def test_two_path_shared_is_refit_and_served_with_its_given_input_fixed(world: B
     result = run_training(world, cfg, tracking_uri=store)
     model = result.model
     assert (model.target_, model.target_method_) == ("if_invited", "two_path_shared")
+    split, refit_cutoffs = result.dataset.split, result.dataset.refit_cutoffs
+    assert split.embargoed and set(refit_cutoffs) == {*split.used, *split.embargoed}
+    assert set(result.dataset.all_rows()["as_of"]) == set(refit_cutoffs)
+    params = MlflowClient(store).get_run(result.run_id).data.params
+    assert params["model.refit"] == "true" and params["model.refit_cutoffs"] == str(len(refit_cutoffs))
     shared = model.components_["productive_enrolled_shared"]
     names = result.dataset.feature_names
     assert shared.feature_names_ == [*names, given_input("enrolled")]
