@@ -185,6 +185,14 @@ def register(app: typer.Typer) -> None:
         out: Annotated[
             Path | None, typer.Option("--out", help="Also write the grid (one row per cell and scorer) to this CSV.")
         ] = None,
+        served: Annotated[
+            bool,
+            typer.Option(
+                "--served",
+                help="Also judge each scorer as `koc train` serves it: refit on every complete cutoff known at the "
+                "test cutoff (rows <scorer>@served, against ceiling@served).",
+            ),
+        ] = False,
         config: Annotated[Path | None, typer.Option("--config", help="TOML config file.")] = None,
         tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow store.")] = None,
     ) -> None:
@@ -248,6 +256,7 @@ def register(app: typer.Typer) -> None:
             tracking_uri=tracking_uri,
             on_cell=show,
             test_cutoffs=test_cutoffs,
+            served=served,
         )
         if out is not None:
             from features.io import write_frame

@@ -256,6 +256,12 @@ class SnapshotDataset:
         scores). Without `refit_cutoffs`, the cutoffs the latest fold uses."""
         return self._train_rows(self.refit_cutoffs or self.split.used)
 
+    def known_rows(self, fold: CutoffSplit) -> pd.DataFrame:
+        """What a refit as of `fold.test` learns from: every complete cutoff up to the fold's validation
+        cutoff (all of them have their labels known at the test cutoff), negatives downsampled."""
+        complete = self.refit_cutoffs or (*fold.train, fold.validation)
+        return self._train_rows([c for c in complete if c <= fold.validation])
+
     def counts(self) -> pd.DataFrame:
         """Rows and positives per split and cutoff."""
         return (

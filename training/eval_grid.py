@@ -11,6 +11,14 @@ The *ceiling* is the same learner (LightGBM, same parameters and features) train
 truth itself (cross-entropy on `p_productive_if_invited`), so a gap to the ceiling is the
 target's, and the ceiling's gap to the oracle is the features'. Nothing here tunes on the
 test cutoff: early stopping and calibration use the validation cutoff only.
+
+With `served`, each fold also judges what `koc train` would serve at its test cutoff: every
+component refit on every complete cutoff whose labels are known there (those up to the fold's
+validation cutoff, the embargoed ones included) with the fold's best iteration count, and
+calibrated on the fold model's raw scores of the validation cutoff (`koc train` takes the median
+iteration count of its own backtest and calibrates on its folds' out-of-time scores; one
+fold stands in for that backtest here). Its rows are named `<scorer>@served`, and its ceiling,
+`ceiling@served`, is the truth-trained learner refit on the same rows with its own iteration count.
 """
 
 from __future__ import annotations
@@ -34,12 +42,25 @@ from training.baselines import all_baselines
 from training.config import KSpec, TrainConfig
 from training.dataset import build_snapshots
 from training.evaluate import k_label, rank_order, resolve_k, truth_for
-from training.targets import IF_INVITED_METHODS, TargetUnavailable, components_for, fit_components
+from training.targets import (
+    COMPONENTS,
+    IF_INVITED_METHODS,
+    FittedTarget,
+    TargetUnavailable,
+    components_for,
+    fit_components,
+    fit_inputs,
+    fit_rows,
+    fixed_inputs,
+    inverse_propensity_weights,
+    rows_of,
+)
 from training.train import fit_target, model_factory
 
 logger = logging.getLogger(__name__)
 
 CEILING = "ceiling"
+SERVED = "@served"  # suffix of the served-model rows (`evaluate_world(served=True)`)
 NOT_INVITED = "p_productive_if_not_invited"
 DEFAULT_SCORERS = (
     "observed",
@@ -74,14 +95,18 @@ def fit_ceiling(
     truth: pd.DataFrame,
     train_cfg: TrainConfig,
     column: str,
-) -> np.ndarray:
+    *,
+    served_rows: pd.DataFrame | None = None,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Test scores of LightGBM trained on `truth[column]` (same params, features, early stopping).
 
     `parts` are one fold's (train, validation, test) rows; training and early stopping see only
-    the rows the simulator has a truth value for.
+    the rows the simulator has a truth value for. With `served_rows`, also the test scores of the
+    same learner refit on those rows with the early-stopped iteration count: (fold, served).
     """
     fitted = {}
-    for part, rows in zip(("train", "validation", "test"), parts, strict=True):
+    named = zip(("train", "validation", "test", "served"), [*parts, served_rows], strict=True)
+    for part, rows in ((part, rows) for part, rows in named if rows is not None):
         target = truth_column(truth, rows, column)
         fitted[part] = (rows.loc[~np.isnan(target)] if part != "test" else rows, target[~np.isnan(target)])
     model = model_factory(train_cfg, LabelConfig())()
@@ -101,9 +126,51 @@ def fit_ceiling(
         valid_sets=[valid_set],
         callbacks=[lgb.early_stopping(stopping, verbose=False)],
     )
-    return np.asarray(
-        booster.predict(model._model_input(fitted["test"][0][names]), num_iteration=booster.best_iteration)
-    )
+    test_input = model._model_input(fitted["test"][0][names])
+    scores = np.asarray(booster.predict(test_input, num_iteration=booster.best_iteration))
+    if served_rows is None:
+        return scores
+    served_set = lgb.Dataset(model._model_input(fitted["served"][0][names]), label=fitted["served"][1], **layout)
+    refit = lgb.train(params, served_set, num_boost_round=max(booster.best_iteration, 1))
+    return scores, np.asarray(refit.predict(test_input))
+
+
+def refit_served(
+    fitted: FittedTarget,
+    rows: pd.DataFrame,
+    valid: pd.DataFrame,
+    names: list[str],
+    make_model: Callable[..., object],
+    *,
+    propensity_clip: float,
+) -> FittedTarget:
+    """Each of a fold's components refit on `rows` (every complete cutoff known at the fold's test
+    cutoff) with the component's best iteration count, calibrated on the fold model's raw scores
+    of its validation rows, as `training.backtest.refit` calibrates on out-of-time scores."""
+    served = FittedTarget(components={})
+    for component, fold_model in fitted.components.items():
+        label = COMPONENTS[component].label
+        part = fit_rows(rows, component)
+        weight = part["weight"].to_numpy(dtype=float)
+        if component == "invited_outcome":
+            weight, served.propensity = inverse_propensity_weights(
+                part, names, served.components.get("propensity"), clip=propensity_clip
+            )
+        model = make_model(min_data_in_leaf=fold_model.params["min_data_in_leaf"])
+        if COMPONENTS[component].given is not None:  # an S-learner scores with its given input fixed
+            model.fixed_inputs_ = fixed_inputs(component)
+        model.fit_fixed(
+            fit_inputs(part, names, component), part[label].to_numpy(), fold_model.best_iteration_, sample_weight=weight
+        )
+        calibration = rows_of(valid, component)
+        model.calibrate(
+            fold_model.raw_score(calibration[names]),
+            calibration[label].to_numpy(),
+            calibration["weight"].to_numpy(dtype=float),
+        )
+        model.target_method_ = fold_model.target_method_
+        served.components[component] = model
+    return served
 
 
 @dataclass(frozen=True)
@@ -122,6 +189,7 @@ def evaluate_world(
     scorers: Sequence[str] = DEFAULT_SCORERS,
     k: KSpec = "1%",
     test_cutoffs: int = 1,
+    served: bool = False,
 ) -> WorldResult:
     """Every scorer (`observed`, `if_invited:<method>`, `uplift:<method>`), the ceiling and the baselines.
 
@@ -129,11 +197,15 @@ def evaluate_world(
     `training.dataset.backtest_splits`, oldest first): each fold fits everything on its own
     train cutoffs, early-stops and calibrates on its own validation cutoff and is scored on
     its test cutoff. The snapshots are built once and shared by every fold and target.
+    With `served`, every scorer and the ceiling are also refit as `koc train` serves them
+    (`refit_served`; rows `<scorer>@served`, `ceiling@served`).
     The table has one row per (test cutoff, scorer).
     """
     if "truth" in data.absent:
         raise ValueError("evaluate_world needs the simulator's truth table (simulate a world with `koc simulate`)")
     seconds: dict[str, float] = {"snapshots": 0.0, "fit_targets": 0.0, "ceiling": 0.0, "baselines": 0.0}
+    if served:
+        seconds["served"] = 0.0
     clock = time.perf_counter()
     dataset = build_snapshots(data, label_cfg, train_cfg.model_copy(update={"backtest_cutoffs": test_cutoffs}))
     seconds["snapshots"] = time.perf_counter() - clock
@@ -150,6 +222,7 @@ def evaluate_world(
         scores: dict[str, np.ndarray] = {}
         clock = time.perf_counter()
         needed = list(needed_all)
+        observed = None
         if "observed" in needed:
             observed, _, _ = fit_target(
                 train, valid, names, train_cfg.model_copy(update={"target": "observed"}), label_cfg
@@ -175,9 +248,32 @@ def evaluate_world(
                     scores[scorer] = fitted.model(target, method).predict_proba(test[names])
         seconds["fit_targets"] += time.perf_counter() - clock
 
+        served_rows = dataset.known_rows(fold) if served else None
+        if served_rows is not None:
+            clock = time.perf_counter()
+            make = model_factory(train_cfg, label_cfg)
+            if observed is not None:
+                alone = refit_served(
+                    FittedTarget(components={"observed": observed}), served_rows, valid, names, make,
+                    propensity_clip=train_cfg.propensity_clip,
+                )
+                scores["observed" + SERVED] = alone.model("observed", "single").predict_proba(test[names])
+            if fitted is not None:
+                refit = refit_served(fitted, served_rows, valid, names, make, propensity_clip=train_cfg.propensity_clip)
+                for scorer in scorers:
+                    target, _, method = scorer.partition(":")
+                    if target != "observed":
+                        scores[scorer + SERVED] = refit.model(target, method).predict_proba(test[names])
+            seconds["served"] += time.perf_counter() - clock
+
         clock = time.perf_counter()
         parts = (train, valid, test)
-        scores[CEILING] = fit_ceiling(parts, names, truth, train_cfg, "p_productive_if_invited")
+        if served_rows is None:
+            scores[CEILING] = fit_ceiling(parts, names, truth, train_cfg, "p_productive_if_invited")
+        else:
+            scores[CEILING], scores[CEILING + SERVED] = fit_ceiling(
+                parts, names, truth, train_cfg, "p_productive_if_invited", served_rows=served_rows
+            )
         if has_uplift and any(scorer.startswith("uplift") for scorer in scorers):
             # the uplift ceiling is what an uplift scorer is judged against; without one it is not fitted
             uplift_truth = truth.assign(true_uplift=truth["p_productive_if_invited"] - truth[NOT_INVITED])
@@ -224,10 +320,11 @@ def summarise(grid: pd.DataFrame, k: KSpec = "1%") -> pd.DataFrame:
     ceiling's (mean of the per-(seed, cutoff) ratios)."""
     suffix = k_label(k)
     yield_col = f"yield_ratio_at_{suffix}"
-    ceiling = grid.loc[grid["scorer"] == CEILING, ["scenario", "seed", "test_cutoff", yield_col]].rename(
-        columns={yield_col: "ceiling_yield"}
-    )
-    cells = grid.merge(ceiling, on=["scenario", "seed", "test_cutoff"], how="left")
+    # a served row (`<scorer>@served`) is judged against the served ceiling, every other row against the ceiling
+    ceilings = grid.loc[grid["scorer"].isin([CEILING, CEILING + SERVED]), ["scenario", "seed", "test_cutoff", "scorer", yield_col]]
+    ceiling = ceilings.rename(columns={"scorer": "ceiling_of", yield_col: "ceiling_yield"})
+    judged = grid.assign(ceiling_of=np.where(grid["scorer"].str.endswith(SERVED), CEILING + SERVED, CEILING))
+    cells = judged.merge(ceiling, on=["scenario", "seed", "test_cutoff", "ceiling_of"], how="left")
     cells["of_ceiling"] = cells[yield_col] / cells["ceiling_yield"]
     metrics = [c for c in grid.columns if c.endswith(suffix)]
     per_seed = cells.groupby(["scenario", "scorer", "seed"], sort=False)[yield_col].mean()
@@ -248,6 +345,7 @@ def run_grid(
     experiment: str = "kocrank-eval",
     on_cell: Callable[[str, int, WorldResult], None] | None = None,
     test_cutoffs: int = 1,
+    served: bool = False,
 ) -> pd.DataFrame:
     """Every (scenario, seed) world through `evaluate_world`; one long table, logged as one MLflow run.
 
@@ -267,10 +365,13 @@ def run_grid(
                     "lgbm": json.dumps(train_cfg.lgbm.model_dump()),
                     "horizon_days": str(label_cfg.horizon_days),
                     "test_cutoffs": str(test_cutoffs),
+                    "served": str(served).lower(),
                 }
             )
             for scenario, seed, data in worlds:
-                result = evaluate_world(data, train_cfg, label_cfg, scorers=scorers, k=k, test_cutoffs=test_cutoffs)
+                result = evaluate_world(
+                    data, train_cfg, label_cfg, scorers=scorers, k=k, test_cutoffs=test_cutoffs, served=served
+                )
                 cell = result.table.reset_index().assign(scenario=scenario, seed=seed)
                 frames.append(cell)
                 metric_columns = [c for c in result.table.columns if c != "test_cutoff"]

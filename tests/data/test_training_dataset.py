@@ -222,6 +222,15 @@ def test_backtest_folds_roll_the_origin_and_bring_their_own_cutoffs() -> None:
         assert set(test["as_of"]) == {fold.test} and set(valid["as_of"]) == {fold.validation}
         # embargo per fold: every label used to fit is known at the fold's validation cutoff
         assert train["as_of"].max() + WINDOW <= fold.validation and fold.validation + WINDOW <= fold.test
+        # a refit as of the fold's test cutoff learns from every complete cutoff up to its validation
+        # cutoff, the embargoed ones included, and from no label unknown at the test cutoff
+        known = dataset.known_rows(fold)
+        assert set(known["as_of"]) == {c for c in dataset.refit_cutoffs if c <= fold.validation}
+        assert set(known["as_of"]) >= {*fold.train, fold.validation}
+        assert known["as_of"].max() + WINDOW <= fold.test
+    assert set(dataset.known_rows(dataset.split)["as_of"]) > set(dataset.part("train")["as_of"]) | {
+        dataset.split.validation
+    }  # the latest fold's embargo left cutoffs out that a refit as of its test cutoff learns from
     frame = dataset.frame
     assert set(frame.loc[frame["split"] == "backtest", "as_of"]) == {
         c for fold in dataset.folds[:-1] for c in fold.used

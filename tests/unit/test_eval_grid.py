@@ -87,16 +87,34 @@ def test_summarise_means_over_cutoffs_and_seeds_with_spread_and_share_of_ceiling
     assert summary.loc[CEILING, "of_ceiling"] == pytest.approx(1.0)
 
 
+def test_summarise_judges_served_rows_against_the_served_ceiling() -> None:
+    from training.eval_grid import CEILING, SERVED, summarise
+
+    cell = {"scenario": "s", "seed": 1, "test_cutoff": "2025-09-01", "precision_at_1pct": 0.1}
+    yields = {"observed": 0.6, CEILING: 0.8, "observed" + SERVED: 0.7, CEILING + SERVED: 0.875}
+    grid = pd.DataFrame([cell | {"scorer": scorer, "yield_ratio_at_1pct": value} for scorer, value in yields.items()])
+    summary = summarise(grid, "1%").loc["s"]
+    assert summary.loc["observed", "of_ceiling"] == pytest.approx(0.6 / 0.8)
+    assert summary.loc["observed" + SERVED, "of_ceiling"] == pytest.approx(0.7 / 0.875)
+    assert summary.loc[CEILING + SERVED, "of_ceiling"] == pytest.approx(1.0)
+
+
 @pytest.mark.slow
 def test_evaluate_world_judges_every_scorer_on_each_test_cutoff() -> None:
     from features.contract import from_frames
     from features.labels import LabelConfig
     from kocrank.simulation import SimConfig, simulate
-    from training.eval_grid import CEILING, evaluate_world
+    from training.eval_grid import CEILING, SERVED, evaluate_world
 
     world = from_frames(simulate(SimConfig(members=1500, seed=3, scenario="spend_led")).tables)
     result = evaluate_world(
-        world, TrainConfig(), LabelConfig(), scorers=("observed", "if_invited:auxiliary"), k="5%", test_cutoffs=2
+        world,
+        TrainConfig(),
+        LabelConfig(),
+        scorers=("observed", "if_invited:auxiliary"),
+        k="5%",
+        test_cutoffs=2,
+        served=True,
     )
     table = result.table
     cutoffs = result.table.attrs["test_cutoffs"]
@@ -105,9 +123,12 @@ def test_evaluate_world_judges_every_scorer_on_each_test_cutoff() -> None:
     for cutoff in cutoffs:
         scorers = set(table.loc[table["test_cutoff"] == cutoff].index)
         assert {"observed", "if_invited:auxiliary", CEILING, "random", "logistic"} <= scorers
+        # as served: every scorer and the ceiling refit on every cutoff known at the test cutoff
+        assert {"observed" + SERVED, "if_invited:auxiliary" + SERVED, CEILING + SERVED} <= scorers
     yields = table["yield_ratio_at_5pct"]
     assert ((yields > 0) & (yields <= 1.0 + 1e-9)).all()
-    # the truth-trained ceiling ranks far better than chance on every cutoff
+    # the truth-trained ceilings rank far better than chance on every cutoff
     for cutoff in cutoffs:
         at = table.loc[table["test_cutoff"] == cutoff, "yield_ratio_at_5pct"]
-        assert at[CEILING] > at["random"] + 0.1
+        assert at[CEILING] > at["random"] + 0.1 and at[CEILING + SERVED] > at["random"] + 0.1
+    assert result.seconds["served"] > 0
