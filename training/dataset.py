@@ -410,7 +410,8 @@ def build_snapshots(
     )
     # every complete cutoff: the folds' own, and the embargoed ones the served model's refit learns from
     refit_cutoffs = tuple(sorted(cutoffs))
-    used = sorted({c for fold in folds for c in fold.used} | set(refit_cutoffs))
+    fold_cutoffs = {c for fold in folds for c in fold.used}
+    used = sorted(fold_cutoffs | set(refit_cutoffs))
     # test cutoffs are judged by top-K metrics over the whole population: they stay complete.
     # Validation cutoffs only early-stop and calibrate, which take weights: they are sampled
     # like training cutoffs (lambdarank's query groups need them whole, so it keeps them).
@@ -429,9 +430,10 @@ def build_snapshots(
     labels.insert(4, "relevance", relevance.astype("int64").to_numpy())
 
     # sample before building features: the test cutoffs of every fold stay complete. The rate is
-    # set by the training-only cutoffs' size (`negative_rate`) and applies to validation cutoffs too
+    # set by the size of the folds' training-only cutoffs (`negative_rate`; the refit's extra cutoffs
+    # do not change it, so neither do the folds' rows) and applies to every other cutoff too
     validations = {fold.validation for fold in folds}
-    train_only = ~labels["as_of"].isin(list(evaluated | validations)).to_numpy()
+    train_only = labels["as_of"].isin(list(fold_cutoffs - evaluated - validations)).to_numpy()
     sampled = ~labels["as_of"].isin(list(evaluated)).to_numpy()
     informative = informative_rows(labels)
     rate = negative_rate(train_cfg, int(train_only.sum()), int((informative & train_only).sum()))
