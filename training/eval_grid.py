@@ -334,6 +334,11 @@ def summarise(grid: pd.DataFrame, k: KSpec = "1%") -> pd.DataFrame:
     return summary
 
 
+def _metric_scorer(scorer: str) -> str:
+    """A scorer's name as MLflow allows it in metric keys (`if_invited:two_path@served` -> `if_invited.two_path.served`)."""
+    return scorer.replace(":", ".").replace(SERVED, "." + SERVED.lstrip("@"))
+
+
 def run_grid(
     worlds: Iterable[tuple[str, int, BrandData]],
     train_cfg: TrainConfig,
@@ -377,7 +382,7 @@ def run_grid(
                 metric_columns = [c for c in result.table.columns if c != "test_cutoff"]
                 mlflow.log_metrics(
                     {
-                        f"{scenario}.seed{seed}.{row.test_cutoff}.{row.scorer.replace(':', '.')}.{metric}": float(
+                        f"{scenario}.seed{seed}.{row.test_cutoff}.{_metric_scorer(row.scorer)}.{metric}": float(
                             getattr(row, metric)
                         )
                         for row in cell.itertuples()
@@ -394,7 +399,7 @@ def run_grid(
             summary = summarise(table, k)
             mlflow.log_metrics(
                 {
-                    f"mean.{scenario}.{scorer.replace(':', '.')}.{metric}": float(value)
+                    f"mean.{scenario}.{_metric_scorer(scorer)}.{metric}": float(value)
                     for (scenario, scorer), row in summary.iterrows()
                     for metric, value in row.items()
                     if not np.isnan(value)

@@ -100,22 +100,34 @@ def test_summarise_judges_served_rows_against_the_served_ceiling() -> None:
 
 
 @pytest.mark.slow
-def test_evaluate_world_judges_every_scorer_on_each_test_cutoff() -> None:
+def test_evaluate_world_judges_every_scorer_on_each_test_cutoff(tmp_path) -> None:  # noqa: ANN001
+    from mlflow import MlflowClient
+
     from features.contract import from_frames
     from features.labels import LabelConfig
     from kocrank.simulation import SimConfig, simulate
-    from training.eval_grid import CEILING, SERVED, evaluate_world
+    from training.eval_grid import CEILING, SERVED, WorldResult, run_grid
 
     world = from_frames(simulate(SimConfig(members=1500, seed=3, scenario="spend_led")).tables)
-    result = evaluate_world(
-        world,
+    cells: list[WorldResult] = []
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    grid = run_grid(
+        [("spend_led", 3, world)],
         TrainConfig(),
         LabelConfig(),
         scorers=("observed", "if_invited:auxiliary"),
         k="5%",
+        tracking_uri=uri,
+        on_cell=lambda scenario, seed, result: cells.append(result),
         test_cutoffs=2,
         served=True,
     )
+    (result,) = cells
+    assert set(grid["scorer"]) == set(result.table.index)
+    # the served rows reach MLflow under names it allows
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("kocrank-eval").experiment_id])
+    assert "mean.spend_led.if_invited.auxiliary.served.yield_ratio_at_5pct" in run.data.metrics
     table = result.table
     cutoffs = result.table.attrs["test_cutoffs"]
     assert len(cutoffs) == 2 and cutoffs[0] < cutoffs[1]
