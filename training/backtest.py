@@ -255,23 +255,48 @@ def refit(
     iterations = backtest.iterations()
     fitted = FittedTarget(components={}, rows={})
     for component, fold_model in latest.fitted.components.items():
-        label = COMPONENTS[component].label
-        part = fit_rows(rows, component)
-        weight = part["weight"].to_numpy(dtype=float)
-        if component == "invited_outcome":
-            weight, fitted.propensity = inverse_propensity_weights(
-                part, names, fitted.components.get("propensity"), clip=train_cfg.propensity_clip, issued=issued
-            )
         raw, y = _out_of_time(backtest, component)
         if y.min(initial=0) == y.max(initial=0):
             logger.warning("refit skipped: %s's out-of-time rows hold one class; serving the latest fold", component)
             return latest.model
-        model = make_model(min_data_in_leaf=fold_model.params["min_data_in_leaf"])
-        if COMPONENTS[component].given is not None:  # an S-learner scores with its given input fixed
-            model.fixed_inputs_ = fixed_inputs(component)
-        model.fit_fixed(fit_inputs(part, names, component), part[label].to_numpy(), iterations[component], sample_weight=weight)
+        model = refit_component(
+            fitted, component, fold_model, rows, names, make_model, iterations[component],
+            propensity_clip=train_cfg.propensity_clip, issued=issued,
+        )
         model.calibrate(raw, y)
-        model.target_method_ = fold_model.target_method_
-        fitted.components[component] = model
-        fitted.rows[component] = {"train_rows": len(part), "train_positives": int(part[label].sum())}
     return fitted.model(backtest.target, backtest.method)
+
+
+def refit_component(
+    fitted: FittedTarget,
+    component: str,
+    fold_model: KocModel,
+    rows: pd.DataFrame,
+    names: list[str],
+    make_model: Callable[..., KocModel],
+    iterations: int,
+    *,
+    propensity_clip: float,
+    issued: pd.DataFrame | None = None,
+) -> KocModel:
+    """`component` refit on its share of `rows` with `iterations` trees, added to `fitted`; not calibrated.
+
+    The leaf size and an S-learner's fixed input are the fold model's; IPW weights come from the
+    propensity component `fitted` already holds. The caller calibrates on scores of rows the
+    refit never saw (`refit`: the folds' out-of-time scores).
+    """
+    label = COMPONENTS[component].label
+    part = fit_rows(rows, component)
+    weight = part["weight"].to_numpy(dtype=float)
+    if component == "invited_outcome":
+        weight, fitted.propensity = inverse_propensity_weights(
+            part, names, fitted.components.get("propensity"), clip=propensity_clip, issued=issued
+        )
+    model = make_model(min_data_in_leaf=fold_model.params["min_data_in_leaf"])
+    if COMPONENTS[component].given is not None:  # an S-learner scores with its given input fixed
+        model.fixed_inputs_ = fixed_inputs(component)
+    model.fit_fixed(fit_inputs(part, names, component), part[label].to_numpy(), iterations, sample_weight=weight)
+    model.target_method_ = fold_model.target_method_
+    fitted.components[component] = model
+    fitted.rows[component] = {"train_rows": len(part), "train_positives": int(part[label].sum())}
+    return model

@@ -395,9 +395,12 @@ def build_snapshots(
     cutoffs, incomplete, source = candidate_cutoffs(data, label_cfg, train_cfg)
     folds = backtest_splits(cutoffs, label_cfg, train_cfg, incomplete=incomplete, source=source)
     split = folds[-1]
+    # every complete cutoff: the folds' own, and the embargoed ones the served model's refit learns
+    # from (none without a refit: `refit = false`, or lambdarank, which serves the latest fold)
+    refit_cutoffs = tuple(sorted(cutoffs)) if train_cfg.refit and train_cfg.objective == "binary" else ()
     logger.info(
         "cutoffs: %d train (%s .. %s), validation %s, test %s; %d left out (incomplete window), %d embargoed; "
-        "backtest tests %s; the refit learns from all %d complete cutoffs",
+        "backtest tests %s; the refit learns from %d complete cutoffs",
         len(split.train),
         split.train[0].date(),
         split.train[-1].date(),
@@ -406,10 +409,8 @@ def build_snapshots(
         len(split.incomplete),
         len(split.embargoed),
         ", ".join(str(f.test.date()) for f in folds),
-        len(cutoffs),
+        len(refit_cutoffs),
     )
-    # every complete cutoff: the folds' own, and the embargoed ones the served model's refit learns from
-    refit_cutoffs = tuple(sorted(cutoffs))
     fold_cutoffs = {c for fold in folds for c in fold.used}
     used = sorted(fold_cutoffs | set(refit_cutoffs))
     # test cutoffs are judged by top-K metrics over the whole population: they stay complete.

@@ -38,10 +38,12 @@ import pandas as pd
 
 from features.contract import BrandData
 from features.labels import LabelConfig
+from training.backtest import refit_component
 from training.baselines import all_baselines
 from training.config import KSpec, TrainConfig
 from training.dataset import build_snapshots
 from training.evaluate import k_label, rank_order, resolve_k, truth_for
+from training.model import KocModel
 from training.targets import (
     COMPONENTS,
     IF_INVITED_METHODS,
@@ -49,10 +51,6 @@ from training.targets import (
     TargetUnavailable,
     components_for,
     fit_components,
-    fit_inputs,
-    fit_rows,
-    fixed_inputs,
-    inverse_propensity_weights,
     rows_of,
 )
 from training.train import fit_target, model_factory
@@ -140,7 +138,7 @@ def refit_served(
     rows: pd.DataFrame,
     valid: pd.DataFrame,
     names: list[str],
-    make_model: Callable[..., object],
+    make_model: Callable[..., KocModel],
     *,
     propensity_clip: float,
 ) -> FittedTarget:
@@ -149,27 +147,17 @@ def refit_served(
     of its validation rows, as `training.backtest.refit` calibrates on out-of-time scores."""
     served = FittedTarget(components={})
     for component, fold_model in fitted.components.items():
-        label = COMPONENTS[component].label
-        part = fit_rows(rows, component)
-        weight = part["weight"].to_numpy(dtype=float)
-        if component == "invited_outcome":
-            weight, served.propensity = inverse_propensity_weights(
-                part, names, served.components.get("propensity"), clip=propensity_clip
-            )
-        model = make_model(min_data_in_leaf=fold_model.params["min_data_in_leaf"])
-        if COMPONENTS[component].given is not None:  # an S-learner scores with its given input fixed
-            model.fixed_inputs_ = fixed_inputs(component)
-        model.fit_fixed(
-            fit_inputs(part, names, component), part[label].to_numpy(), fold_model.best_iteration_, sample_weight=weight
+        model = refit_component(
+            served, component, fold_model, rows, names, make_model, fold_model.best_iteration_,
+            propensity_clip=propensity_clip,
         )
         calibration = rows_of(valid, component)
+        label = COMPONENTS[component].label
         model.calibrate(
             fold_model.raw_score(calibration[names]),
             calibration[label].to_numpy(),
             calibration["weight"].to_numpy(dtype=float),
         )
-        model.target_method_ = fold_model.target_method_
-        served.components[component] = model
     return served
 
 

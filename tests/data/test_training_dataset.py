@@ -189,6 +189,10 @@ def test_build_snapshots_tags_rows_with_their_split() -> None:
     assert set(frame.loc[frame["split"] == "refit", "as_of"]) == set(dataset.split.embargoed)
     assert dataset.refit_cutoffs == tuple(sorted([*dataset.split.used, *dataset.split.embargoed]))
     assert set(dataset.all_rows()["as_of"]) == set(dataset.refit_cutoffs)
+    # without a refit (refit = false) nothing is built for it
+    without = build_snapshots(data, LabelConfig(), TrainConfig(backtest_cutoffs=1, refit=False))
+    assert without.refit_cutoffs == () and not (without.frame["split"] == "refit").any()
+    assert set(without.all_rows()["as_of"]) == set(without.split.used)
     # m3 is blacklisted on 2024-09-10 (never eligible after), m4 joins only in October 2024
     assert set(frame.loc[frame["as_of"] == pd.Timestamp("2024-09-01"), "member_id"]) == {"m1", "m2", "m3"}
     assert set(frame.loc[frame["as_of"] == pd.Timestamp("2024-10-01"), "member_id"]) == {"m1", "m2"}
