@@ -11,7 +11,10 @@ can also learn the pieces apart (see `training.targets`). For every labelled
 - `enrolled`: an `enrolled` status within the window, invited or self-driven;
 - `productive`: at least `min_posts` posts within the window whose 7-day likes + comments +
   saves reach `min_interactions` (the default label's productivity rule *without* the
-  enrolment requirement; unknown counts add nothing).
+  enrolment requirement; unknown counts add nothing);
+- the window's posting, behind `productive` (`POSTING_COLUMNS`): the number of posts, and the
+  sum and sum of squares of log(1 + 7-day interactions) over them. `training.soft_labels`
+  turns them into how likely the member's posting is to meet the bar (a denoised label).
 
 With the default label, `label == enrolled & productive` holds exactly. Without a
 `program` table nobody is known to be invited or enrolled (all zero); without `posts`
@@ -23,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from features.build import EngineConfig, configure
@@ -33,6 +37,9 @@ from features.store import StoredBrandData
 
 OUTCOME_COLUMNS = ("invited", "accepted", "enrolled", "productive")
 INTERACTION_COLUMNS = ("likes_7d", "comments_7d", "saves_7d")
+# the window's posts: count (int16), sum and sum of squares of log(1 + 7-day interactions) (float32)
+POSTING_COLUMNS = ("window_posts", "window_log_interactions", "window_log_interactions_sq")
+POSTING_DTYPES = {"window_posts": "int16", "window_log_interactions": "float32", "window_log_interactions_sq": "float32"}
 
 
 def _window(frame: pd.DataFrame, column: str, as_of: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
@@ -49,6 +56,22 @@ def productive_members(data: BrandData, as_of: pd.Timestamp, cfg: LabelConfig) -
     totals = counts.groupby(window["member_id"], observed=True).agg(["size", "sum"])
     keep = (totals["size"] >= cfg.min_posts) & (totals["sum"] >= cfg.min_interactions)
     return pd.Index(totals.index[keep].astype(str))
+
+
+def window_posting(data: BrandData, as_of: pd.Timestamp, cfg: LabelConfig) -> pd.DataFrame:
+    """`POSTING_COLUMNS` per member with posts within `[as_of, as_of + H)` (index `member_id`)."""
+    window = _window(data.posts, "posted_at", as_of, as_of + cfg.horizon)
+    counts = window[list(INTERACTION_COLUMNS)].fillna(0).astype("int64").sum(axis=1)
+    logs = np.log1p(counts.to_numpy(dtype="float64"))
+    frame = pd.DataFrame({"member_id": window["member_id"].astype(str).to_numpy(), "log": logs, "log_sq": logs**2})
+    grouped = frame.groupby("member_id", sort=False)
+    return pd.DataFrame(
+        {
+            "window_posts": grouped.size(),
+            "window_log_interactions": grouped["log"].sum(),
+            "window_log_interactions_sq": grouped["log_sq"].sum(),
+        }
+    )
 
 
 def programme_outcomes(data: BrandData, as_of: pd.Timestamp, cfg: LabelConfig) -> pd.DataFrame:
@@ -82,12 +105,20 @@ def outcomes_for(data: BrandData, rows: pd.DataFrame, cfg: LabelConfig | None = 
         programme = programme_outcomes(data, cutoff, cfg)
         merged = at.merge(programme, on="member_id", how="left")
         merged["productive"] = is_in(merged["member_id"].astype(str), productive_members(data, cutoff, cfg))
+        posting = window_posting(data, cutoff, cfg).reindex(merged["member_id"].astype(str).to_numpy())
+        for column in POSTING_COLUMNS:
+            merged[column] = posting[column].to_numpy()
         frames.append(merged.set_index(at.index))
     columns = list(OUTCOME_COLUMNS)
     if not frames:
-        return rows.assign(**{c: pd.Series(dtype="int8") for c in columns})
+        return rows.assign(
+            **{c: pd.Series(dtype="int8") for c in columns}, **{c: pd.Series(dtype=t) for c, t in POSTING_DTYPES.items()}
+        )
     out = pd.concat(frames).reindex(rows.index)
-    return rows.assign(**{c: out[c].fillna(False).astype(bool).astype("int8") for c in columns})
+    return rows.assign(
+        **{c: out[c].fillna(False).astype(bool).astype("int8") for c in columns},
+        **{c: out[c].fillna(0).astype(t) for c, t in POSTING_DTYPES.items()},
+    )
 
 
 def outcome_rates(outcomes: pd.DataFrame, by: Iterable[str] = ("as_of",)) -> pd.DataFrame:
@@ -120,19 +151,30 @@ win AS (
     FROM program p JOIN _cutoffs c ON p.event_at >= c.as_of AND p.event_at < c.window_end
     GROUP BY c.as_of, p.member_id
 ),
-prod AS (
-    SELECT c.as_of, p.member_id
+post AS (
+    SELECT c.as_of, p.member_id,
+        CAST(COALESCE(p.likes_7d, 0) AS BIGINT) + COALESCE(p.comments_7d, 0) + COALESCE(p.saves_7d, 0) AS interactions
     FROM posts p JOIN _cutoffs c ON p.posted_at >= c.as_of AND p.posted_at < c.window_end
-    GROUP BY c.as_of, p.member_id
-    HAVING COUNT(*) >= {min_posts}
-        AND SUM(COALESCE(p.likes_7d, 0) + COALESCE(p.comments_7d, 0) + COALESCE(p.saves_7d, 0)) >= {min_interactions}
+),
+posting AS (
+    SELECT as_of, member_id, COUNT(*) AS n, SUM(interactions) AS total,
+        SUM(LN(1 + interactions)) AS log_sum, SUM(LN(1 + interactions) * LN(1 + interactions)) AS log_sq
+    FROM post
+    GROUP BY as_of, member_id
+),
+prod AS (
+    SELECT as_of, member_id, n, log_sum, log_sq, n >= {min_posts} AND total >= {min_interactions} AS productive
+    FROM posting
 )
 SELECT m.member_id, c.as_of,
-    CAST(win.enrolled_at IS NOT NULL AND prod.member_id IS NOT NULL AS BIGINT) AS label,
+    CAST(win.enrolled_at IS NOT NULL AND COALESCE(prod.productive, FALSE) AS BIGINT) AS label,
     CAST(win.invited_at IS NOT NULL AS TINYINT) AS invited,
     CAST(COALESCE(win.enrolled_at >= win.invited_at, FALSE) AS TINYINT) AS accepted,
     CAST(win.enrolled_at IS NOT NULL AS TINYINT) AS enrolled,
-    CAST(prod.member_id IS NOT NULL AS TINYINT) AS productive
+    CAST(COALESCE(prod.productive, FALSE) AS TINYINT) AS productive,
+    CAST(COALESCE(prod.n, 0) AS SMALLINT) AS window_posts,
+    CAST(COALESCE(prod.log_sum, 0) AS REAL) AS window_log_interactions,
+    CAST(COALESCE(prod.log_sq, 0) AS REAL) AS window_log_interactions_sq
 FROM members m
 JOIN _cutoffs c ON m.joined_at < c.as_of
 LEFT JOIN past ON past.as_of = c.as_of AND past.member_id = m.member_id
@@ -163,7 +205,7 @@ def _stored_labels_and_outcomes(
         out = con.sql(sql).to_arrow_table().to_pandas()
     out["member_id"] = out["member_id"].astype("str")
     out["as_of"] = out["as_of"].astype("datetime64[us]")
-    return out.astype({"label": "int64", **dict.fromkeys(OUTCOME_COLUMNS, "int8")})
+    return out.astype({"label": "int64", **dict.fromkeys(OUTCOME_COLUMNS, "int8"), **POSTING_DTYPES})
 
 
 def labels_and_outcomes(

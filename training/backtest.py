@@ -38,6 +38,7 @@ from training.targets import (
     fixed_inputs,
     inverse_propensity_weights,
     rows_mask,
+    soft_training_rows,
 )
 
 logger = logging.getLogger(__name__)
@@ -287,6 +288,9 @@ def refit_component(
     """
     label = COMPONENTS[component].label
     part = fit_rows(rows, component)
+    counts = {"train_rows": len(part), "train_positives": int(part[label].sum())}  # 0/1 outcomes
+    if COMPONENTS[component].soft:  # the denoised label: each row twice, weighted by it and its complement
+        part = soft_training_rows(rows, component, fold_model.label_config)
     weight = part["weight"].to_numpy(dtype=float)
     if component == "invited_outcome":
         weight, fitted.propensity = inverse_propensity_weights(
@@ -298,5 +302,5 @@ def refit_component(
     model.fit_fixed(fit_inputs(part, names, component), part[label].to_numpy(), iterations, sample_weight=weight)
     model.target_method_ = fold_model.target_method_
     fitted.components[component] = model
-    fitted.rows[component] = {"train_rows": len(part), "train_positives": int(part[label].sum())}
+    fitted.rows[component] = counts
     return model

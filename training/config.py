@@ -144,7 +144,7 @@ class TrainConfig(BaseModel):
             "falls back to `observed` and says so"
         ),
     )
-    target_method: Literal["two_path", "two_path_shared", "two_stage", "ipw", "auxiliary", "blend"] = Field(
+    target_method: Literal["two_path", "two_path_shared", "two_path_soft", "two_path_soft_declined", "two_stage", "ipw", "auxiliary", "blend"] = Field(
         "two_path",
         description=(
             "How `if_invited` (and uplift's treated arm) is learnt; see training/targets.py. `two_path` "

@@ -36,7 +36,7 @@ from features.build import EngineConfig, build_features
 from features.contract import BrandData
 from features.labels import INTERACTIONS_KNOWN_AFTER, LabelConfig, label_window_complete
 from features.registry import CATEGORY_LEVELS, coerce_features, feature_names
-from features.targets import OUTCOME_COLUMNS, labels_and_outcomes
+from features.targets import OUTCOME_COLUMNS, POSTING_COLUMNS, labels_and_outcomes
 from training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -456,6 +456,8 @@ def build_snapshots(
     feats = features_for_rows(data, kept, engine)
     names = feature_names()
     columns = ["member_id", "as_of", "split", "label", "relevance", "weight", *OUTCOME_COLUMNS]
+    if source == "default_label":  # the soft label's evidence (training.soft_labels); a brand's own label has other rules
+        columns += [c for c in POSTING_COLUMNS if c in kept.columns]
     if _same_keys(kept, feats):  # the usual case: both sorted by (as_of, member_id), one copy
         frame = pd.concat([kept[columns], feats[names]], axis=1)
     else:

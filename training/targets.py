@@ -23,6 +23,13 @@
     (an S-learner). Enrolled members are ~1-4% of the rows; content ability shows in everyone's
     posts, so the shared trees learn it from all of them, and the enrolment input carries what
     the programme adds. It is calibrated on the enrolled validation rows only;
+  - `two_path_soft`: `two_path` whose productivity factors, P(productive | enrolled, x) and the
+    declined path's P(enrolled and productive | not invited, x), learn a denoised label instead
+    of the window's 0/1 outcome: how likely the member's posting is to meet the bar, from her
+    window's post count and interactions under an empirical-Bayes model fitted per cutoff
+    (`training.soft_labels`). Validation, early stopping and calibration keep the 0/1 outcome.
+    Needs the default label (the rule behind a brand's own labels is unknown);
+  - `two_path_soft_declined`: `two_path` with only the declined path learnt from the soft label;
   - `blend`: the geometric mean of `two_stage` and `auxiliary`, P(accept | invited, x) x
     sqrt(P(productive | enrolled, x) x P(productive posting | x)): the two methods win in different
     worlds on `koc eval` (two_stage where the past policy was spend-led, auxiliary elsewhere), and
@@ -51,7 +58,9 @@ from training.model import CompositeModel, KocModel
 logger = logging.getLogger(__name__)
 
 TARGETS = ("if_invited", "observed", "uplift")
-IF_INVITED_METHODS = ("two_stage", "ipw", "auxiliary", "blend", "two_path", "two_path_shared")
+IF_INVITED_METHODS = (
+    "two_stage", "ipw", "auxiliary", "blend", "two_path", "two_path_shared", "two_path_soft", "two_path_soft_declined"
+)
 MIN_COMPONENT_POSITIVES = 5  # fewer positives in a component's train or validation rows: not learnable
 
 
@@ -62,12 +71,16 @@ class Component:
     With `given`, the model learns from every row instead, with the outcome column `given` as an
     extra input (`given_input(given)`), and is scored with that input set to 1: P(label | given, x).
     `rows` then names the rows it is calibrated and judged on (those where `given` is 1).
+    With `soft`, it learns the denoised label (`training.soft_labels`: the enrolled rows' soft
+    productivity, times `enrolled` for the label `label`) instead of the 0/1 outcome; its
+    validation rows keep the 0/1 outcome.
     """
 
     rows: str | None
     label: str
     description: str
     given: str | None = None
+    soft: bool = False
 
 
 def given_input(column: str) -> str:
@@ -86,6 +99,12 @@ COMPONENTS: dict[str, Component] = {
         "enrolled", "productive", "productive | enrolled, learnt on every row with enrolment as an input", given="enrolled"
     ),
     "propensity": Component(None, "invited", "invited | eligible (the historical invitation policy)"),
+    "productive_enrolled_soft": Component(
+        "enrolled", "productive", "productive | enrolled, learnt from the denoised productivity label", soft=True
+    ),
+    "not_invited_outcome_soft": Component(
+        "not_invited", "label", "enrolled and productive | not invited, learnt from the denoised productivity label", soft=True
+    ),
 }
 METHOD_EXPONENTS: dict[str, dict[str, float]] = {
     "two_stage": {"accept": 1.0, "productive_enrolled": 1.0},
@@ -94,9 +113,16 @@ METHOD_EXPONENTS: dict[str, dict[str, float]] = {
     "blend": {"accept": 1.0, "productive_enrolled": 0.5, "productive_any": 0.5},
     "two_path": {"accept": 1.0, "productive_enrolled": 1.0},
     "two_path_shared": {"accept": 1.0, "productive_enrolled_shared": 1.0},
+    "two_path_soft": {"accept": 1.0, "productive_enrolled_soft": 1.0},
+    "two_path_soft_declined": {"accept": 1.0, "productive_enrolled": 1.0},
 }
 # Methods that add the declined path: (1 - P(accept | invited, x)) x this component.
-METHOD_DECLINED_PATH: dict[str, str] = {"two_path": "not_invited_outcome", "two_path_shared": "not_invited_outcome"}
+METHOD_DECLINED_PATH: dict[str, str] = {
+    "two_path": "not_invited_outcome",
+    "two_path_shared": "not_invited_outcome",
+    "two_path_soft": "not_invited_outcome_soft",
+    "two_path_soft_declined": "not_invited_outcome_soft",
+}
 
 
 def leaf_size(params: Mapping[str, Any], rows: int) -> int:
@@ -153,6 +179,44 @@ def fixed_inputs(component: str) -> dict[str, float]:
 def fit_rows(frame: pd.DataFrame, component: str) -> pd.DataFrame:
     """The rows component `component` learns from: every row for an S-learner (`given`), else `rows_of`."""
     return frame if COMPONENTS[component].given else rows_of(frame, component)
+
+
+def frame_soft_labels(frame: pd.DataFrame, component: str, label_config: Mapping[str, Any] | None) -> np.ndarray:
+    """The soft productivity label of `frame`'s enrolled rows (`training.soft_labels.soft_productive`).
+
+    A cutoff's labels are computed from all its enrolled rows in `frame` (a fold's training rows or
+    the refit's rows hold every enrolled row of their cutoffs: informative rows are never sampled),
+    so they are the same whichever frame a cutoff's rows come in.
+    """
+    from training.soft_labels import POSTING_COLUMNS, soft_productive
+
+    missing = [c for c in POSTING_COLUMNS if c not in frame.columns]
+    if missing or not label_config:
+        raise TargetUnavailable(
+            f"component {component!r} ({COMPONENTS[component].description}) needs the default label's window posts "
+            f"({', '.join(POSTING_COLUMNS)}); a brand's own labels table has other rules: use another target_method"
+        )
+    return soft_productive(frame, int(label_config["min_posts"]), int(label_config["min_interactions"]))
+
+
+def soft_training_rows(
+    frame: pd.DataFrame, component: str, label_config: Mapping[str, Any] | None, soft: np.ndarray | None = None
+) -> pd.DataFrame:
+    """The rows a `soft` component learns from: its rows of `frame`, each twice (label 1 and 0, weighted
+    by the soft label and its complement; `training.soft_labels.expand_soft`).
+
+    `soft`: `frame_soft_labels(frame, ...)` when the caller has it already (one per frame).
+    """
+    from training.soft_labels import expand_soft
+
+    soft = frame_soft_labels(frame, component, label_config) if soft is None else soft
+    mask = rows_mask(frame, component)
+    rows, soft = (frame, soft) if mask is None else (frame.loc[mask], soft[mask])
+    enrolled = rows["enrolled"].to_numpy() == 1
+    soft = np.where(enrolled, np.nan_to_num(soft), 0.0)  # not enrolled: neither label can be 1
+    if COMPONENTS[component].label == "productive" and not enrolled.all():
+        raise ValueError(f"soft component {component!r} must learn from enrolled rows only")
+    return expand_soft(rows, COMPONENTS[component].label, soft)
 
 
 def fit_inputs(rows: pd.DataFrame, names: list[str], component: str) -> pd.DataFrame:
@@ -285,9 +349,15 @@ def fit_components(
     `make_model()` returns a fresh, unfitted KocModel with the run's parameters.
     """
     fitted = FittedTarget(components={})
+    soft: np.ndarray | None = None  # the training rows' soft labels, computed once for every soft component
     for component in components:
         label, given = COMPONENTS[component].label, COMPONENTS[component].given
         train_rows, valid_rows = fit_rows(train, component), fit_rows(valid, component)
+        counts = {"train_rows": len(train_rows), "train_positives": int(train_rows[label].sum())}  # 0/1 outcomes
+        if COMPONENTS[component].soft:  # each row twice, weighted by the soft label and its complement
+            if soft is None:
+                soft = frame_soft_labels(train, component, make_model().label_config)
+            train_rows = soft_training_rows(train, component, make_model().label_config, soft)
         if component == "propensity" and issued is not None:
             invited_rows = train_rows.loc[train_rows["invited"].to_numpy() == 1]
             if not np.isnan(logged_propensity(invited_rows, issued)).any():
@@ -319,8 +389,7 @@ def fit_components(
         model.target_method_ = component
         fitted.components[component] = model
         fitted.rows[component] = {
-            "train_rows": len(train_rows),
-            "train_positives": int(train_rows[label].sum()),
+            **counts,
             "validation_rows": len(valid_rows),
             "validation_positives": int(valid_rows[label].sum()),
         }

@@ -335,6 +335,17 @@ def test_cli_train_models_and_promote(world: BrandData, tmp_path: Path) -> None:
     assert missing.exit_code == 1 and "no version 7" in missing.output
 
 
+def _train_method(world: BrandData, tmp_path: Path, method: str) -> tuple[str, TrainResult]:
+    """`if_invited` with `target_method = method`, two backtest folds and few trees: (tracking store, result)."""
+    cfg = TrainConfig.model_validate(
+        CONFIG.model_dump()
+        | {"target": "if_invited", "target_method": method, "backtest_cutoffs": 2,
+           "lgbm": {"num_boost_round": 80, "early_stopping_rounds": 10}}
+    )
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    return store, run_training(world, cfg, tracking_uri=store)
+
+
 def test_two_path_shared_is_refit_and_served_with_its_given_input_fixed(world: BrandData, tmp_path: Path) -> None:
     """`target_method = "two_path_shared"` end to end: the served model is the refit on every
     complete cutoff, the embargoed ones included; its S-learner learnt from every row with the
@@ -342,13 +353,7 @@ def test_two_path_shared_is_refit_and_served_with_its_given_input_fixed(world: B
     pyfunc gives the same probabilities."""
     from training.targets import given_input
 
-    cfg = TrainConfig.model_validate(
-        CONFIG.model_dump()
-        | {"target": "if_invited", "target_method": "two_path_shared", "backtest_cutoffs": 2,
-           "lgbm": {"num_boost_round": 80, "early_stopping_rounds": 10}}
-    )
-    store = f"sqlite:///{tmp_path}/mlflow.db"
-    result = run_training(world, cfg, tracking_uri=store)
+    store, result = _train_method(world, tmp_path, "two_path_shared")
     model = result.model
     assert (model.target_, model.target_method_) == ("if_invited", "two_path_shared")
     split, refit_cutoffs = result.dataset.split, result.dataset.refit_cutoffs
@@ -371,3 +376,26 @@ def test_two_path_shared_is_refit_and_served_with_its_given_input_fixed(world: B
         pyfunc = mlflow.pyfunc.load_model(f"models:/{result.model_name}/{result.model_version}")
     out = pyfunc.predict(to_pyfunc_input(rows))
     np.testing.assert_allclose(out["probability"].to_numpy(), model.predict_proba(rows[names]))
+
+
+def test_two_path_soft_learns_the_denoised_label_and_is_served(world: BrandData, tmp_path: Path) -> None:
+    """`target_method = "two_path_soft"` end to end: both productivity factors (fold models and the
+    refit) learn from the soft label, each of their rows twice; the run logs the 0/1 row counts; the
+    served model and the logged pyfunc agree."""
+    store, result = _train_method(world, tmp_path, "two_path_soft")
+    model = result.model
+    assert (model.target_, model.target_method_) == ("if_invited", "two_path_soft")
+    assert set(model.components_) == {"accept", "productive_enrolled_soft", "not_invited_outcome_soft"}
+    assert model.declined_ == "not_invited_outcome_soft"
+    params = MlflowClient(store).get_run(result.run_id).data.params
+    rows = result.dataset.part("train")  # the latest fold's, whose fit the run's params describe
+    enrolled = int((rows["enrolled"] == 1).sum())
+    assert params["target.productive_enrolled_soft.train_rows"] == str(enrolled)  # rows, not their two copies
+    assert 0 < int(params["target.productive_enrolled_soft.train_positives"]) < enrolled
+
+    test = result.dataset.part("test").head(300)
+    names = result.dataset.feature_names
+    with tracking.tracking_context(store):
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{result.model_name}/{result.model_version}")
+    out = pyfunc.predict(to_pyfunc_input(test))
+    np.testing.assert_allclose(out["probability"].to_numpy(), model.predict_proba(test[names]))

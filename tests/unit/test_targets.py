@@ -71,6 +71,11 @@ def test_outcomes_split_the_default_label_into_invitation_acceptance_enrolment_a
     pd.testing.assert_frame_equal(out[expected.columns], expected)
     label = default_labels(data, AS_OF).set_index("member_id")["label"]
     np.testing.assert_array_equal(label.to_numpy(), (out["enrolled"] & out["productive"]).to_numpy())
+    # the window's posting behind `productive` (the soft label's evidence): m4's September post is before as_of
+    assert out["window_posts"].tolist() == [3, 0, 1, 2, 0]
+    np.testing.assert_allclose(out["window_log_interactions"], [3 * np.log(41), 0, np.log(501), 2 * np.log(61), 0], rtol=1e-6)
+    np.testing.assert_allclose(out["window_log_interactions_sq"], [3 * np.log(41) ** 2, 0, np.log(501) ** 2, 2 * np.log(61) ** 2, 0], rtol=1e-6)
+    assert out["window_posts"].dtype == "int16" and out["window_log_interactions"].dtype == "float32"
 
 
 def test_rows_keep_their_order_and_each_cutoff_sees_only_its_window():
