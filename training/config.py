@@ -152,7 +152,10 @@ class TrainConfig(BaseModel):
             "invited)) stays the default: `two_path_shared` (the middle factor learnt from every row with "
             "enrolment as an input) is ahead on the 30k `koc eval` grid in 44 of 60 folds (mean share of the "
             "ceiling +0.004 to +0.007, mostly inside the seed spread), level at 100k and behind on the 1M "
-            "bench world; use it where enrolments are few (README, koc eval)"
+            "bench world; use it where enrolments are few. `two_path_soft` (both productivity factors learnt "
+            "from a denoised label, training/soft_labels.py) is ahead on the grid where self-enrolment is "
+            "common and slightly behind in spend_led; `two_path_soft_declined` softens the declined path "
+            "only; neither is measured at 1M yet (README, koc eval)"
         ),
     )
     propensity_clip: float = Field(
