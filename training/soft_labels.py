@@ -38,9 +38,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-# Per row of a window's posts: count, sum and sum of squares of log(1 + 7-day interactions).
-POSTING_COLUMNS = ("window_posts", "window_log_interactions", "window_log_interactions_sq")
-SOFT_COLUMN = "productive_soft"
+from features.targets import POSTING_COLUMNS  # per row: the window's post count, sum and sum of squares of log(1 + v)
+
 MAX_POSTS = 64  # posts per window counted apart; more are lumped at 64 (past the count bar and any sane interaction bar)
 MIN_TAU2 = 0.05  # floor of the between-member variance of θ (a cutoff with few posters estimates ~0)
 QUADRATURE_NODES = 24  # Gauss-Hermite nodes over a member's θ
