@@ -207,9 +207,11 @@ def run_backtest(
             continue
         if position == order[0] and why is not None:
             fallback = why
-            effective = train_cfg.model_copy(update={"target": "observed"})
-        if model.target_ != effective.target and position != order[0]:
-            skipped.append(f"{fold.test.date()}: fell back to {model.target_}")
+            learnt = {"target": "observed"} if model.target_ == "observed" else {"target_method": model.target_method_}
+            effective = train_cfg.model_copy(update=learnt)
+        expected = (effective.target, "single" if effective.target == "observed" else effective.target_method)
+        if (model.target_, model.target_method_) != expected and position != order[0]:
+            skipped.append(f"{fold.test.date()}: fell back to {model.target_} ({model.target_method_})")
             continue
         scores, out_of_time = fold_scores(model, fitted, test, names)
         result = _score_fold("model", model, test, scores, data, fold, train_cfg)

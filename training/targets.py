@@ -116,6 +116,9 @@ METHOD_EXPONENTS: dict[str, dict[str, float]] = {
     "two_path_soft": {"accept": 1.0, "productive_enrolled_soft": 1.0},
     "two_path_soft_declined": {"accept": 1.0, "productive_enrolled": 1.0},
 }
+# A method that needs the default label's window posts (the soft label) falls back to this one
+# when they are unknown (a brand's own labels table), before falling back to `observed`.
+METHOD_FALLBACK: dict[str, str] = {"two_path_soft": "two_path", "two_path_soft_declined": "two_path"}
 # Methods that add the declined path: (1 - P(accept | invited, x)) x this component.
 METHOD_DECLINED_PATH: dict[str, str] = {
     "two_path": "not_invited_outcome",

@@ -47,7 +47,14 @@ from training.evaluate import (
 from training.fingerprint import cached_fingerprint
 from training.model import KocModel
 from training.pyfunc import CODE_PATHS, MODEL_ARTIFACT_KEY, KocPyfunc, signature_for, to_pyfunc_input
-from training.targets import FittedTarget, TargetUnavailable, components_for, fit_components, target_params
+from training.targets import (
+    METHOD_FALLBACK,
+    FittedTarget,
+    TargetUnavailable,
+    components_for,
+    fit_components,
+    target_params,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -164,27 +171,32 @@ def fit_target(
 ) -> tuple[KocModel, FittedTarget, str | None]:
     """The configured target's model fitted on `train`, early-stopped and calibrated on `valid`.
 
-    Returns (model, its components, why it fell back to `observed` or None). A treatment-aware
-    target needs logged invitations and enrolments; without enough of them the run learns the
-    observed label instead and says why.
+    Returns (model, its components, why it fell back or None). A treatment-aware target needs
+    logged invitations and enrolments; without enough of them the run learns the observed label
+    instead and says why. A soft method without the default label's window posts first falls
+    back to its plain method (`training.targets.METHOD_FALLBACK`).
     """
-    if train_cfg.target != "observed":
+    fallback = None
+    method: str | None = train_cfg.target_method if train_cfg.target != "observed" else None
+    while method is not None:
         try:
             fitted = fit_components(
                 train,
                 valid,
                 names,
-                components_for(train_cfg.target, train_cfg.target_method),
+                components_for(train_cfg.target, method),
                 model_factory(train_cfg, label_cfg),
                 propensity_clip=train_cfg.propensity_clip,
                 issued=issued,
             )
-            return fitted.model(train_cfg.target, train_cfg.target_method), fitted, None
+            return fitted.model(train_cfg.target, method), fitted, fallback
         except TargetUnavailable as err:
-            fallback = f"target {train_cfg.target!r} unavailable, learnt 'observed' instead: {err}"
-            logger.warning(fallback)
-    else:
-        fallback = None
+            instead = METHOD_FALLBACK.get(method)
+            learnt = f"target {train_cfg.target!r} with method {instead!r}" if instead else "'observed'"
+            why = f"target {train_cfg.target!r} with method {method!r} unavailable, learnt {learnt} instead: {err}"
+            fallback = why if fallback is None else f"{fallback}; {why}"
+            logger.warning(why)
+            method = instead
     fitted = _fit_observed(train, valid, names, train_cfg.model_copy(update={"target": "observed"}), label_cfg)
     return fitted.model("observed", "single"), fitted, fallback
 

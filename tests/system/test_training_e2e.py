@@ -283,6 +283,32 @@ def test_members_orders_labels_directory_trains(world: BrandData, tmp_path: Path
     assert result.metrics.loc["model", "n_positive"] > 0 and "yield_at_100" not in result.metrics.columns
 
 
+def test_a_labels_table_turns_two_path_soft_into_two_path_in_every_fold_and_the_refit(
+    world: BrandData, tmp_path: Path
+) -> None:
+    """A brand's own labels table beside its programme log: the soft label's rule is unknown, so
+    `two_path_soft` falls back to `two_path` (not to `observed`) in every backtest fold and the
+    served refit, and the run says so."""
+    cutoffs = pd.date_range("2024-08-01", "2025-08-01", freq="MS")
+    labels = labels_for(world, cutoffs, LabelConfig())[["member_id", "as_of", "label"]]
+    tables = {name: frame for name, frame in world.tables.items() if name not in world.absent}
+    data = from_frames({**tables, "labels": labels})
+    cfg = TrainConfig.model_validate(
+        CONFIG.model_dump()
+        | {"target": "if_invited", "target_method": "two_path_soft", "backtest_cutoffs": 2,
+           "lgbm": {"num_boost_round": 60, "early_stopping_rounds": 10}}
+    )
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    result = run_training(data, cfg, tracking_uri=store)
+    assert result.split["label_source"] == "labels_table"
+    assert (result.model.target_, result.model.target_method_) == ("if_invited", "two_path")
+    assert set(result.model.components_) == {"accept", "productive_enrolled", "not_invited_outcome"}
+    assert [f.model.target_method_ for f in result.backtest.folds] == ["two_path", "two_path"]
+    tags = MlflowClient(store).get_run(result.run_id).data.tags
+    assert tags["koc.target_method"] == "two_path"
+    assert "'two_path_soft' unavailable, learnt target 'if_invited' with method 'two_path'" in tags["koc.target_fallback"]
+
+
 def test_cli_train_models_and_promote(world: BrandData, tmp_path: Path) -> None:
     from kocrank import cli_training
 

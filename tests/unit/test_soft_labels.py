@@ -154,3 +154,27 @@ def test_without_the_window_posts_the_soft_components_are_unavailable():
     frame = _snapshot_rows().drop(columns=list(POSTING_COLUMNS))
     with pytest.raises(TargetUnavailable, match="default label's window posts"):
         soft_training_rows(frame, "productive_enrolled_soft", LabelConfig().model_dump())
+
+
+def test_a_soft_method_without_the_window_posts_falls_back_to_its_plain_method_not_to_observed():
+    """With a brand's own labels table the run still learns `two_path` (invitations and enrolments are
+    logged) and says why, rather than dropping to the observed label."""
+    from training.config import TrainConfig
+    from training.train import fit_target
+
+    def frame(seed: int) -> pd.DataFrame:
+        rows = _snapshot_rows().drop(columns=list(POSTING_COLUMNS))
+        rng = np.random.default_rng(seed)
+        rows = rows.sample(frac=1.0, random_state=seed).reset_index(drop=True)  # other rows per seed
+        return rows.assign(
+            accepted=(rows["invited"] & rows["enrolled"]).astype("int8"),
+            x1=rng.normal(size=len(rows)).astype("float32") + rows["productive"].to_numpy(),
+            x2=rng.normal(size=len(rows)).astype("float32"),
+        )
+
+    cfg = TrainConfig(target="if_invited", target_method="two_path_soft", lgbm={"num_boost_round": 20})
+    model, fitted, why = fit_target(frame(1), frame(2), ["x1", "x2"], cfg, LabelConfig())
+    assert (model.target_, model.target_method_) == ("if_invited", "two_path")
+    assert set(fitted.components) == {"accept", "productive_enrolled", "not_invited_outcome"}
+    assert why is not None and "'two_path_soft' unavailable, learnt target 'if_invited' with method 'two_path'" in why
+    assert "window posts" in why
