@@ -191,6 +191,9 @@ TABLES: dict[str, TableSpec] = {
                 Col("p_productive_if_invited", "float", ge=0, le=1),
                 Col("p_productive_if_not_invited", "float", ge=0, le=1, optional=True, nullable=True),
                 Col("p_invited", "float", ge=0, le=1, optional=True, nullable=True),
+                Col("p_accept_if_invited", "float", ge=0, le=1, optional=True, nullable=True),
+                Col("p_productive_if_accepted", "float", ge=0, le=1, optional=True, nullable=True),
+                Col("p_productive_after_decline", "float", ge=0, le=1, optional=True, nullable=True),
             ),
         ),
     )

@@ -193,6 +193,15 @@ def register(app: typer.Typer) -> None:
                 "test cutoff (rows <scorer>@served, against ceiling@served).",
             ),
         ] = False,
+        decompose: Annotated[
+            bool,
+            typer.Option(
+                "--decompose",
+                help="Also score each two-path scorer's fold model with one part at a time (accept, productive, "
+                "declined, then all) swapped for the same learner trained on that part's truth (rows "
+                "<scorer>/<part>_from_truth): the part whose swap lifts the yield most holds the target gap.",
+            ),
+        ] = False,
         config: Annotated[Path | None, typer.Option("--config", help="TOML config file.")] = None,
         tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow store.")] = None,
     ) -> None:
@@ -257,6 +266,7 @@ def register(app: typer.Typer) -> None:
             on_cell=show,
             test_cutoffs=test_cutoffs,
             served=served,
+            decompose=decompose,
         )
         if out is not None:
             from features.io import write_frame

@@ -27,7 +27,7 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,10 +43,11 @@ from training.baselines import all_baselines
 from training.config import KSpec, TrainConfig
 from training.dataset import build_snapshots
 from training.evaluate import k_label, rank_order, resolve_k, truth_for
-from training.model import KocModel
+from training.model import ACCEPT_COMPONENT, CompositeModel, KocModel
 from training.targets import (
     COMPONENTS,
     IF_INVITED_METHODS,
+    METHOD_DECLINED_PATH,
     FittedTarget,
     TargetUnavailable,
     components_for,
@@ -60,6 +61,14 @@ logger = logging.getLogger(__name__)
 CEILING = "ceiling"
 SERVED = "@served"  # suffix of the served-model rows (`evaluate_world(served=True)`)
 NOT_INVITED = "p_productive_if_not_invited"
+# The invitation's paths in the simulator's truth (`kocrank.simulation.truth.PathProbabilities`), by the
+# part of a two-path score that estimates each: `koc eval --decompose` swaps one part at a time for the
+# same learner trained on its true value (rows `<scorer>/<part>_from_truth`).
+PATH_TRUTH = {
+    "accept": "p_accept_if_invited",
+    "productive": "p_productive_if_accepted",
+    "declined": "p_productive_after_decline",
+}
 DEFAULT_SCORERS = (
     "observed",
     *(f"if_invited:{m}" for m in IF_INVITED_METHODS),
@@ -161,6 +170,26 @@ def refit_served(
     return served
 
 
+def path_swaps(model: KocModel, X: pd.DataFrame, truth_scores: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A two-path score with one part at a time (then all three) replaced by `truth_scores[part]`.
+
+    The parts (`PATH_TRUTH`): `accept` is P(accept | invited); `productive` the product's other
+    factor, P(productive | enrolled); `declined` the declined path. Where swapping a part lifts the
+    yield most is where the target gap sits. Empty for a score without a declined path.
+    """
+    if not isinstance(model, CompositeModel) or model.declined_ is None or len(model.exponents_) != 2:
+        return {}
+    (productive,) = [name for name in model.exponents_ if name != ACCEPT_COMPONENT]
+    names = {"accept": ACCEPT_COMPONENT, "productive": productive, "declined": model.declined_}
+    probas = model._component_probas(X, model._treated_names())
+
+    def score(swapped: Iterable[str]) -> np.ndarray:
+        parts = dict(probas) | {names[part]: np.clip(truth_scores[part], 0.0, 1.0) for part in swapped}
+        return model._treated_from(parts)
+
+    return {f"{part}_from_truth": score([part]) for part in names} | {"all_from_truth": score(names)}
+
+
 @dataclass(frozen=True)
 class WorldResult:
     """Per-scorer figures on one world's test cutoff, plus timings."""
@@ -178,6 +207,7 @@ def evaluate_world(
     k: KSpec = "1%",
     test_cutoffs: int = 1,
     served: bool = False,
+    decompose: bool = False,
 ) -> WorldResult:
     """Every scorer (`observed`, `if_invited:<method>`, `uplift:<method>`), the ceiling and the baselines.
 
@@ -186,7 +216,9 @@ def evaluate_world(
     train cutoffs, early-stops and calibrates on its own validation cutoff and is scored on
     its test cutoff. The snapshots are built once and shared by every fold and target.
     With `served`, every scorer and the ceiling are also refit as `koc train` serves them
-    (`refit_served`; rows `<scorer>@served`, `ceiling@served`).
+    (`refit_served`; rows `<scorer>@served`, `ceiling@served`). With `decompose`, each two-path
+    scorer's fold model is also scored with each of its parts swapped for a ceiling of that part
+    (`path_swaps`; rows `<scorer>/<part>_from_truth`), where the truth carries the invitation's paths.
     The table has one row per (test cutoff, scorer).
     """
     if "truth" in data.absent:
@@ -204,6 +236,11 @@ def evaluate_world(
         needed_all += [c for c in components_for(target, method or "two_stage") if c not in needed_all]
     truth = data.truth
     has_uplift = NOT_INVITED in truth.columns
+    missing_paths = [c for c in PATH_TRUTH.values() if c not in truth.columns or truth[c].isna().all()]
+    if decompose and missing_paths:
+        raise ValueError(f"decompose needs the invitation's paths in the truth table; it lacks {missing_paths}")
+    if decompose:
+        seconds["decompose"] = 0.0
     rows = []
     for fold in dataset.folds:
         train, valid, test = dataset.fold_parts(fold)
@@ -267,6 +304,15 @@ def evaluate_world(
             uplift_truth = truth.assign(true_uplift=truth["p_productive_if_invited"] - truth[NOT_INVITED])
             scores[f"{CEILING}:uplift"] = fit_ceiling(parts, names, uplift_truth, train_cfg, "true_uplift")
         seconds["ceiling"] += time.perf_counter() - clock
+        if decompose and fitted is not None:
+            clock = time.perf_counter()
+            part_scores = {part: fit_ceiling(parts, names, truth, train_cfg, column) for part, column in PATH_TRUTH.items()}
+            for scorer in scorers:
+                target, _, method = scorer.partition(":")
+                if target == "if_invited" and method in METHOD_DECLINED_PATH:
+                    swaps = path_swaps(fitted.model(target, method), test[names], part_scores)
+                    scores |= {f"{scorer}/{name}": values for name, values in swaps.items()}
+            seconds["decompose"] += time.perf_counter() - clock
         clock = time.perf_counter()
         for baseline in all_baselines(train, test, names, seed=train_cfg.seed, value_weights=train_cfg.value_weights):
             scores[baseline.name] = baseline.scores
@@ -339,6 +385,7 @@ def run_grid(
     on_cell: Callable[[str, int, WorldResult], None] | None = None,
     test_cutoffs: int = 1,
     served: bool = False,
+    decompose: bool = False,
 ) -> pd.DataFrame:
     """Every (scenario, seed) world through `evaluate_world`; one long table, logged as one MLflow run.
 
@@ -359,11 +406,13 @@ def run_grid(
                     "horizon_days": str(label_cfg.horizon_days),
                     "test_cutoffs": str(test_cutoffs),
                     "served": str(served).lower(),
+                    "decompose": str(decompose).lower(),
                 }
             )
             for scenario, seed, data in worlds:
                 result = evaluate_world(
-                    data, train_cfg, label_cfg, scorers=scorers, k=k, test_cutoffs=test_cutoffs, served=served
+                    data, train_cfg, label_cfg, scorers=scorers, k=k, test_cutoffs=test_cutoffs, served=served,
+                    decompose=decompose,
                 )
                 cell = result.table.reset_index().assign(scenario=scenario, seed=seed)
                 frames.append(cell)

@@ -206,7 +206,8 @@ def assemble(world: World, end: int | None = None) -> tuple[dict[str, pd.DataFra
 
 
 def _truth(world: World, mid: Callable[[np.ndarray], pd.Series]) -> pd.DataFrame:
-    """One row per eligible member and cutoff: P(productive) if invited and if not, and P(invited)."""
+    """One row per eligible member and cutoff: P(productive) if invited and if not, P(invited), and the
+    invitation's paths (P(accept), P(productive) if accepted and after a decline)."""
     months = sorted(world.truth)
     rows = [world.truth[m] for m in months]
 
@@ -221,6 +222,9 @@ def _truth(world: World, mid: Callable[[np.ndarray], pd.Series]) -> pd.DataFrame
             "p_productive_if_invited": column("if_invited"),
             "p_productive_if_not_invited": column("if_not_invited"),
             "p_invited": column("p_invited"),
+            "p_accept_if_invited": column("accept"),
+            "p_productive_if_accepted": column("if_accepted"),
+            "p_productive_after_decline": column("after_decline"),
         }
     )
 

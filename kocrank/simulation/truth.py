@@ -186,10 +186,26 @@ def _spread(values: np.ndarray, at: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class PathProbabilities:
+    """Truth at one cutoff for members `idx`, and the two paths an invitation opens.
+
+    `if_invited = accept * if_accepted + (1 - accept) * after_decline`: what `two_path`
+    (training/targets.py) estimates factor by factor, so `koc eval --decompose` can tell which
+    factor the target gap sits in.
+    """
+
+    if_invited: np.ndarray
+    if_not_invited: np.ndarray
+    accept: np.ndarray  # P(accepts | invited now)
+    if_accepted: np.ndarray  # P(productive | accepted now)
+    after_decline: np.ndarray  # P(productive | declined now): a later self-enrolment
+
+
 def productive_probabilities(
     pop: Mapping[str, np.ndarray], idx: np.ndarray, ctx: CutoffContext, cfg: SimConfig
-) -> tuple[np.ndarray, np.ndarray]:
-    """(P(productive | invited at this cutoff), P(productive | not invited)) for members `idx`.
+) -> PathProbabilities:
+    """P(productive | invited at this cutoff), P(productive | not invited) and the paths, for members `idx`.
 
     Invited: she accepts with `accept_prob`, then posts as a KOC (a Poisson process at
     `koc_post_rate`; KOCs neither churn nor get eliminated within the horizon) after
@@ -239,4 +255,10 @@ def productive_probabilities(
         after_decline[some] += from_1[j][some] * productive
     accept = accept_prob(sub)
     invited = accept * on_acceptance + (1.0 - accept) * after_decline
-    return np.clip(invited, 0.0, 1.0), np.clip(not_invited, 0.0, 1.0)
+    return PathProbabilities(
+        if_invited=np.clip(invited, 0.0, 1.0),
+        if_not_invited=np.clip(not_invited, 0.0, 1.0),
+        accept=accept,
+        if_accepted=np.clip(on_acceptance, 0.0, 1.0),
+        after_decline=np.clip(after_decline, 0.0, 1.0),
+    )

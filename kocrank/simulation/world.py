@@ -87,6 +87,9 @@ class TruthRows:
     if_invited: np.ndarray
     if_not_invited: np.ndarray
     p_invited: np.ndarray  # P(invited) under the policy that chose this cutoff's invitations; NaN if unknown
+    accept: np.ndarray  # the invitation's two paths (`truth.PathProbabilities`)
+    if_accepted: np.ndarray
+    after_decline: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -244,8 +247,11 @@ class World:
         joins = [np.zeros(n)] * (3 - len(self.recent)) + [_pad(month["campaign_joins"], n) for month in self.recent]
         after = self.cal.ahead(m, months=max(4, int(np.ceil(self.cfg.horizon_days / 28)) + 1))
         ctx = CutoffContext(after[0], after[1], [j[idx] for j in joins])
-        if_invited, if_not = productive_probabilities(self.pop, idx, ctx, self.cfg)
-        self.truth[m] = TruthRows(idx, if_invited, if_not, np.full(len(idx), np.nan))
+        paths = productive_probabilities(self.pop, idx, ctx, self.cfg)
+        self.truth[m] = TruthRows(
+            idx, paths.if_invited, paths.if_not_invited, np.full(len(idx), np.nan),
+            paths.accept, paths.if_accepted, paths.after_decline,
+        )
 
     def recent_aggregates(self, idx: np.ndarray) -> dict[str, np.ndarray]:
         """Last three months' spend, orders, activity, campaign joins and posts of members `idx`."""

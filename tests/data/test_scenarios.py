@@ -38,6 +38,14 @@ def test_every_scenario_is_valid_contract_data_with_full_truth(worlds):
         # invitations add up to the budget: expected count = sum of propensities
         invited = world.tables["program"].query("status == 'invited'")
         assert truth["p_invited"].sum() == pytest.approx(len(invited), rel=0.02), name
+        # the invitation's two paths: accept and produce, or decline and perhaps self-enrol later
+        paths = truth[["p_accept_if_invited", "p_productive_if_accepted", "p_productive_after_decline"]]
+        assert paths.notna().all().all() and ((paths >= 0) & (paths <= 1)).all().all(), name
+        accept = truth["p_accept_if_invited"]
+        recomposed = accept * truth["p_productive_if_accepted"] + (1 - accept) * truth["p_productive_after_decline"]
+        np.testing.assert_allclose(recomposed, truth["p_productive_if_invited"], atol=1e-12, err_msg=name)
+        # a decline closes this month's door: the later path is never likelier than not being invited at all
+        assert (truth["p_productive_after_decline"] <= truth["p_productive_if_not_invited"] + 1e-12).all(), name
 
 
 @pytest.mark.slow

@@ -144,3 +144,76 @@ def test_evaluate_world_judges_every_scorer_on_each_test_cutoff(tmp_path) -> Non
         at = table.loc[table["test_cutoff"] == cutoff, "yield_ratio_at_5pct"]
         assert at[CEILING] > at["random"] + 0.1 and at[CEILING + SERVED] > at["random"] + 0.1
     assert result.seconds["served"] > 0
+
+
+def test_path_swaps_replace_one_part_of_a_two_path_score_at_a_time() -> None:
+    """Swapping in each part's own probabilities gives the model's score back; a swapped part is
+    used as given; a score without a declined path has no parts to swap."""
+    from features.labels import LabelConfig
+    from training.eval_grid import path_swaps
+    from training.model import CompositeModel
+    from training.train import model_factory
+
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"x1": rng.normal(size=600), "x2": rng.normal(size=600)}).astype("float32")
+    make = model_factory(TrainConfig(lgbm={"num_boost_round": 20}), LabelConfig())
+
+    def fitted(shift: float):
+        y = (rng.random(600) < 1 / (1 + np.exp(-(X["x1"].to_numpy() + shift)))).astype(int)
+        return make(min_data_in_leaf=20).fit(X.iloc[:400], y[:400], X.iloc[400:], y[400:])
+
+    parts = {"accept": fitted(0.0), "productive_enrolled": fitted(-1.0), "not_invited_outcome": fitted(-3.0)}
+    model = CompositeModel(
+        parts, {"accept": 1.0, "productive_enrolled": 1.0}, target="if_invited", method="two_path",
+        declined="not_invited_outcome",
+    )
+    own = {
+        "accept": parts["accept"].predict_proba(X),
+        "productive": parts["productive_enrolled"].predict_proba(X),
+        "declined": parts["not_invited_outcome"].predict_proba(X),
+    }
+    swaps = path_swaps(model, X, own)
+    assert set(swaps) == {"accept_from_truth", "productive_from_truth", "declined_from_truth", "all_from_truth"}
+    for values in swaps.values():
+        np.testing.assert_allclose(values, model.predict_proba(X), rtol=1e-6)
+    a, e, d = own["accept"], own["productive"], own["declined"]
+    truth = {"accept": np.full(600, 0.5), "productive": np.full(600, 0.2), "declined": np.full(600, 0.1)}
+    swaps = path_swaps(model, X, truth)
+    np.testing.assert_allclose(swaps["accept_from_truth"], 0.5 * e + 0.5 * d, rtol=1e-6)
+    np.testing.assert_allclose(swaps["productive_from_truth"], a * 0.2 + (1 - a) * d, rtol=1e-6)
+    np.testing.assert_allclose(swaps["declined_from_truth"], a * e + (1 - a) * 0.1, rtol=1e-6)
+    np.testing.assert_allclose(swaps["all_from_truth"], 0.5 * 0.2 + 0.5 * 0.1, rtol=1e-6)
+    product_only = CompositeModel(
+        {"accept": parts["accept"], "productive_enrolled": parts["productive_enrolled"]},
+        {"accept": 1.0, "productive_enrolled": 1.0}, target="if_invited", method="two_stage",
+    )
+    assert path_swaps(product_only, X, truth) == {}
+
+
+@pytest.mark.slow
+def test_evaluate_world_decomposes_the_two_path_scores_by_part() -> None:
+    from features.contract import from_frames
+    from features.labels import LabelConfig
+    from kocrank.simulation import SimConfig, simulate
+    from training.eval_grid import CEILING, evaluate_world
+
+    world = from_frames(simulate(SimConfig(members=1500, seed=3)).tables)
+    result = evaluate_world(
+        world, TrainConfig(), LabelConfig(), scorers=("if_invited:two_path", "if_invited:auxiliary"), k="5%",
+        decompose=True,
+    )
+    table = result.table
+    swapped = {f"if_invited:two_path/{part}_from_truth" for part in ("accept", "productive", "declined", "all")}
+    assert swapped <= set(table.index)
+    assert not any(name.startswith("if_invited:auxiliary/") for name in table.index)  # no declined path
+    yields = table.loc[[*swapped, "if_invited:two_path", CEILING], "yield_ratio_at_5pct"]
+    assert ((yields > 0) & (yields <= 1.0 + 1e-9)).all()
+    # with every part learnt from its truth the score knows far more than the observed outcomes tell
+    assert yields["if_invited:two_path/all_from_truth"] > yields["if_invited:two_path"] - 0.05
+    assert result.seconds["decompose"] > 0
+    without_paths = from_frames(
+        {**{n: f for n, f in world.tables.items() if n not in world.absent},
+         "truth": world.truth[["member_id", "as_of", "p_productive_if_invited"]]}
+    )
+    with pytest.raises(ValueError, match="p_accept_if_invited"):
+        evaluate_world(without_paths, TrainConfig(), LabelConfig(), scorers=("if_invited:two_path",), decompose=True)
