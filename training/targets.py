@@ -117,7 +117,7 @@ METHOD_EXPONENTS: dict[str, dict[str, float]] = {
     "two_path_soft_declined": {"accept": 1.0, "productive_enrolled": 1.0},
 }
 # A method that needs the default label's window posts (the soft label) falls back to this one
-# when they are unknown (a brand's own labels table), before falling back to `observed`.
+# when they are unknown (a brand's own labels table: `SoftLabelUnavailable`), before `observed`.
 METHOD_FALLBACK: dict[str, str] = {"two_path_soft": "two_path", "two_path_soft_declined": "two_path"}
 # Methods that add the declined path: (1 - P(accept | invited, x)) x this component.
 METHOD_DECLINED_PATH: dict[str, str] = {
@@ -139,6 +139,10 @@ def leaf_size(params: Mapping[str, Any], rows: int) -> int:
 
 class TargetUnavailable(ValueError):
     """The data cannot support a target (e.g. no invitations or enrolments were logged)."""
+
+
+class SoftLabelUnavailable(TargetUnavailable):
+    """The soft label cannot be built (no window posts: a brand's own labels table); the plain method still can."""
 
 
 def components_for(target: str, method: str) -> list[str]:
@@ -195,7 +199,7 @@ def frame_soft_labels(frame: pd.DataFrame, component: str, label_config: Mapping
 
     missing = [c for c in POSTING_COLUMNS if c not in frame.columns]
     if missing or not label_config:
-        raise TargetUnavailable(
+        raise SoftLabelUnavailable(
             f"component {component!r} ({COMPONENTS[component].description}) needs the default label's window posts "
             f"({', '.join(POSTING_COLUMNS)}); a brand's own labels table has other rules: use another target_method"
         )

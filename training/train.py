@@ -50,6 +50,7 @@ from training.pyfunc import CODE_PATHS, MODEL_ARTIFACT_KEY, KocPyfunc, signature
 from training.targets import (
     METHOD_FALLBACK,
     FittedTarget,
+    SoftLabelUnavailable,
     TargetUnavailable,
     components_for,
     fit_components,
@@ -191,7 +192,7 @@ def fit_target(
             )
             return fitted.model(train_cfg.target, method), fitted, fallback
         except TargetUnavailable as err:
-            instead = METHOD_FALLBACK.get(method)
+            instead = METHOD_FALLBACK.get(method) if isinstance(err, SoftLabelUnavailable) else None
             learnt = f"target {train_cfg.target!r} with method {instead!r}" if instead else "'observed'"
             why = f"target {train_cfg.target!r} with method {method!r} unavailable, learnt {learnt} instead: {err}"
             fallback = why if fallback is None else f"{fallback}; {why}"
