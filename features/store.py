@@ -214,8 +214,22 @@ def _limit(con: duckdb.DuckDBPyConnection, engine: EngineConfig) -> None:
 
 
 def _canonical(frame: pd.DataFrame, table: str) -> pd.DataFrame:
-    """Rows of `table` read from the database, in the contract's canonical dtypes."""
-    return frame.astype({c.name: CANONICAL_DTYPES[c.kind] for c in TABLES[table].columns})
+    """Rows of `table` read from the database, in the contract's canonical dtypes.
+
+    A store written before the contract gained an optional column lacks it: it reads as missing
+    values, as an absent optional column of a file does. A required column missing means the store
+    is not one `koc ingest` wrote for this contract.
+    """
+    columns = TABLES[table].columns
+    lacking = [c for c in columns if c.name not in frame.columns]
+    required = [c.name for c in lacking if not c.optional]
+    if required:
+        raise ValueError(
+            f"table {table}: the store lacks required column(s) {required}; run `koc ingest` again to rebuild it"
+        )
+    if lacking:
+        frame = frame.assign(**{c.name: pd.Series(index=frame.index, dtype=CANONICAL_DTYPES[c.kind]) for c in lacking})
+    return frame.astype({c.name: CANONICAL_DTYPES[c.kind] for c in columns})
 
 
 class _StoredTables(Mapping[str, pd.DataFrame]):

@@ -140,7 +140,7 @@ class TrainConfig(BaseModel):
             "P(productive | not invited); see training/targets.py. `if_invited` is the default: on the 30k "
             "`koc eval` grid (5 scenarios x 2 seeds x 3 test cutoffs, README) it ties `observed` within the "
             "seed spread where past invitations were random, activity-led, mixed or mostly self-driven, and wins by 0.14 "
-            "yield@1%/oracle where they were spend-led (two_path). Without logged invitations and enrolments it "
+            "yield@1%/oracle where they were spend-led (measured with two_path). Without logged invitations and enrolments it "
             "falls back to `observed` and says so"
         ),
     )

@@ -61,6 +61,7 @@ logger = logging.getLogger(__name__)
 CEILING = "ceiling"
 SERVED = "@served"  # suffix of the served-model rows (`evaluate_world(served=True)`)
 NOT_INVITED = "p_productive_if_not_invited"
+UPLIFT_TRUTH = "true_uplift"  # p_productive_if_invited - NOT_INVITED, the uplift ceiling's label
 # The invitation's paths in the simulator's truth (`kocrank.simulation.truth.PathProbabilities`), by the
 # part of a two-path score that estimates each: `koc eval --decompose` swaps one part at a time for the
 # same learner trained on its true value (rows `<scorer>/<part>_from_truth`).
@@ -119,7 +120,7 @@ def fit_ceiling(
     model = model_factory(train_cfg, LabelConfig())()
     model._remember_columns(fitted["train"][0][names])
     params, rounds, stopping = model._lgb_params()
-    regression = column != "p_productive_if_invited"
+    regression = column == UPLIFT_TRUTH  # a difference of probabilities; every other truth column is one
     params.update({"objective": "regression" if regression else "cross_entropy", "metric": ["l2"]})
     layout = {"feature_name": model.feature_names_, "categorical_feature": model._categorical_positions()}
     train_set = lgb.Dataset(model._model_input(fitted["train"][0][names]), label=fitted["train"][1], **layout)
@@ -177,7 +178,12 @@ def path_swaps(model: KocModel, X: pd.DataFrame, truth_scores: Mapping[str, np.n
     factor, P(productive | enrolled); `declined` the declined path. Where swapping a part lifts the
     yield most is where the target gap sits. Empty for a score without a declined path.
     """
-    if not isinstance(model, CompositeModel) or model.declined_ is None or len(model.exponents_) != 2:
+    if (
+        not isinstance(model, CompositeModel)
+        or model.declined_ is None
+        or model.control_ is not None  # an uplift: not a probability of the two paths
+        or len(model.exponents_) != 2
+    ):
         return {}
     (productive,) = [name for name in model.exponents_ if name != ACCEPT_COMPONENT]
     names = {"accept": ACCEPT_COMPONENT, "productive": productive, "declined": model.declined_}
@@ -226,6 +232,12 @@ def evaluate_world(
     seconds: dict[str, float] = {"snapshots": 0.0, "fit_targets": 0.0, "ceiling": 0.0, "baselines": 0.0}
     if served:
         seconds["served"] = 0.0
+    decomposed = [s for s in scorers if s.partition(":")[0] == "if_invited" and s.partition(":")[2] in METHOD_DECLINED_PATH]
+    if decompose:
+        missing_paths = [c for c in PATH_TRUTH.values() if c not in data.truth.columns or data.truth[c].isna().all()]
+        if missing_paths:
+            raise ValueError(f"decompose needs the invitation's paths in the truth table; it lacks {missing_paths}")
+        seconds["decompose"] = 0.0
     clock = time.perf_counter()
     dataset = build_snapshots(data, label_cfg, train_cfg.model_copy(update={"backtest_cutoffs": test_cutoffs}))
     seconds["snapshots"] = time.perf_counter() - clock
@@ -236,11 +248,6 @@ def evaluate_world(
         needed_all += [c for c in components_for(target, method or "two_stage") if c not in needed_all]
     truth = data.truth
     has_uplift = NOT_INVITED in truth.columns
-    missing_paths = [c for c in PATH_TRUTH.values() if c not in truth.columns or truth[c].isna().all()]
-    if decompose and missing_paths:
-        raise ValueError(f"decompose needs the invitation's paths in the truth table; it lacks {missing_paths}")
-    if decompose:
-        seconds["decompose"] = 0.0
     rows = []
     for fold in dataset.folds:
         train, valid, test = dataset.fold_parts(fold)
@@ -301,17 +308,16 @@ def evaluate_world(
             )
         if has_uplift and any(scorer.startswith("uplift") for scorer in scorers):
             # the uplift ceiling is what an uplift scorer is judged against; without one it is not fitted
-            uplift_truth = truth.assign(true_uplift=truth["p_productive_if_invited"] - truth[NOT_INVITED])
-            scores[f"{CEILING}:uplift"] = fit_ceiling(parts, names, uplift_truth, train_cfg, "true_uplift")
+            uplift_truth = truth.assign(**{UPLIFT_TRUTH: truth["p_productive_if_invited"] - truth[NOT_INVITED]})
+            scores[f"{CEILING}:uplift"] = fit_ceiling(parts, names, uplift_truth, train_cfg, UPLIFT_TRUTH)
         seconds["ceiling"] += time.perf_counter() - clock
-        if decompose and fitted is not None:
+        if decompose and decomposed and fitted is not None:
             clock = time.perf_counter()
             part_scores = {part: fit_ceiling(parts, names, truth, train_cfg, column) for part, column in PATH_TRUTH.items()}
-            for scorer in scorers:
+            for scorer in decomposed:
                 target, _, method = scorer.partition(":")
-                if target == "if_invited" and method in METHOD_DECLINED_PATH:
-                    swaps = path_swaps(fitted.model(target, method), test[names], part_scores)
-                    scores |= {f"{scorer}/{name}": values for name, values in swaps.items()}
+                swaps = path_swaps(fitted.model(target, method), test[names], part_scores)
+                scores |= {f"{scorer}/{name}": values for name, values in swaps.items()}
             seconds["decompose"] += time.perf_counter() - clock
         clock = time.perf_counter()
         for baseline in all_baselines(train, test, names, seed=train_cfg.seed, value_weights=train_cfg.value_weights):

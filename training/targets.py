@@ -201,7 +201,7 @@ def frame_soft_labels(frame: pd.DataFrame, component: str, label_config: Mapping
     if missing or not label_config:
         raise SoftLabelUnavailable(
             f"component {component!r} ({COMPONENTS[component].description}) needs the default label's window posts "
-            f"({', '.join(POSTING_COLUMNS)}); a brand's own labels table has other rules: use another target_method"
+            f"({', '.join(POSTING_COLUMNS)}); a brand's own labels table has other rules"
         )
     return soft_productive(frame, int(label_config["min_posts"]), int(label_config["min_interactions"]))
 
@@ -356,14 +356,16 @@ def fit_components(
     `make_model()` returns a fresh, unfitted KocModel with the run's parameters.
     """
     fitted = FittedTarget(components={})
-    soft: np.ndarray | None = None  # the training rows' soft labels, computed once for every soft component
+    components = list(components)
+    soft_ones = [c for c in components if COMPONENTS[c].soft]
+    # the training rows' soft labels, once for every soft component, and before any fit: without the
+    # window posts the method is unavailable (`SoftLabelUnavailable`) and nothing is fitted in vain
+    soft = frame_soft_labels(train, soft_ones[0], make_model().label_config) if soft_ones else None
     for component in components:
         label, given = COMPONENTS[component].label, COMPONENTS[component].given
         train_rows, valid_rows = fit_rows(train, component), fit_rows(valid, component)
         counts = {"train_rows": len(train_rows), "train_positives": int(train_rows[label].sum())}  # 0/1 outcomes
         if COMPONENTS[component].soft:  # each row twice, weighted by the soft label and its complement
-            if soft is None:
-                soft = frame_soft_labels(train, component, make_model().label_config)
             train_rows = soft_training_rows(train, component, make_model().label_config, soft)
         if component == "propensity" and issued is not None:
             invited_rows = train_rows.loc[train_rows["invited"].to_numpy() == 1]

@@ -193,8 +193,8 @@ def fit_target(
             return fitted.model(train_cfg.target, method), fitted, fallback
         except TargetUnavailable as err:
             instead = METHOD_FALLBACK.get(method) if isinstance(err, SoftLabelUnavailable) else None
-            learnt = f"target {train_cfg.target!r} with method {instead!r}" if instead else "'observed'"
-            why = f"target {train_cfg.target!r} with method {method!r} unavailable, learnt {learnt} instead: {err}"
+            then = f"trying method {instead!r} instead" if instead else "learnt 'observed' instead"
+            why = f"target {train_cfg.target!r} with method {method!r} unavailable, {then}: {err}"
             fallback = why if fallback is None else f"{fallback}; {why}"
             logger.warning(why)
             method = instead

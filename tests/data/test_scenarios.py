@@ -44,7 +44,7 @@ def test_every_scenario_is_valid_contract_data_with_full_truth(worlds):
         accept = truth["p_accept_if_invited"]
         recomposed = accept * truth["p_productive_if_accepted"] + (1 - accept) * truth["p_productive_after_decline"]
         np.testing.assert_allclose(recomposed, truth["p_productive_if_invited"], atol=1e-12, err_msg=name)
-        # a decline closes this month's door: the later path is never likelier than not being invited at all
+        # a decline closes this month's door: in these worlds the later path is no likelier than no invitation
         assert (truth["p_productive_after_decline"] <= truth["p_productive_if_not_invited"] + 1e-12).all(), name
 
 

@@ -306,7 +306,7 @@ def test_a_labels_table_turns_two_path_soft_into_two_path_in_every_fold_and_the_
     assert [f.model.target_method_ for f in result.backtest.folds] == ["two_path", "two_path"]
     tags = MlflowClient(store).get_run(result.run_id).data.tags
     assert tags["koc.target_method"] == "two_path"
-    assert "'two_path_soft' unavailable, learnt target 'if_invited' with method 'two_path'" in tags["koc.target_fallback"]
+    assert "method 'two_path_soft' unavailable, trying method 'two_path' instead" in tags["koc.target_fallback"]
 
 
 def test_cli_train_models_and_promote(world: BrandData, tmp_path: Path) -> None:

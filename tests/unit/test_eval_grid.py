@@ -208,7 +208,8 @@ def test_evaluate_world_decomposes_the_two_path_scores_by_part() -> None:
     assert not any(name.startswith("if_invited:auxiliary/") for name in table.index)  # no declined path
     yields = table.loc[[*swapped, "if_invited:two_path", CEILING], "yield_ratio_at_5pct"]
     assert ((yields > 0) & (yields <= 1.0 + 1e-9)).all()
-    # with every part learnt from its truth the score knows far more than the observed outcomes tell
+    # a sanity bound, not a figure: with every part learnt from its truth the score is not worse than
+    # the learnt one beyond the noise of a 1,500-member world's top 5%
     assert yields["if_invited:two_path/all_from_truth"] > yields["if_invited:two_path"] - 0.05
     assert result.seconds["decompose"] > 0
     without_paths = from_frames(

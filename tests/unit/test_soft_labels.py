@@ -176,5 +176,5 @@ def test_a_soft_method_without_the_window_posts_falls_back_to_its_plain_method_n
     model, fitted, why = fit_target(frame(1), frame(2), ["x1", "x2"], cfg, LabelConfig())
     assert (model.target_, model.target_method_) == ("if_invited", "two_path")
     assert set(fitted.components) == {"accept", "productive_enrolled", "not_invited_outcome"}
-    assert why is not None and "'two_path_soft' unavailable, learnt target 'if_invited' with method 'two_path'" in why
+    assert why is not None and "method 'two_path_soft' unavailable, trying method 'two_path' instead" in why
     assert "window posts" in why

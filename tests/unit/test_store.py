@@ -140,6 +140,28 @@ def test_rows_at_one_cutoff_read_only_that_cutoff(small_sim_world, tmp_path):
     assert stored.tables._read == {}  # no whole-table read
 
 
+def test_a_store_written_before_an_optional_column_existed_reads_it_as_missing(small_sim_world, tmp_path):
+    """The truth gained the invitation's paths after bench stores were ingested: such a store still
+    serves `koc train` (the paths read as missing), while a store without a required column is refused."""
+    import duckdb
+
+    folder = tmp_path / "sim"
+    write_tables({n: small_sim_world.tables[n] for n in small_sim_world.tables if n not in small_sim_world.absent}, folder)
+    stored = ingest(folder, tmp_path / "sim.duckdb")
+    cutoff = pd.Timestamp(sorted(small_sim_world.truth["as_of"].unique())[3])
+    with duckdb.connect(stored.path) as con:
+        con.execute('ALTER TABLE truth DROP COLUMN p_accept_if_invited')
+    old = open_store(stored.path)
+    at = old.rows_at("truth", cutoff)
+    assert at["p_accept_if_invited"].isna().all() and at["p_accept_if_invited"].dtype == "float64"
+    assert at["p_productive_if_invited"].notna().all()
+    assert old.tables["truth"]["p_accept_if_invited"].isna().all()
+    with duckdb.connect(stored.path) as con:
+        con.execute("ALTER TABLE truth DROP COLUMN p_productive_if_invited")
+    with pytest.raises(ValueError, match=r"table truth: the store lacks required column\(s\) \['p_productive_if_invited'\]"):
+        open_store(stored.path).rows_at("truth", cutoff)
+
+
 @pytest.mark.parametrize("world", ["hand", "simulated"])
 def test_labels_and_outcomes_in_sql_on_the_store_equal_the_pandas_rules(world, stored, hand_world, small_sim_world, tmp_path):
     """On a store, training's labels, eligibility and outcomes are one DuckDB query; it gives the
