@@ -6,8 +6,11 @@ can also learn the pieces apart (see `training.targets`). For every labelled
 (member, cutoff) row this module adds:
 
 - `invited`: the member received an `invited` status within the window;
-- `accepted`: invited within the window and enrolled at or after that invitation within it
-  (the "accept | invited" outcome);
+- `accepted`: the answer to the member's first invitation within the window: an `enrolled` status
+  within `accept_days` of it (at or after it), before any `declined` one (the "accept | invited"
+  outcome). A decline followed later by a self-enrolment is a decline. The answer may fall after the
+  window ends; `invited_at` (the first invitation's time) says when it is known:
+  `invited_at + accept_days`;
 - `enrolled`: an `enrolled` status within the window, invited or self-driven;
 - `productive`: at least `min_posts` posts within the window whose 7-day likes + comments +
   saves reach `min_interactions` (the default label's productivity rule *without* the
@@ -36,6 +39,7 @@ from features.labels import COOLDOWN_STATUSES, LabelConfig, as_cutoff, labels_fo
 from features.store import StoredBrandData
 
 OUTCOME_COLUMNS = ("invited", "accepted", "enrolled", "productive")
+ACCEPT_DAYS = 30  # days an invitation's answer is awaited (`training.config.TrainConfig.accept_days`)
 INTERACTION_COLUMNS = ("likes_7d", "comments_7d", "saves_7d")
 # the window's posts: count (int16), sum and sum of squares of log(1 + 7-day interactions) (float32)
 POSTING_COLUMNS = ("window_posts", "window_log_interactions", "window_log_interactions_sq")
@@ -74,35 +78,46 @@ def window_posting(data: BrandData, as_of: pd.Timestamp, cfg: LabelConfig) -> pd
     )
 
 
-def programme_outcomes(data: BrandData, as_of: pd.Timestamp, cfg: LabelConfig) -> pd.DataFrame:
-    """`member_id, invited, accepted, enrolled` (booleans) for members with any programme event in the window."""
+def programme_outcomes(data: BrandData, as_of: pd.Timestamp, cfg: LabelConfig, accept_days: int = ACCEPT_DAYS) -> pd.DataFrame:
+    """`member_id, invited, accepted, enrolled` (booleans) and `invited_at` for members with any programme event in the window."""
     window = _window(data.program, "event_at", as_of, as_of + cfg.horizon)
     invited_at = window.loc[window["status"] == "invited"].groupby("member_id", observed=True)["event_at"].min()
     enrolled = window.loc[window["status"] == "enrolled", ["member_id", "event_at"]]
-    pairs = enrolled.merge(invited_at.rename("invited_at").reset_index(), on="member_id", how="inner")
-    accepted = pairs.loc[pairs["event_at"] >= pairs["invited_at"], "member_id"].unique()
+    # the answer: the first `enrolled` within accept_days of the first invitation, before any `declined`
+    answers = data.program.loc[data.program["status"].isin(["enrolled", "declined"]), ["member_id", "event_at", "status"]]
+    pairs = answers.merge(invited_at.rename("invited_at").reset_index(), on="member_id", how="inner")
+    after = (pairs["event_at"] >= pairs["invited_at"]) & (pairs["event_at"] < pairs["invited_at"] + pd.Timedelta(days=accept_days))
+    first = pairs.loc[after].groupby(["member_id", "status"], observed=True)["event_at"].min().unstack("status")
+    enrolled_after = first["enrolled"] if "enrolled" in first.columns else pd.Series(dtype="datetime64[us]")
+    declined_after = first["declined"].reindex(enrolled_after.index) if "declined" in first.columns else None
+    said_yes = enrolled_after.notna() if declined_after is None else enrolled_after.notna() & ~(declined_after <= enrolled_after)
+    accepted = pd.Index(enrolled_after.index[said_yes.to_numpy()])
     members = pd.Index(pd.unique(pd.concat([invited_at.index.to_series(), enrolled["member_id"]]))).astype(str)
     return pd.DataFrame(
         {
             "member_id": members,
             "invited": is_in(members, invited_at.index.astype(str)),
-            "accepted": is_in(members, pd.Index(accepted).astype(str)),
+            "accepted": is_in(members, accepted.astype(str)),
             "enrolled": is_in(members, pd.Index(enrolled["member_id"].unique()).astype(str)),
+            "invited_at": invited_at.reindex(members).to_numpy(dtype="datetime64[us]"),
         }
     )
 
 
-def outcomes_for(data: BrandData, rows: pd.DataFrame, cfg: LabelConfig | None = None) -> pd.DataFrame:
-    """`rows` (with `member_id, as_of`) plus the int8 columns of `OUTCOME_COLUMNS`, in row order.
+def outcomes_for(
+    data: BrandData, rows: pd.DataFrame, cfg: LabelConfig | None = None, accept_days: int = ACCEPT_DAYS
+) -> pd.DataFrame:
+    """`rows` (with `member_id, as_of`) plus the int8 columns of `OUTCOME_COLUMNS` and `invited_at`, in row order.
 
-    Each row's outcomes come only from events in `[as_of, as_of + H)` of its own cutoff.
+    Each row's outcomes come only from events in `[as_of, as_of + H)` of its own cutoff, except the
+    answer to its first invitation (`accepted`), which may come up to `accept_days` after it.
     """
     cfg = cfg or LabelConfig()
     frames = []
     for as_of in pd.unique(rows["as_of"]):
         cutoff = pd.Timestamp(as_of)
         at = rows.loc[rows["as_of"] == as_of, ["member_id", "as_of"]]
-        programme = programme_outcomes(data, cutoff, cfg)
+        programme = programme_outcomes(data, cutoff, cfg, accept_days)
         merged = at.merge(programme, on="member_id", how="left")
         merged["productive"] = is_in(merged["member_id"].astype(str), productive_members(data, cutoff, cfg))
         posting = window_posting(data, cutoff, cfg).reindex(merged["member_id"].astype(str).to_numpy())
@@ -112,11 +127,14 @@ def outcomes_for(data: BrandData, rows: pd.DataFrame, cfg: LabelConfig | None = 
     columns = list(OUTCOME_COLUMNS)
     if not frames:
         return rows.assign(
-            **{c: pd.Series(dtype="int8") for c in columns}, **{c: pd.Series(dtype=t) for c, t in POSTING_DTYPES.items()}
+            **{c: pd.Series(dtype="int8") for c in columns},
+            invited_at=pd.Series(dtype="datetime64[us]"),
+            **{c: pd.Series(dtype=t) for c, t in POSTING_DTYPES.items()},
         )
     out = pd.concat(frames).reindex(rows.index)
     return rows.assign(
         **{c: out[c].fillna(False).astype(bool).astype("int8") for c in columns},
+        invited_at=out["invited_at"].astype("datetime64[us]"),
         **{c: out[c].fillna(0).astype(t) for c, t in POSTING_DTYPES.items()},
     )
 
@@ -151,6 +169,14 @@ win AS (
     FROM program p JOIN _cutoffs c ON p.event_at >= c.as_of AND p.event_at < c.window_end
     GROUP BY c.as_of, p.member_id
 ),
+ans AS (
+    SELECT win.as_of, win.member_id,
+        MIN(CASE WHEN p.status = 'enrolled' THEN p.event_at END) AS enrolled_after,
+        MIN(CASE WHEN p.status = 'declined' THEN p.event_at END) AS declined_after
+    FROM win JOIN program p ON p.member_id = win.member_id AND p.status IN ('enrolled', 'declined')
+        AND p.event_at >= win.invited_at AND p.event_at < win.invited_at + INTERVAL {accept_days} DAY
+    GROUP BY win.as_of, win.member_id
+),
 post AS (
     SELECT c.as_of, p.member_id,
         CAST(COALESCE(p.likes_7d, 0) AS BIGINT) + COALESCE(p.comments_7d, 0) + COALESCE(p.saves_7d, 0) AS interactions
@@ -169,9 +195,11 @@ prod AS (
 SELECT m.member_id, c.as_of,
     CAST(win.enrolled_at IS NOT NULL AND COALESCE(prod.productive, FALSE) AS BIGINT) AS label,
     CAST(win.invited_at IS NOT NULL AS TINYINT) AS invited,
-    CAST(COALESCE(win.enrolled_at >= win.invited_at, FALSE) AS TINYINT) AS accepted,
+    CAST(COALESCE(ans.enrolled_after IS NOT NULL AND NOT COALESCE(ans.declined_after <= ans.enrolled_after, FALSE), FALSE)
+        AS TINYINT) AS accepted,
     CAST(win.enrolled_at IS NOT NULL AS TINYINT) AS enrolled,
     CAST(COALESCE(prod.productive, FALSE) AS TINYINT) AS productive,
+    win.invited_at,
     CAST(COALESCE(prod.n, 0) AS SMALLINT) AS window_posts,
     CAST(COALESCE(prod.log_sum, 0) AS REAL) AS window_log_interactions,
     CAST(COALESCE(prod.log_sq, 0) AS REAL) AS window_log_interactions_sq
@@ -180,6 +208,7 @@ JOIN _cutoffs c ON m.joined_at < c.as_of
 LEFT JOIN past ON past.as_of = c.as_of AND past.member_id = m.member_id
 LEFT JOIN win ON win.as_of = c.as_of AND win.member_id = m.member_id
 LEFT JOIN prod ON prod.as_of = c.as_of AND prod.member_id = m.member_id
+LEFT JOIN ans ON ans.as_of = c.as_of AND ans.member_id = m.member_id
 WHERE COALESCE(m.marketing_consent, TRUE)
     AND NOT COALESCE(past.blacklisted, FALSE)
     AND NOT (past.last_in IS NOT NULL AND (past.last_out IS NULL OR past.last_in > past.last_out))
@@ -189,7 +218,7 @@ ORDER BY c.as_of, m.member_id
 
 
 def _stored_labels_and_outcomes(
-    data: StoredBrandData, cutoffs: list[pd.Timestamp], cfg: LabelConfig, engine: EngineConfig
+    data: StoredBrandData, cutoffs: list[pd.Timestamp], cfg: LabelConfig, engine: EngineConfig, accept_days: int
 ) -> pd.DataFrame:
     frame = pd.DataFrame({"as_of": pd.Series(cutoffs, dtype="datetime64[us]")})
     frame["window_end"] = frame["as_of"] + cfg.horizon
@@ -198,6 +227,7 @@ def _stored_labels_and_outcomes(
         cooldown=", ".join(f"'{status}'" for status in COOLDOWN_STATUSES),
         min_posts=int(cfg.min_posts),
         min_interactions=int(cfg.min_interactions),
+        accept_days=int(accept_days),
     )
     with duckdb.connect(data.path, read_only=True) as con:
         configure(con, engine)
@@ -205,6 +235,7 @@ def _stored_labels_and_outcomes(
         out = con.sql(sql).to_arrow_table().to_pandas()
     out["member_id"] = out["member_id"].astype("str")
     out["as_of"] = out["as_of"].astype("datetime64[us]")
+    out["invited_at"] = out["invited_at"].astype("datetime64[us]")
     return out.astype({"label": "int64", **dict.fromkeys(OUTCOME_COLUMNS, "int8"), **POSTING_DTYPES})
 
 
@@ -213,8 +244,9 @@ def labels_and_outcomes(
     as_ofs: Iterable[pd.Timestamp],
     cfg: LabelConfig | None = None,
     engine: EngineConfig | None = None,
+    accept_days: int = ACCEPT_DAYS,
 ) -> pd.DataFrame:
-    """`labels_for(data, as_ofs, cfg)` plus the int8 outcome columns (`outcomes_for`).
+    """`labels_for(data, as_ofs, cfg)` plus the int8 outcome columns and `invited_at` (`outcomes_for`).
 
     For a store without a `labels` table this is one DuckDB query over the database (the
     tables are never read into pandas: at 1M members the pandas path took ~70 s of `koc train`),
@@ -223,5 +255,5 @@ def labels_and_outcomes(
     cfg = cfg or LabelConfig()
     cutoffs = sorted({as_cutoff(raw, data.timezone) for raw in as_ofs})
     if isinstance(data, StoredBrandData) and "labels" in data.absent and cutoffs:
-        return _stored_labels_and_outcomes(data, cutoffs, cfg, engine or EngineConfig())
-    return outcomes_for(data, labels_for(data, cutoffs, cfg), cfg)
+        return _stored_labels_and_outcomes(data, cutoffs, cfg, engine or EngineConfig(), accept_days)
+    return outcomes_for(data, labels_for(data, cutoffs, cfg), cfg, accept_days)

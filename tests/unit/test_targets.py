@@ -120,3 +120,37 @@ def test_logged_selection_probabilities_weigh_invited_rows_and_report_overlap():
     assert report.effective_sample_size == pytest.approx(raw.sum() ** 2 / (raw**2).sum())
     with pytest.raises(ValueError, match="selection_probability"):
         logged_propensity(rows, issued.drop(columns="selection_probability"))
+
+
+def test_accepted_is_the_answer_to_the_first_invitation_within_accept_days():
+    """A decline followed by a self-enrolment is a decline; an answer after the window, within accept_days, counts."""
+    members = pd.DataFrame({"member_id": ["d", "late", "slow"], "joined_at": pd.to_datetime(["2024-01-01"] * 3)})
+    orders = pd.DataFrame(
+        {"order_id": ["o1"], "member_id": ["d"], "ordered_at": pd.to_datetime(["2024-02-01"]), "amount": [10.0]}
+    )
+    program = pd.DataFrame(
+        {
+            "member_id": ["d", "d", "d", "late", "late", "slow", "slow"],
+            "event_at": pd.to_datetime(
+                [
+                    "2024-10-02",  # d invited, declines, then enrols by itself within the window
+                    "2024-10-04",
+                    "2024-11-20",
+                    "2024-12-25",  # late invited 85 days after as_of, accepts 10 days later (after the window)
+                    "2025-01-04",
+                    "2024-10-02",  # slow invited, enrols 31 days later: not within accept_days = 30
+                    "2024-11-02",
+                ]
+            ),
+            "status": ["invited", "declined", "enrolled", "invited", "enrolled", "invited", "enrolled"],
+        }
+    )
+    data = from_frames({"members": members, "orders": orders, "program": program})
+    rows = pd.DataFrame({"member_id": ["d", "late", "slow"], "as_of": AS_OF}).astype({"as_of": "datetime64[us]"})
+    out = outcomes_for(data, rows, LabelConfig()).set_index("member_id")
+    assert out["invited"].tolist() == [1, 1, 1]
+    assert out["accepted"].tolist() == [0, 1, 0]
+    assert out["enrolled"].tolist() == [1, 0, 1]  # late's enrolment falls after the window
+    assert out["invited_at"].tolist() == list(pd.to_datetime(["2024-10-02", "2024-12-25", "2024-10-02"]))
+    # a longer wait counts slow's answer
+    assert outcomes_for(data, rows, LabelConfig(), accept_days=40).set_index("member_id")["accepted"].tolist() == [0, 1, 1]
