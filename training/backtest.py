@@ -28,7 +28,7 @@ from features.labels import LabelConfig
 from training.config import TrainConfig
 from training.dataset import CutoffSplit, SnapshotDataset
 from training.evaluate import ScorerResult, evaluate_scores, k_label, truth_for
-from training.model import CompositeModel, KocModel, raw_scores
+from training.model import ACCEPT_COMPONENT, CompositeModel, KocModel, raw_scores
 from training.targets import (
     COMPONENTS,
     FittedTarget,
@@ -197,8 +197,12 @@ def run_backtest(
     for position in order:
         fold = dataset.folds[position]
         train, valid, test = dataset.fold_parts(fold)
+        answers = dataset.acceptance_parts(fold.test)  # every answer known at the fold's test cutoff
         try:
-            model, fitted, why = fit_target(train, valid, names, effective, label_cfg, issued=issued)
+            model, fitted, why = fit_target(
+                train, valid, names, effective, label_cfg, issued=issued,
+                rows_for={ACCEPT_COMPONENT: answers} if answers is not None else None,
+            )
         except (TargetUnavailable, ValueError) as err:
             if position == order[0]:
                 raise
@@ -218,7 +222,7 @@ def run_backtest(
         folds[position] = FoldResult(
             split=fold, model=model, fitted=fitted, result=result, out_of_time=out_of_time, scores=scores
         )
-        del train, valid, test
+        del train, valid, test, answers
     ordered = [folds[p] for p in sorted(folds)]
     latest = ordered[-1].model
     return BacktestResult(
@@ -255,6 +259,8 @@ def refit(
         return latest.model
     names = dataset.feature_names
     rows = dataset.all_rows()
+    # P(accept | invited) from every answer known at the data's end (`SnapshotDataset.answered_rows`)
+    answered = dataset.answered_rows(dataset.data_end) if dataset.answers_known and dataset.data_end is not None else None
     iterations = backtest.iterations()
     fitted = FittedTarget(components={}, rows={})
     for component, fold_model in latest.fitted.components.items():
@@ -262,8 +268,9 @@ def refit(
         if y.min(initial=0) == y.max(initial=0):
             logger.warning("refit skipped: %s's out-of-time rows hold one class; serving the latest fold", component)
             return latest.model
+        own = answered if component == ACCEPT_COMPONENT and answered is not None else rows
         model = refit_component(
-            fitted, component, fold_model, rows, names, make_model, iterations[component],
+            fitted, component, fold_model, own, names, make_model, iterations[component],
             propensity_clip=train_cfg.propensity_clip, issued=issued,
         )
         model.calibrate(raw, y)

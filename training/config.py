@@ -161,6 +161,27 @@ class TrainConfig(BaseModel):
     propensity_clip: float = Field(
         0.002, gt=0, lt=1, description="Lower clip of P(invited | x) for inverse-propensity weights"
     )
+    accept_days: int = Field(
+        30,
+        gt=0,
+        description=(
+            "Days an invitation's answer is awaited: `accepted` is an enrolment within this many days of the "
+            "member's first invitation in the window, before any decline; the answer is known this many days "
+            "after the invitation"
+        ),
+    )
+    accept_from_answers: bool = Field(
+        True,
+        description=(
+            "P(accept | invited) learns from every invitation answered by the time a model is trained (a fold's "
+            "test cutoff; the data's end for the served refit), early-stopped on the latest answered month, instead "
+            "of only the fold's training cutoffs, whose label windows must be complete. Answers arrive within "
+            "days, so this adds the freshest invitations. On the 30k grid the fold models gained in 9 of 10 worlds "
+            "(mean +0.006 of the ceiling); as served, where the refit already saw most of these answers through "
+            "older cutoffs' rows, random_organic and spend_led did not move (README). If a fold's answers are too "
+            "few to learn from (a small brand), that fold learns from its own cutoffs as before"
+        ),
+    )
 
     # --- model --------------------------------------------------------------------------
     seed: int = 7

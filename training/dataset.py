@@ -20,6 +20,13 @@ Refit
 - The served model is refit on every complete cutoff (`SnapshotDataset.refit_cutoffs`), the
   embargoed ones included: the embargo keeps the backtest's judgement honest, but once the
   judging is done every label known at training time is fair to learn from.
+
+Answers (`accept_from_answers`)
+- An invitation's answer is known `accept_days` after it, long before the productivity window
+  closes. P(accept | invited) of a model trained at time T (a fold's test cutoff, or the data's end
+  for the refit) learns from every row whose first invitation was answered by T, whatever its
+  cutoff (`SnapshotDataset.answered_rows`); a fold early-stops and calibrates it on the latest
+  whole step of invitations answered by T and learns from the earlier ones (`acceptance_parts`).
 """
 
 from __future__ import annotations
@@ -228,6 +235,43 @@ class SnapshotDataset:
     negative_sample_rate: float = 1.0
     seed: int = 0
     refit_cutoffs: tuple[pd.Timestamp, ...] = ()  # every complete cutoff (empty: the latest fold's used ones)
+    data_end: pd.Timestamp | None = None  # the latest timestamp in the data: when the served model is trained
+    accept_days: int = 30  # an invitation's answer is known this many days after it
+    step_months: int = 1
+    accept_from_answers: bool = False  # P(accept | invited) learns from every answer known at training time
+
+    @property
+    def answers_known(self) -> bool:
+        """Whether P(accept | invited) learns from every answer known at training time (needs invitation times)."""
+        return self.accept_from_answers and "invited_at" in self.frame.columns
+
+    def answered_rows(self, known_at: pd.Timestamp) -> pd.DataFrame:
+        """Rows of cutoffs before `known_at` whose first invitation's answer is known at `known_at`
+        (`invited_at + accept_days <= known_at`), the rows `accepted` is learnt from at that time."""
+        frame = self.frame
+        invited_at = frame["invited_at"]
+        known = (
+            (frame["invited"].to_numpy() == 1)
+            & (frame["as_of"] < known_at).to_numpy()
+            & (invited_at + pd.Timedelta(days=self.accept_days) <= known_at).to_numpy()
+        )
+        return frame.loc[known].reset_index(drop=True)
+
+    def acceptance_parts(self, known_at: pd.Timestamp) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+        """(training, validation) rows of P(accept | invited) for a model trained at `known_at`, or None
+        when the component learns from the fold's own rows (`accept_from_answers` off, or no invitation times).
+
+        Validation holds the invitations of the latest whole step `[start, start + step)` whose answers
+        are all known at `known_at`; training the invitations before `start`. A member invited once
+        appears at up to H / step cutoffs: all of them fall on the same side, so early stopping never
+        sees an answer the fit learnt from.
+        """
+        if not self.answers_known:
+            return None
+        start = answer_validation_start(known_at, self.accept_days, self.step_months)
+        rows = self.answered_rows(known_at)
+        validation = (rows["invited_at"] >= start).to_numpy()
+        return rows.loc[~validation].reset_index(drop=True), rows.loc[validation].reset_index(drop=True)
 
     def _rows(self, cutoffs: Sequence[pd.Timestamp]) -> pd.DataFrame:
         return self.frame.loc[self.frame["as_of"].isin(list(cutoffs))].reset_index(drop=True)
@@ -269,6 +313,15 @@ class SnapshotDataset:
             .agg(rows=("label", "size"), positives=("label", "sum"))
             .reset_index()
         )
+
+
+def answer_validation_start(known_at: pd.Timestamp, accept_days: int, step_months: int) -> pd.Timestamp:
+    """The start of the latest step-long window of invitations whose answers are all known at `known_at`."""
+    step = pd.DateOffset(months=step_months)
+    start = known_at - step
+    while start + step + pd.Timedelta(days=accept_days) > known_at:
+        start = start - step
+    return start
 
 
 def graded_relevance(data: BrandData, labels: pd.DataFrame, label_cfg: LabelConfig) -> pd.Series:
@@ -419,7 +472,7 @@ def build_snapshots(
     evaluated = {fold.test for fold in folds}
     if train_cfg.objective == "lambdarank":
         evaluated |= {fold.validation for fold in folds}
-    labels = labels_and_outcomes(data, used, label_cfg, engine)
+    labels = labels_and_outcomes(data, used, label_cfg, engine, accept_days=train_cfg.accept_days)
     which = {c: "backtest" for fold in folds for c in fold.used}
     which |= {c: "train" for c in split.train} | {split.validation: "validation", split.test: "test"}
     roles = labels["as_of"].map(which).fillna("refit")
@@ -455,7 +508,7 @@ def build_snapshots(
     kept = kept.sort_values(["as_of", "member_id"], kind="stable", ignore_index=True)
     feats = features_for_rows(data, kept, engine)
     names = feature_names()
-    columns = ["member_id", "as_of", "split", "label", "relevance", "weight", *OUTCOME_COLUMNS]
+    columns = ["member_id", "as_of", "split", "label", "relevance", "weight", *OUTCOME_COLUMNS, "invited_at"]
     if source == "default_label":  # the soft label's evidence (training.soft_labels); a brand's own label has other rules
         columns += [c for c in POSTING_COLUMNS if c in kept.columns]
     if _same_keys(kept, feats):  # the usual case: both sorted by (as_of, member_id), one copy
@@ -477,6 +530,10 @@ def build_snapshots(
         negative_sample_rate=rate,
         seed=train_cfg.seed,
         refit_cutoffs=refit_cutoffs,
+        data_end=pd.Timestamp(data.data_end),
+        accept_days=train_cfg.accept_days,
+        step_months=train_cfg.step_months,
+        accept_from_answers=train_cfg.accept_from_answers,
     )
     downsampling = {
         "negative_sample_rate": rate,

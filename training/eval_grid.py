@@ -151,17 +151,21 @@ def refit_served(
     make_model: Callable[..., KocModel],
     *,
     propensity_clip: float,
+    rows_for: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]] | None = None,
 ) -> FittedTarget:
     """Each of a fold's components refit on `rows` (every complete cutoff known at the fold's test
     cutoff) with the component's best iteration count, calibrated on the fold model's raw scores
-    of its validation rows, as `training.backtest.refit` calibrates on out-of-time scores."""
+    of its validation rows, as `training.backtest.refit` calibrates on out-of-time scores.
+    A component in `rows_for` (training, validation) refits on both and calibrates on the second."""
     served = FittedTarget(components={})
+    rows_for = rows_for or {}
     for component, fold_model in fitted.components.items():
+        own = rows_for.get(component)
         model = refit_component(
-            served, component, fold_model, rows, names, make_model, fold_model.best_iteration_,
-            propensity_clip=propensity_clip,
+            served, component, fold_model, rows if own is None else pd.concat(own, ignore_index=True), names,
+            make_model, fold_model.best_iteration_, propensity_clip=propensity_clip,
         )
-        calibration = rows_of(valid, component)
+        calibration = rows_of(valid if own is None else own[1], component)
         label = COMPONENTS[component].label
         model.calibrate(
             fold_model.raw_score(calibration[names]),
@@ -251,6 +255,8 @@ def evaluate_world(
     rows = []
     for fold in dataset.folds:
         train, valid, test = dataset.fold_parts(fold)
+        answers = dataset.acceptance_parts(fold.test)  # every answer known at the test cutoff
+        rows_for = {ACCEPT_COMPONENT: answers} if answers is not None else None
         scores: dict[str, np.ndarray] = {}
         clock = time.perf_counter()
         needed = list(needed_all)
@@ -269,6 +275,7 @@ def evaluate_world(
                 needed,
                 model_factory(train_cfg, label_cfg),
                 propensity_clip=train_cfg.propensity_clip,
+                rows_for=rows_for,
             )
         except TargetUnavailable as err:
             logger.warning("treatment-aware targets skipped at test cutoff %s: %s", fold.test.date(), err)
@@ -291,7 +298,9 @@ def evaluate_world(
                 )
                 scores["observed" + SERVED] = alone.model("observed", "single").predict_proba(test[names])
             if fitted is not None:
-                refit = refit_served(fitted, served_rows, valid, names, make, propensity_clip=train_cfg.propensity_clip)
+                refit = refit_served(
+                    fitted, served_rows, valid, names, make, propensity_clip=train_cfg.propensity_clip, rows_for=rows_for
+                )
                 for scorer in scorers:
                     target, _, method = scorer.partition(":")
                     if target != "observed":

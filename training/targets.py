@@ -350,11 +350,15 @@ def fit_components(
     *,
     propensity_clip: float,
     issued: pd.DataFrame | None = None,
+    rows_for: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]] | None = None,
 ) -> FittedTarget:
     """Fit each named component on its rows (early stopping and calibration on its validation rows).
 
-    `make_model()` returns a fresh, unfitted KocModel with the run's parameters.
+    `make_model()` returns a fresh, unfitted KocModel with the run's parameters. `rows_for` gives
+    some components their own (training, validation) frames instead of `train` and `valid`
+    (`accept`: every answer known at training time, `training.dataset.SnapshotDataset.acceptance_parts`).
     """
+    rows_for = rows_for or {}
     fitted = FittedTarget(components={})
     components = list(components)
     soft_ones = [c for c in components if COMPONENTS[c].soft]
@@ -363,7 +367,14 @@ def fit_components(
     soft = frame_soft_labels(train, soft_ones[0], make_model().label_config) if soft_ones else None
     for component in components:
         label, given = COMPONENTS[component].label, COMPONENTS[component].given
-        train_rows, valid_rows = fit_rows(train, component), fit_rows(valid, component)
+        own_train, own_valid = rows_for.get(component, (train, valid))
+        if component in rows_for:
+            try:
+                _check_learnable(component, fit_rows(own_train, component), fit_rows(own_valid, component))
+            except TargetUnavailable as err:  # too few of its own rows (a small brand): the fold's rows, as before
+                logger.warning("%s learns from the fold's own rows instead: %s", component, err)
+                own_train, own_valid = train, valid
+        train_rows, valid_rows = fit_rows(own_train, component), fit_rows(own_valid, component)
         counts = {"train_rows": len(train_rows), "train_positives": int(train_rows[label].sum())}  # 0/1 outcomes
         if COMPONENTS[component].soft:  # each row twice, weighted by the soft label and its complement
             train_rows = soft_training_rows(train, component, make_model().label_config, soft)

@@ -169,8 +169,10 @@ def fit_target(
     label_cfg: LabelConfig,
     *,
     issued: pd.DataFrame | None = None,
+    rows_for: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]] | None = None,
 ) -> tuple[KocModel, FittedTarget, str | None]:
-    """The configured target's model fitted on `train`, early-stopped and calibrated on `valid`.
+    """The configured target's model fitted on `train`, early-stopped and calibrated on `valid`
+    (components named in `rows_for` on their own rows: `training.targets.fit_components`).
 
     Returns (model, its components, why it fell back or None). A treatment-aware target needs
     logged invitations and enrolments; without enough of them the run learns the observed label
@@ -189,6 +191,7 @@ def fit_target(
                 model_factory(train_cfg, label_cfg),
                 propensity_clip=train_cfg.propensity_clip,
                 issued=issued,
+                rows_for=rows_for,
             )
             return fitted.model(train_cfg.target, method), fitted, fallback
         except TargetUnavailable as err:

@@ -249,3 +249,39 @@ def test_cutoffs_are_bounded_by_config() -> None:
     data = from_frames(frames)
     complete, _, _ = candidate_cutoffs(data, LabelConfig(), TrainConfig(max_cutoffs=5))
     assert complete == list(pd.date_range("2025-02-01", "2025-06-01", freq="MS"))
+
+
+def test_acceptance_learns_only_answers_known_at_training_time(small_sim_world) -> None:
+    """P(accept | invited) of a model trained at T learns from invitations answered by T: flipping every
+    answer given at or after T changes none of its labels, and its validation month follows its training rows."""
+    from features.targets import labels_and_outcomes
+    from training.dataset import answer_validation_start
+
+    cfg = TrainConfig(backtest_cutoffs=2, min_history_months=2, embargo=False)  # 12 months of history
+    dataset = build_snapshots(small_sim_world, LabelConfig(), cfg)
+    assert dataset.answers_known
+    for known_at in [*(fold.test for fold in dataset.folds), dataset.data_end]:
+        train, valid = dataset.acceptance_parts(known_at)
+        start = answer_validation_start(known_at, dataset.accept_days, dataset.step_months)
+        assert start + pd.DateOffset(months=1) + pd.Timedelta(days=30) <= known_at  # answers all known ...
+        assert start + pd.DateOffset(months=2) + pd.Timedelta(days=30) > known_at  # ... and the latest such month
+        for rows in (train, valid):
+            assert (rows["invited"] == 1).all() and (rows["as_of"] < known_at).all()
+            assert (rows["invited_at"] + pd.Timedelta(days=30) <= known_at).all()
+        assert (train["invited_at"] < start).all() and (valid["invited_at"] >= start).all()
+        assert len(valid) and train["accepted"].nunique() == 2
+    # the answers' point in time: flip every enrolment and decline at or after T
+    T = dataset.folds[-1].test
+    program = small_sim_world.program.copy()
+    late = program["event_at"] >= T
+    flip = {"enrolled": "declined", "declined": "enrolled"}
+    program.loc[late, "status"] = program.loc[late, "status"].map(lambda s: flip.get(s, s))
+    present = {name: frame for name, frame in small_sim_world.tables.items() if name not in small_sim_world.absent}
+    flipped = from_frames({**present, "program": program}, timezone=small_sim_world.timezone)
+    cutoffs = sorted(pd.Timestamp(c) for c in pd.unique(dataset.frame["as_of"]) if c < T)
+    before, after = (labels_and_outcomes(d, cutoffs, LabelConfig()) for d in (small_sim_world, flipped))
+    pd.testing.assert_frame_equal(before[["member_id", "as_of", "invited", "invited_at"]], after[["member_id", "as_of", "invited", "invited_at"]])
+    known = ((before["invited"] == 1) & (before["invited_at"] + pd.Timedelta(days=30) <= T)).to_numpy()
+    assert known.sum() > 0
+    np.testing.assert_array_equal(before.loc[known, "accepted"], after.loc[known, "accepted"])
+    assert (before.loc[~known & (before["invited"] == 1).to_numpy(), "accepted"] != after.loc[~known & (after["invited"] == 1).to_numpy(), "accepted"]).any()  # the control: answers after T do change
