@@ -252,7 +252,16 @@ class KocModel:
     ) -> LogisticRegression | IsotonicRegression:
         if self.calibration == "isotonic":
             return IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(raw, y, sample_weight=weight)
-        return LogisticRegression(C=1e6, max_iter=1000).fit(raw.reshape(-1, 1), y, sample_weight=weight)
+        platt = LogisticRegression(C=1e6, max_iter=1000).fit(raw.reshape(-1, 1), y, sample_weight=weight)
+        if platt.coef_[0, 0] <= 0:
+            # a slope <= 0 would reverse (or flatten) the booster's ranking: on a handful of calibration
+            # rows that is noise, so keep the booster's own probability (slope 1, intercept 0)
+            logger.warning(
+                "Platt calibration on %d rows found slope %.3g <= 0; keeping the booster's own probabilities",
+                len(y), platt.coef_[0, 0],
+            )
+            platt.coef_, platt.intercept_ = np.ones((1, 1)), np.zeros(1)
+        return platt
 
     @staticmethod
     def _check_training_frame(X: pd.DataFrame, name: str) -> None:

@@ -263,3 +263,14 @@ def test_shared_component_learns_from_every_row_and_scores_as_if_enrolled(fitted
     np.testing.assert_allclose(model.predict_proba(X), a * e + (1 - a) * d, rtol=1e-12)
     assert list(model.contributions(X.iloc[:20]).columns) == names
     assert list(model.feature_importance().sort_index().index) == sorted(names)
+
+
+def test_platt_calibration_never_reverses_the_booster_ranking():
+    """Calibration rows whose labels fall with the raw score (noise on a handful of rows) would give a
+    negative Platt slope; the calibrator keeps the booster's own probabilities instead."""
+    model = KocModel()
+    raw = np.array([-2.0, -1.0, 0.0, 1.0, 2.0, 3.0])
+    calibrator = model._fit_calibrator(raw, np.array([1, 1, 0, 1, 0, 0]))
+    np.testing.assert_allclose(calibrator.predict_proba(raw.reshape(-1, 1))[:, 1], 1 / (1 + np.exp(-raw)))
+    rising = model._fit_calibrator(raw, np.array([0, 0, 1, 0, 1, 1]))
+    assert rising.coef_[0, 0] > 0 and rising.coef_[0, 0] != 1.0
