@@ -178,7 +178,8 @@ class TrainConfig(BaseModel):
             "of only the fold's training cutoffs, whose label windows must be complete. Answers arrive within "
             "days, so this adds the freshest invitations. On the 30k grid the fold models gained in 9 of 10 worlds "
             "(mean +0.006 of the ceiling); as served, where the refit already saw most of these answers through "
-            "older cutoffs' rows, random_organic and spend_led did not move (README). If a fold's answers are too "
+            "older cutoffs' rows, random_organic, spend_led and mixed_quiet did not move beyond the noise (README). "
+            "If a fold's answers are too "
             "few to learn from (a small brand), that fold learns from its own cutoffs as before"
         ),
     )
