@@ -259,8 +259,9 @@ def refit(
         return latest.model
     names = dataset.feature_names
     rows = dataset.all_rows()
-    # P(accept | invited) from every answer known at the data's end (`SnapshotDataset.answered_rows`)
-    answered = dataset.answered_rows(dataset.data_end) if dataset.answers_known and dataset.data_end is not None else None
+    # P(accept | invited) from every answer known when the programme log ends (`SnapshotDataset.answered_rows`)
+    end = dataset.answers_end
+    answered = dataset.answered_rows(end) if dataset.answers_known and end is not None else None
     iterations = backtest.iterations()
     fitted = FittedTarget(components={}, rows={})
     for component, fold_model in latest.fitted.components.items():

@@ -25,8 +25,9 @@ Answers (`accept_from_answers`)
 - An invitation's answer is known `accept_days` after it, long before the productivity window
   closes. P(accept | invited) of a model trained at time T (a fold's test cutoff, or the data's end
   for the refit) learns from every row whose first invitation was answered by T, whatever its
-  cutoff (`SnapshotDataset.answered_rows`); a fold early-stops and calibrates it on the latest
-  whole step of invitations answered by T and learns from the earlier ones (`acceptance_parts`).
+  cutoff (`SnapshotDataset.answered_rows`; for the refit, T is the programme log's end); a fold
+  early-stops and calibrates it on the answered invitations from the start of the latest whole step
+  answered by T, and learns from the earlier ones (`acceptance_parts`).
 """
 
 from __future__ import annotations
@@ -235,7 +236,7 @@ class SnapshotDataset:
     negative_sample_rate: float = 1.0
     seed: int = 0
     refit_cutoffs: tuple[pd.Timestamp, ...] = ()  # every complete cutoff (empty: the latest fold's used ones)
-    data_end: pd.Timestamp | None = None  # the latest timestamp in the data: when the served model is trained
+    answers_end: pd.Timestamp | None = None  # the programme log's end: answers after it are unknown (the refit's "now")
     accept_days: int = 30  # an invitation's answer is known this many days after it
     step_months: int = 1
     accept_from_answers: bool = False  # P(accept | invited) learns from every answer known at training time
@@ -261,8 +262,9 @@ class SnapshotDataset:
         """(training, validation) rows of P(accept | invited) for a model trained at `known_at`, or None
         when the component learns from the fold's own rows (`accept_from_answers` off, or no invitation times).
 
-        Validation holds the invitations of the latest whole step `[start, start + step)` whose answers
-        are all known at `known_at`; training the invitations before `start`. A member invited once
+        `start` opens the latest whole step whose answers are all known at `known_at`; validation holds
+        every answered invitation from `start` on (that step and any later answered days, so one to two
+        steps), training every one before `start`. A member invited once
         appears at up to H / step cutoffs: all of them fall on the same side, so early stopping never
         sees an answer the fit learnt from.
         """
@@ -313,6 +315,12 @@ class SnapshotDataset:
             .agg(rows=("label", "size"), positives=("label", "sum"))
             .reset_index()
         )
+
+
+def programme_end(data: BrandData) -> pd.Timestamp:
+    """When the programme log ends (an export that stops early must not read as "no answer"); without one, the data's end."""
+    end = None if "program" in data.absent else data.latest("program", "event_at")
+    return pd.Timestamp(data.data_end if end is None or pd.isna(end) else min(end, data.data_end))
 
 
 def answer_validation_start(known_at: pd.Timestamp, accept_days: int, step_months: int) -> pd.Timestamp:
@@ -530,7 +538,7 @@ def build_snapshots(
         negative_sample_rate=rate,
         seed=train_cfg.seed,
         refit_cutoffs=refit_cutoffs,
-        data_end=pd.Timestamp(data.data_end),
+        answers_end=programme_end(data),
         accept_days=train_cfg.accept_days,
         step_months=train_cfg.step_months,
         accept_from_answers=train_cfg.accept_from_answers,

@@ -298,8 +298,9 @@ def evaluate_world(
                 )
                 scores["observed" + SERVED] = alone.model("observed", "single").predict_proba(test[names])
             if fitted is not None:
+                own = {c: rows for c, rows in (rows_for or {}).items() if c in fitted.own_rows}  # not fallen back
                 refit = refit_served(
-                    fitted, served_rows, valid, names, make, propensity_clip=train_cfg.propensity_clip, rows_for=rows_for
+                    fitted, served_rows, valid, names, make, propensity_clip=train_cfg.propensity_clip, rows_for=own
                 )
                 for scorer in scorers:
                     target, _, method = scorer.partition(":")

@@ -263,6 +263,7 @@ class FittedTarget:
     components: dict[str, KocModel]
     rows: dict[str, dict[str, int]] = field(default_factory=dict)
     propensity: PropensityReport | None = None
+    own_rows: set[str] = field(default_factory=set)  # components that learnt from their `rows_for` rows
 
     def model(self, target: str, method: str) -> KocModel:
         """The served model of (target, method) from these components."""
@@ -374,6 +375,8 @@ def fit_components(
             except TargetUnavailable as err:  # too few of its own rows (a small brand): the fold's rows, as before
                 logger.warning("%s learns from the fold's own rows instead: %s", component, err)
                 own_train, own_valid = train, valid
+            else:
+                fitted.own_rows.add(component)
         train_rows, valid_rows = fit_rows(own_train, component), fit_rows(own_valid, component)
         counts = {"train_rows": len(train_rows), "train_positives": int(train_rows[label].sum())}  # 0/1 outcomes
         if COMPONENTS[component].soft:  # each row twice, weighted by the soft label and its complement

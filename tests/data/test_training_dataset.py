@@ -260,7 +260,8 @@ def test_acceptance_learns_only_answers_known_at_training_time(small_sim_world) 
     cfg = TrainConfig(backtest_cutoffs=2, min_history_months=2, embargo=False)  # 12 months of history
     dataset = build_snapshots(small_sim_world, LabelConfig(), cfg)
     assert dataset.answers_known
-    for known_at in [*(fold.test for fold in dataset.folds), dataset.data_end]:
+    assert dataset.answers_end == small_sim_world.latest("program", "event_at")
+    for known_at in [*(fold.test for fold in dataset.folds), dataset.answers_end]:
         train, valid = dataset.acceptance_parts(known_at)
         start = answer_validation_start(known_at, dataset.accept_days, dataset.step_months)
         assert start + pd.DateOffset(months=1) + pd.Timedelta(days=30) <= known_at  # answers all known ...

@@ -274,3 +274,22 @@ def test_platt_calibration_never_reverses_the_booster_ranking():
     np.testing.assert_allclose(calibrator.predict_proba(raw.reshape(-1, 1))[:, 1], 1 / (1 + np.exp(-raw)))
     rising = model._fit_calibrator(raw, np.array([0, 0, 1, 0, 1, 1]))
     assert rising.coef_[0, 0] > 0 and rising.coef_[0, 0] != 1.0
+
+
+def test_a_component_with_too_few_own_rows_learns_from_the_fold_and_says_so() -> None:
+    """`fit_components(rows_for=...)`: the accept component learns from its own rows when they can
+    support it (listed in `own_rows`), else from the fold's rows, so `koc eval --served` refits it on those."""
+    from training.targets import fit_components
+
+    def frame(n: int, seed: int) -> pd.DataFrame:
+        X, y = _frame(n, seed)
+        return X.assign(invited=1, accepted=y, weight=1.0, member_id=[f"m{i}" for i in range(n)])
+
+    train, valid = frame(2000, 1), frame(800, 2)
+    names = list(_frame(10, 0)[0].columns)
+    make = lambda **over: KocModel(PARAMS | over, seed=3)  # noqa: E731
+    enough = fit_components(train, valid, names, ["accept"], make, propensity_clip=0.01, rows_for={"accept": (frame(1500, 3), frame(600, 4))})
+    assert enough.own_rows == {"accept"} and enough.rows["accept"]["train_rows"] == 1500
+    few = frame(40, 5).assign(accepted=0)  # one class only
+    fallen = fit_components(train, valid, names, ["accept"], make, propensity_clip=0.01, rows_for={"accept": (few, few)})
+    assert fallen.own_rows == set() and fallen.rows["accept"]["train_rows"] == 2000
