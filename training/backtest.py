@@ -197,12 +197,9 @@ def run_backtest(
     for position in order:
         fold = dataset.folds[position]
         train, valid, test = dataset.fold_parts(fold)
-        answers = dataset.acceptance_parts(fold.test)  # every answer known at the fold's test cutoff
+        answers = dataset.component_rows(fold.test)  # every answer known at the fold's test cutoff
         try:
-            model, fitted, why = fit_target(
-                train, valid, names, effective, label_cfg, issued=issued,
-                rows_for={ACCEPT_COMPONENT: answers} if answers is not None else None,
-            )
+            model, fitted, why = fit_target(train, valid, names, effective, label_cfg, issued=issued, rows_for=answers)
         except (TargetUnavailable, ValueError) as err:
             if position == order[0]:
                 raise

@@ -46,6 +46,7 @@ from features.labels import INTERACTIONS_KNOWN_AFTER, LabelConfig, label_window_
 from features.registry import CATEGORY_LEVELS, coerce_features, feature_names
 from features.targets import OUTCOME_COLUMNS, POSTING_COLUMNS, labels_and_outcomes
 from training.config import TrainConfig
+from training.model import ACCEPT_COMPONENT
 
 logger = logging.getLogger(__name__)
 
@@ -274,6 +275,12 @@ class SnapshotDataset:
         rows = self.answered_rows(known_at)
         validation = (rows["invited_at"] >= start).to_numpy()
         return rows.loc[~validation].reset_index(drop=True), rows.loc[validation].reset_index(drop=True)
+
+    def component_rows(self, known_at: pd.Timestamp) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]] | None:
+        """`fit_components(rows_for=...)` for a model trained at `known_at`: the accept component's
+        `acceptance_parts`, or None when it learns from the fold's own rows."""
+        parts = self.acceptance_parts(known_at)
+        return None if parts is None else {ACCEPT_COMPONENT: parts}
 
     def _rows(self, cutoffs: Sequence[pd.Timestamp]) -> pd.DataFrame:
         return self.frame.loc[self.frame["as_of"].isin(list(cutoffs))].reset_index(drop=True)

@@ -255,8 +255,7 @@ def evaluate_world(
     rows = []
     for fold in dataset.folds:
         train, valid, test = dataset.fold_parts(fold)
-        answers = dataset.acceptance_parts(fold.test)  # every answer known at the test cutoff
-        rows_for = {ACCEPT_COMPONENT: answers} if answers is not None else None
+        rows_for = dataset.component_rows(fold.test)  # every answer known at the test cutoff
         scores: dict[str, np.ndarray] = {}
         clock = time.perf_counter()
         needed = list(needed_all)
