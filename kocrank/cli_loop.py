@@ -51,7 +51,7 @@ def issue_ranked_list(result: Any, loaded: Any, top: int, cfg: Any, tracking_uri
     issued_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     try:
         issued = issue_list(result, loaded, top, cfg.ranking, cfg.labels, store, list_id=list_id, issued_at=issued_at,
-                            tracking_uri=tracking_uri)
+                            tracking_uri=tracking_uri, accept_days=cfg.training.accept_days)
     except IssuedListExists as error:
         console.print(f"[red]{escape(str(error))}[/red]")
         raise typer.Exit(code=1) from error

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from features.labels import LabelConfig
 from features.registry import categorical_features
+from features.targets import ACCEPT_DAYS
 from serving.config import RankConfig
 from serving.profile import profile_frame
 from serving.selection import draw_policy, order_by_score
@@ -236,12 +237,15 @@ def build_issued_list(
     *,
     list_id: str,
     issued_at: str,
+    accept_days: int = ACCEPT_DAYS,
 ) -> IssuedList:
     """The issued-list record of a `serving.rank.RankResult`: every eligible member with its policy.
 
     Re-draws the list's policy (`draw_policy`, deterministic given the config seed and the
     cutoff) over the same eligible members and checks that its invited set is exactly the
-    ranked list, so the logged probabilities are those of the list that was sent.
+    ranked list, so the logged probabilities are those of the list that was sent. `accept_days`
+    (`[training] accept_days`) is recorded: the list's outcomes count an invitation as accepted
+    by training's rule (`serving.outcomes.member_outcomes`).
     """
     scored = result.scored
     as_of = pd.Timestamp(result.meta["as_of"])
@@ -271,6 +275,7 @@ def build_issued_list(
         "model": {key: result.meta["model"].get(key) for key in ("name", "version", "alias", "run_id", "uri", "feature_set_version")},
         "target": str(getattr(loaded.model, "target_", "observed")),
         "label_config": label_cfg.model_dump(mode="json"),
+        "accept_days": int(accept_days),
         "counts": {
             "eligible": int(len(policy)),
             "invited": int(policy["invited"].sum()),
@@ -317,13 +322,14 @@ def issue_list(
     issued_at: str,
     tracking_uri: str | None,
     log_to_mlflow: bool = True,
+    accept_days: int = ACCEPT_DAYS,
 ) -> IssuedList:
     """Record a ranked list as issued: refuse a known id, log the MLflow artifact, insert the rows."""
     as_of = pd.Timestamp(result.meta["as_of"])
     list_id = list_id or default_list_id(as_of)
     if store.exists(list_id):
         raise IssuedListExists(f"list {list_id!r} was already issued (store {store.path}); issued lists are immutable")
-    issued = build_issued_list(result, loaded, k, cfg, label_cfg, list_id=list_id, issued_at=issued_at)
+    issued = build_issued_list(result, loaded, k, cfg, label_cfg, list_id=list_id, issued_at=issued_at, accept_days=accept_days)
     run_id = log_issued_list(issued, tracking_uri) if log_to_mlflow else None
     try:
         store.add(issued, mlflow_run_id=run_id)

@@ -3,7 +3,9 @@
 For every issued list (`serving.issued`) and the data available now:
 - **matured** lists (label window `[as_of, as_of + H)` complete, interactions known):
   invitations sent (an `invited` event in the `program` table within `send_window_days`
-  of as_of), accepted (`enrolled` within the window), productive KOCs (the default label of
+  of as_of), accepted (the answer to the invitation: `enrolled` within the list's `accept_days`
+  of it, before any `declined`; training's rule, `features.targets.programme_outcomes`),
+  productive KOCs (the default label of
   `features.labels`), realised precision@K, lift over the eligible base rate, and uplift
   with a bootstrap interval: exploit picks against the **control group** (held out at
   random from the same top block, `serving.selection.draw_policy`) and exploration picks
@@ -28,6 +30,7 @@ import pandas as pd
 from features.contract import BrandData, parse_as_of
 from features.frames import is_in
 from features.labels import INTERACTIONS_KNOWN_AFTER, default_labels, label_data_end, label_window_complete
+from features.targets import ACCEPT_DAYS, programme_outcomes
 from serving.issued import IssuedList, LoopConfig
 
 logger = logging.getLogger(__name__)
@@ -66,14 +69,16 @@ def member_outcomes(issued: IssuedList, data: BrandData, cfg: LoopConfig) -> pd.
     as_of = parse_as_of(issued.as_of, data.timezone)
     label_cfg = issued.label_config
     program = data.program
-    window = (program["event_at"] >= as_of) & (program["event_at"] < as_of + label_cfg.horizon)
     sent_window = (program["event_at"] >= as_of) & (program["event_at"] < as_of + pd.Timedelta(days=cfg.send_window_days))
     sent = set(program.loc[sent_window & (program["status"] == "invited"), "member_id"])
-    enrolled = set(program.loc[window & (program["status"] == "enrolled"), "member_id"])
+    # the answer to the member's first invitation in the window, as training learns it (a decline
+    # followed by a self-enrolment is a decline); lists issued before `accept_days` was recorded use the default
+    answers = programme_outcomes(data, as_of, label_cfg, int(issued.meta.get("accept_days", ACCEPT_DAYS)))
+    accepted = set(answers.loc[answers["accepted"], "member_id"])
     labels = default_labels(data, as_of, label_cfg).set_index("member_id")["label"]
     members = issued.members.copy()
     members["sent"] = is_in(members["member_id"], sent)
-    members["accepted"] = is_in(members["member_id"], enrolled)
+    members["accepted"] = is_in(members["member_id"], accepted)
     members["productive"] = members["member_id"].map(labels).fillna(0).astype("int64")
     return members
 

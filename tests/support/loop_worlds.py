@@ -49,10 +49,13 @@ def hand_issued_list(list_id: str = "koc-2026-01-01", as_of: pd.Timestamp = LIST
     return IssuedList(list_id, meta, members, profile={})
 
 
-def hand_outcome_world(data_end: str = "2026-06-30", sent_late: tuple[str, ...] = ()) -> BrandData:
+def hand_outcome_world(
+    data_end: str = "2026-06-30", sent_late: tuple[str, ...] = (), declined_first: tuple[str, ...] = ()
+) -> BrandData:
     """Programme events and posts that make the outcome of `hand_issued_list` known by hand.
 
     Members in `sent_late` get their invitation two months after the cutoff (outside any send window).
+    Members in `declined_first` decline their invitation on 2026-01-08, before they enrol.
     """
     ids = list(ROLES)
     members = pd.DataFrame({"member_id": ids, "joined_at": pd.Timestamp("2025-01-01")})
@@ -61,7 +64,7 @@ def hand_outcome_world(data_end: str = "2026-06-30", sent_late: tuple[str, ...] 
     program = [(m, "2026-03-01" if m in sent_late else "2026-01-05", "invited") for m in SENT]
     program += [("c2", "2026-01-10", "invited")]  # a control member invited by another campaign
     program += [(m, "2026-01-20", "enrolled") for m in ENROLLED]
-    program += [(m, "2026-01-08", "declined") for m in ("e5", "e6", "x2")]
+    program += [(m, "2026-01-08", "declined") for m in ("e5", "e6", "x2", *declined_first)]
     program += [("n4", data_end, "declined")]  # keeps the programme evidence running to data_end
     program = pd.DataFrame(program, columns=["member_id", "event_at", "status"])
     program["event_at"] = pd.to_datetime(program["event_at"])

@@ -10,6 +10,7 @@ import pytest
 from support.worlds import AS_OF, build_world, fake_loaded
 
 from features.labels import LabelConfig
+from features.targets import ACCEPT_DAYS
 from serving.config import RankConfig
 from serving.issued import IssuedListExists, IssuedStore, default_store_path, issue_list
 from serving.rank import rank_members
@@ -67,6 +68,7 @@ def test_issued_list_logs_every_eligible_member_and_is_immutable(tmp_path, ranke
     assert back.members["role"].value_counts().to_dict() == {"none": 22, "exploit": 8, "band": 8, "explore": 2, "control": 2}
     assert set(back.members.loc[back.members["invited"], "member_id"]) == set(result.candidates["member_id"])
     assert back.meta["target"] == "observed" and back.meta["model"]["version"] == "1"
+    assert back.meta["accept_days"] == ACCEPT_DAYS  # its outcomes count acceptances by training's rule
     assert back.members["score"].is_monotonic_decreasing
     with pytest.raises(IssuedListExists, match="already issued"):
         issue_list(result, loaded, 10, cfg, LabelConfig(), store, list_id=None, issued_at="t1",

@@ -36,6 +36,19 @@ def test_matured_list_exact_figures(world):
     assert again["uplift_exploit_low"] == out["uplift_exploit_low"]  # seeded
 
 
+def test_accepted_is_the_answer_to_the_invitation_as_training_counts_it(world):
+    """A decline followed by a self-enrolment is a decline, and the answer must come within the
+    list's `accept_days` of the invitation: the rule `accepted` is learnt by (`features.targets`)."""
+    declined_then_enrolled = list_outcome(hand_issued_list(), hand_outcome_world(declined_first=("e4",)))
+    assert declined_then_enrolled["accepted"] == 4  # e4 said no on 01-08, then enrolled on 01-20
+    assert declined_then_enrolled["productive"] == 4  # productivity does not depend on the answer
+    late = hand_issued_list()
+    late.meta["accept_days"] = 10  # every enrolment came 15 days after its invitation
+    assert list_outcome(late, world)["accepted"] == 0
+    late.meta["accept_days"] = 16
+    assert list_outcome(late, world)["accepted"] == 5
+
+
 def test_list_not_sent_is_reported_not_scored(world):
     out = list_outcome(hand_issued_list("koc-2026-02-01", pd.Timestamp("2026-02-01")), world)
     assert out["matured"] and out["status"] == "not sent" and out["sent"] == 0
