@@ -113,6 +113,12 @@ CHUNK_MEMBERS = 250_000
 # round ran out of memory under a 2 GB memory_limit after 4 minutes; at 1M one round fits.
 STAGE_MEMBERS = 1_000_000
 
+# (member, cutoff) pairs per query of the stored labels and outcomes (`EngineConfig.label_rows`;
+# `features.targets.labels_and_outcomes`). Cutoffs are packed into queries of at most this many
+# pairs (one cutoff at least). At 1M members `koc train`'s 14 cutoffs (8.6M pairs) in one query
+# ran out of a 2 GB memory_limit; in queries of <= 2.5M pairs it took 11-12 s, 1.7 GB peak RSS.
+LABEL_ROWS = 2_500_000
+
 # Python-computed registry entries (`Feature.python`): how the model is fitted on the inputs of
 # every member at a cutoff, and how a fitted model scores any rows' inputs.
 PYTHON_FEATURES = {
@@ -134,6 +140,8 @@ class EngineConfig(BaseModel):
     follows the chunk, not the brand (see `CHUNK_MEMBERS`).
     `stage_members`: a cutoff with more members than this computes its aggregates in rounds
     of this many members (see `STAGE_MEMBERS`).
+    `label_rows`: (member, cutoff) pairs per query of a store's labels and outcomes; more
+    cutoffs than fit run as several queries (see `LABEL_ROWS`).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -144,6 +152,7 @@ class EngineConfig(BaseModel):
     refunds_without_time: RefundsWithoutTime = REFUNDS_WITHOUT_TIME
     chunk_members: int = Field(CHUNK_MEMBERS, ge=1)
     stage_members: int = Field(STAGE_MEMBERS, ge=1)
+    label_rows: int = Field(LABEL_ROWS, ge=1)
 
 
 def timestamp_literal(ts: pd.Timestamp) -> str:

@@ -26,7 +26,7 @@ nobody is productive. Pure functions of validated tables and explicit cutoffs.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import duckdb
 import numpy as np
@@ -169,13 +169,19 @@ win AS (
     FROM program p JOIN _cutoffs c ON p.event_at >= c.as_of AND p.event_at < c.window_end
     GROUP BY c.as_of, p.member_id
 ),
+inv AS (
+    SELECT as_of, member_id, invited_at FROM win WHERE invited_at IS NOT NULL
+),
+answer_events AS (
+    SELECT member_id, event_at, status FROM program WHERE status IN ('enrolled', 'declined')
+),
 ans AS (
-    SELECT win.as_of, win.member_id,
+    SELECT inv.as_of, inv.member_id,
         MIN(CASE WHEN p.status = 'enrolled' THEN p.event_at END) AS enrolled_after,
         MIN(CASE WHEN p.status = 'declined' THEN p.event_at END) AS declined_after
-    FROM win JOIN program p ON p.member_id = win.member_id AND p.status IN ('enrolled', 'declined')
-        AND p.event_at >= win.invited_at AND p.event_at < win.invited_at + INTERVAL {accept_days} DAY
-    GROUP BY win.as_of, win.member_id
+    FROM inv JOIN answer_events p ON p.member_id = inv.member_id
+        AND p.event_at >= inv.invited_at AND p.event_at < inv.invited_at + INTERVAL {accept_days} DAY
+    GROUP BY inv.as_of, inv.member_id
 ),
 post AS (
     SELECT c.as_of, p.member_id,
@@ -217,6 +223,20 @@ ORDER BY c.as_of, m.member_id
 """
 
 
+def cutoff_batches(pairs: Sequence[int], budget: int) -> list[slice]:
+    """Consecutive runs of cutoffs whose (member, cutoff) pairs add up to at most `budget`
+    (a cutoff above it alone): the queries `labels_and_outcomes` splits a store's cutoffs into."""
+    batches, start, total = [], 0, 0
+    for i, count in enumerate(pairs):
+        if i > start and total + count > budget:
+            batches.append(slice(start, i))
+            start, total = i, 0
+        total += count
+    if len(pairs):
+        batches.append(slice(start, len(pairs)))
+    return batches
+
+
 def _stored_labels_and_outcomes(
     data: StoredBrandData, cutoffs: list[pd.Timestamp], cfg: LabelConfig, engine: EngineConfig, accept_days: int
 ) -> pd.DataFrame:
@@ -229,10 +249,21 @@ def _stored_labels_and_outcomes(
         min_interactions=int(cfg.min_interactions),
         accept_days=int(accept_days),
     )
+    parts = []
     with duckdb.connect(data.path, read_only=True) as con:
         configure(con, engine)
-        con.register("_cutoffs", frame)
-        out = con.sql(sql).to_arrow_table().to_pandas()
+        con.register("_all_cutoffs", frame)
+        pairs = con.sql(
+            "SELECT COUNT(m.member_id) FROM _all_cutoffs c LEFT JOIN members m ON m.joined_at < c.as_of "
+            "GROUP BY c.as_of ORDER BY c.as_of"
+        ).fetchall()
+        # DuckDB builds every join's hash table at once, so the working set follows the pairs of one
+        # query: cutoffs in batches of at most `engine.label_rows` pairs (`features.build.LABEL_ROWS`)
+        for batch in cutoff_batches([n for (n,) in pairs], engine.label_rows):
+            con.register("_cutoffs", frame.iloc[batch])
+            parts.append(con.sql(sql).to_arrow_table().to_pandas())
+            con.unregister("_cutoffs")
+    out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
     out["member_id"] = out["member_id"].astype("str")
     out["as_of"] = out["as_of"].astype("datetime64[us]")
     out["invited_at"] = out["invited_at"].astype("datetime64[us]")
@@ -248,9 +279,10 @@ def labels_and_outcomes(
 ) -> pd.DataFrame:
     """`labels_for(data, as_ofs, cfg)` plus the int8 outcome columns and `invited_at` (`outcomes_for`).
 
-    For a store without a `labels` table this is one DuckDB query over the database (the
-    tables are never read into pandas: at 1M members the pandas path took ~70 s of `koc train`),
-    under `engine`'s threads, memory limit and spill folder; otherwise the pandas functions.
+    For a store without a `labels` table this is DuckDB over the database (the tables are never
+    read into pandas: at 1M members the pandas path took ~70 s of `koc train`), under `engine`'s
+    threads, memory limit and spill folder, one query per batch of cutoffs of at most
+    `engine.label_rows` (member, cutoff) pairs; otherwise the pandas functions.
     """
     cfg = cfg or LabelConfig()
     cutoffs = sorted({as_cutoff(raw, data.timezone) for raw in as_ofs})

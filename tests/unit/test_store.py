@@ -184,7 +184,20 @@ def test_labels_and_outcomes_in_sql_on_the_store_equal_the_pandas_rules(world, s
 
     assert loaded.tables._read == {}  # nothing read into pandas
     pd.testing.assert_frame_equal(sql, expected)
+    # in batches of cutoffs (a large brand under a memory_limit; here one query per cutoff): the same
+    # rows, values and order
+    batched = labels_and_outcomes(loaded, cutoffs, cfg, EngineConfig(label_rows=1))
+    pd.testing.assert_frame_equal(batched, expected)
     if world == "simulated":  # the hand world has no programme outcomes at these cutoffs
         assert min(int(expected[c].sum()) for c in ["label", "invited", "accepted", "enrolled", "productive"]) > 0
     # every exclusion rule left someone out at some cutoff
     assert len(expected) < sum(int((in_memory.members["joined_at"] < c).sum()) for c in cutoffs)
+
+
+def test_cutoff_batches_pack_consecutive_cutoffs_under_the_pair_budget():
+    from features.targets import cutoff_batches
+
+    assert cutoff_batches([3, 3, 3, 3], 6) == [slice(0, 2), slice(2, 4)]
+    assert cutoff_batches([5, 9, 1, 1, 4], 6) == [slice(0, 1), slice(1, 2), slice(2, 5)]  # a cutoff above it alone
+    assert cutoff_batches([2, 2], 100) == [slice(0, 2)]
+    assert cutoff_batches([], 10) == []
