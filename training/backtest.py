@@ -296,7 +296,7 @@ def refit_component(
     label = COMPONENTS[component].label
     part = fit_rows(rows, component)
     counts = {"train_rows": len(part), "train_positives": int(part[label].sum())}  # 0/1 outcomes
-    if COMPONENTS[component].soft:  # the denoised label: each row twice, weighted by it and its complement
+    if COMPONENTS[component].soft:  # the denoised label, learnt by cross-entropy
         part = soft_training_rows(rows, component, fold_model.label_config)
     weight = part["weight"].to_numpy(dtype=float)
     if component == "invited_outcome":

@@ -76,13 +76,16 @@ class KocModel:
         self.label_config = dict(label_config) if label_config is not None else None
 
     # ------------------------------------------------------------------ fitting
-    def _lgb_params(self) -> tuple[dict[str, Any], int, int]:
+    def _lgb_params(self, soft: bool = False) -> tuple[dict[str, Any], int, int]:
+        """LightGBM's parameters, round count and early-stopping patience. `soft`: the training label
+        is a probability (a soft label), learnt by the `cross_entropy` objective; metrics, raw
+        scores and probabilities are those of the binary objective."""
         params = {k: v for k, v in self.params.items() if k not in _ROUND_KEYS}
         num_boost_round = int(self.params.get("num_boost_round", 1000))
         early_stopping_rounds = int(self.params.get("early_stopping_rounds", 50))
         params.update(
             {
-                "objective": self.objective,
+                "objective": "cross_entropy" if soft else self.objective,
                 "seed": self.seed,
                 "deterministic": True,
                 "force_row_wise": True,
@@ -105,7 +108,7 @@ class KocModel:
     def fit(
         self,
         X: pd.DataFrame,
-        y: Sequence[int] | np.ndarray | pd.Series,
+        y: Sequence[float] | np.ndarray | pd.Series,
         X_val: pd.DataFrame,
         y_val: Sequence[int] | np.ndarray | pd.Series,
         sample_weight: Sequence[float] | np.ndarray | pd.Series | None = None,
@@ -120,6 +123,7 @@ class KocModel:
 
         `sample_weight_val`: weights of the validation rows (1/keep-probability when the
         validation cutoff was sampled), used by the early-stopping metric and the calibrator.
+        `y` may be a soft label (a probability per row), learnt by cross-entropy; `y_val` is 0/1.
 
         With `objective="lambdarank"` the booster learns the graded `relevance` within query
         `group`s (row counts per cutoff, in row order); `y`/`y_val` stay the binary labels
@@ -129,7 +133,7 @@ class KocModel:
         self._check_training_frame(X_val, "X_val")
         if list(X_val.columns) != list(X.columns):
             raise ValueError("X_val must have exactly the columns of X, in the same order")
-        y_train = np.asarray(y, dtype="int64")
+        y_train, soft = self._training_label(y)
         y_valid = np.asarray(y_val, dtype="int64")
         if len(y_train) != len(X) or len(y_valid) != len(X_val):
             raise ValueError("labels must have one value per feature row")
@@ -140,7 +144,7 @@ class KocModel:
             )
 
         self._remember_columns(X)
-        params, num_boost_round, early_stopping_rounds = self._lgb_params()
+        params, num_boost_round, early_stopping_rounds = self._lgb_params(soft)
 
         if self.objective == "lambdarank":
             if relevance is None or relevance_val is None or group is None or group_val is None:
@@ -178,7 +182,7 @@ class KocModel:
     def fit_fixed(
         self,
         X: pd.DataFrame,
-        y: Sequence[int] | np.ndarray | pd.Series,
+        y: Sequence[float] | np.ndarray | pd.Series,
         num_boost_round: int,
         sample_weight: Sequence[float] | np.ndarray | pd.Series | None = None,
     ) -> KocModel:
@@ -190,17 +194,29 @@ class KocModel:
         if self.objective != "binary":
             raise ValueError("fit_fixed supports the binary objective only")
         self._check_training_frame(X, "X")
-        y_train = np.asarray(y, dtype="int64")
+        y_train, soft = self._training_label(y)
         if len(y_train) != len(X):
             raise ValueError("labels must have one value per feature row")
         self._remember_columns(X)
-        params, _, _ = self._lgb_params()
+        params, _, _ = self._lgb_params(soft)
         train_set = self._dataset(X, y_train, sample_weight, None)
         self.booster_ = lgb.train(params, train_set, num_boost_round=int(num_boost_round))
         self.best_iteration_ = int(num_boost_round)
         self.validation_curve_ = {}
         self._stamp()
         return self
+
+    def _training_label(self, y: Sequence[float] | np.ndarray | pd.Series) -> tuple[np.ndarray, bool]:
+        """The training label and whether it is soft: 0/1 as int64, or a probability per row (float64,
+        in [0, 1]; the binary objective only), which LightGBM learns by cross-entropy."""
+        values = np.asarray(y, dtype="float64")
+        if np.isin(values, (0.0, 1.0)).all():
+            return values.astype("int64"), False
+        if self.objective != "binary":
+            raise ValueError(f"a soft (fractional) label needs the binary objective, not {self.objective!r}")
+        if np.isnan(values).any() or values.min() < 0.0 or values.max() > 1.0:
+            raise ValueError("a soft label must be a probability in [0, 1] on every row")
+        return values, True
 
     def calibrate(
         self,

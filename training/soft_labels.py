@@ -22,10 +22,10 @@ The priors (a, b, θ0, τ², σ²) are fitted per cutoff by the method of moment
 enrolled members (`fit_prior`), so a row's soft label depends only on its own cutoff's window:
 the test cutoff's outcomes never shape a training label. Nothing here reads a feature.
 
-The soft label is learnt by the binary LightGBM as its expectation: each row enters twice,
-as a positive weighted by `weight × soft` and a negative weighted by `weight × (1 - soft)`
-(`expand_soft`), which is the cross-entropy on the soft label. Early stopping and calibration
-keep the observed 0/1 outcome of the validation rows.
+The soft label is learnt as a probability: LightGBM's `cross_entropy` objective on the soft
+label itself (`with_soft_label`), the same loss as entering each row twice (a positive weighted
+by `weight × soft`, a negative by `weight × (1 - soft)`) with half the rows. Early stopping and
+calibration keep the observed 0/1 outcome of the validation rows.
 
 It needs the default label's own evidence (the posts of the window): with a brand-supplied
 `labels` table the rule behind the label is unknown, and the soft components are unavailable.
@@ -163,14 +163,11 @@ def soft_productive(frame: pd.DataFrame, min_posts: int, min_interactions: int, 
     return out
 
 
-def expand_soft(rows: pd.DataFrame, label: str, soft: np.ndarray) -> pd.DataFrame:
-    """`rows` twice: `label` 1 weighted `weight × soft`, then 0 weighted `weight × (1 - soft)`; zero weights dropped.
+def with_soft_label(rows: pd.DataFrame, label: str, soft: np.ndarray) -> pd.DataFrame:
+    """`rows` with `label` replaced by the soft label (float64 in [0, 1]); weights unchanged.
 
-    The binary log-loss on these rows is the cross-entropy on `soft`.
+    `KocModel` learns a fractional label with LightGBM's `cross_entropy` objective, whose gradient
+    and hessian per row equal those of the binary log-loss on the row entered twice (a positive
+    weighted by `soft`, a negative by `1 - soft`), with half the rows.
     """
-    soft = np.clip(np.asarray(soft, dtype=float), 0.0, 1.0)
-    weight = rows["weight"].to_numpy(dtype=float)
-    positive = rows.assign(**{label: 1, "weight": weight * soft})
-    negative = rows.assign(**{label: 0, "weight": weight * (1.0 - soft)})
-    both = pd.concat([positive.loc[soft > 0], negative.loc[soft < 1]])
-    return both.astype({label: rows[label].dtype})
+    return rows.assign(**{label: np.clip(np.asarray(soft, dtype="float64"), 0.0, 1.0)})

@@ -209,12 +209,12 @@ def frame_soft_labels(frame: pd.DataFrame, component: str, label_config: Mapping
 def soft_training_rows(
     frame: pd.DataFrame, component: str, label_config: Mapping[str, Any] | None, soft: np.ndarray | None = None
 ) -> pd.DataFrame:
-    """The rows a `soft` component learns from: its rows of `frame`, each twice (label 1 and 0, weighted
-    by the soft label and its complement; `training.soft_labels.expand_soft`).
+    """The rows a `soft` component learns from: its rows of `frame`, the label replaced by the soft
+    label (a float in [0, 1]; `training.soft_labels.with_soft_label`).
 
     `soft`: `frame_soft_labels(frame, ...)` when the caller has it already (one per frame).
     """
-    from training.soft_labels import expand_soft
+    from training.soft_labels import with_soft_label
 
     soft = frame_soft_labels(frame, component, label_config) if soft is None else soft
     mask = rows_mask(frame, component)
@@ -223,7 +223,7 @@ def soft_training_rows(
     soft = np.where(enrolled, np.nan_to_num(soft), 0.0)  # not enrolled: neither label can be 1
     if COMPONENTS[component].label == "productive" and not enrolled.all():
         raise ValueError(f"soft component {component!r} must learn from enrolled rows only")
-    return expand_soft(rows, COMPONENTS[component].label, soft)
+    return with_soft_label(rows, COMPONENTS[component].label, soft)
 
 
 def fit_inputs(rows: pd.DataFrame, names: list[str], component: str) -> pd.DataFrame:
@@ -379,13 +379,13 @@ def fit_components(
                 fitted.own_rows.add(component)
         train_rows, valid_rows = fit_rows(own_train, component), fit_rows(own_valid, component)
         counts = {"train_rows": len(train_rows), "train_positives": int(train_rows[label].sum())}  # 0/1 outcomes
-        if COMPONENTS[component].soft:  # each row twice, weighted by the soft label and its complement
-            train_rows = soft_training_rows(train, component, make_model().label_config, soft)
         if component == "propensity" and issued is not None:
             invited_rows = train_rows.loc[train_rows["invited"].to_numpy() == 1]
             if not np.isnan(logged_propensity(invited_rows, issued)).any():
                 continue  # every invited training row has a logged propensity: no policy model needed
-        _check_learnable(component, train_rows, valid_rows)
+        _check_learnable(component, train_rows, valid_rows)  # on the observed 0/1 outcomes
+        if COMPONENTS[component].soft:  # the same rows, learning the soft label (cross-entropy)
+            train_rows = soft_training_rows(train, component, make_model().label_config, soft)
         if given is not None:  # its own rows (enrolled) must hold both classes too
             _check_learnable(component, rows_of(train, component), rows_of(valid, component))
         weight = train_rows["weight"].to_numpy(dtype=float)

@@ -406,13 +406,16 @@ def test_two_path_shared_is_refit_and_served_with_its_given_input_fixed(world: B
 
 def test_two_path_soft_learns_the_denoised_label_and_is_served(world: BrandData, tmp_path: Path) -> None:
     """`target_method = "two_path_soft"` end to end: both productivity factors (fold models and the
-    refit) learn from the soft label, each of their rows twice; the run logs the 0/1 row counts; the
-    served model and the logged pyfunc agree."""
+    refit) learn from the soft label by cross-entropy, each row once; the run logs the 0/1 row counts;
+    the served model and the logged pyfunc agree."""
     store, result = _train_method(world, tmp_path, "two_path_soft")
     model = result.model
     assert (model.target_, model.target_method_) == ("if_invited", "two_path_soft")
     assert set(model.components_) == {"accept", "productive_enrolled_soft", "not_invited_outcome_soft"}
     assert model.declined_ == "not_invited_outcome_soft"
+    objectives = {name: component.booster_.params["objective"] for name, component in model.components_.items()}
+    assert objectives == {"accept": "binary", "productive_enrolled_soft": "cross_entropy",
+                          "not_invited_outcome_soft": "cross_entropy"}
     params = MlflowClient(store).get_run(result.run_id).data.params
     rows = result.dataset.part("train")  # the latest fold's, whose fit the run's params describe
     enrolled = int((rows["enrolled"] == 1).sum())

@@ -9,11 +9,12 @@ import pytest
 from features.labels import LabelConfig
 from training.soft_labels import (
     POSTING_COLUMNS,
-    expand_soft,
     fit_prior,
     posterior_productive,
     soft_productive,
+    with_soft_label,
 )
+from training.model import KocModel
 from training.targets import COMPONENTS, TargetUnavailable, components_for, soft_training_rows
 
 MIN_POSTS, MIN_INTERACTIONS = 3, 100
@@ -96,15 +97,34 @@ def test_soft_labels_are_fitted_per_cutoff_and_deterministic():
     np.testing.assert_array_equal(soft_productive(other, MIN_POSTS, MIN_INTERACTIONS)[january], first[january])
 
 
-def test_expand_soft_is_the_cross_entropy_on_the_soft_label():
-    rows = pd.DataFrame({"x": [1.0, 2.0, 3.0], "productive": np.int8([1, 0, 1]), "weight": [1.0, 2.0, 4.0]})
-    out = expand_soft(rows, "productive", np.array([0.25, 0.0, 1.0]))
-    assert out["productive"].dtype == rows["productive"].dtype
-    # each row's weights sum to its own; the positives carry weight x soft
-    assert out.groupby("x")["weight"].sum().tolist() == [1.0, 2.0, 4.0]
-    positive = out.loc[out["productive"] == 1].set_index("x")["weight"]
-    assert positive.to_dict() == {1.0: 0.25, 3.0: 4.0}  # soft 0: no positive row; soft 1: no negative row
-    assert len(out) == 4
+def test_the_soft_label_learnt_by_cross_entropy_equals_each_row_entered_twice():
+    """LightGBM's cross_entropy on the soft label has the binary log-loss's gradient and hessian on
+    the row entered twice (a positive weighted by soft, a negative by 1 - soft): the same trees
+    with half the rows. Checked on a forest whose bins and leaves do not depend on row counts."""
+    rng = np.random.default_rng(3)
+    n = 400
+    X = pd.DataFrame({"a": rng.integers(0, 12, n).astype("float32"), "b": rng.integers(0, 7, n).astype("float32")})
+    soft = 1.0 / (1.0 + np.exp(-(0.4 * X["a"].to_numpy() - 0.6 * X["b"].to_numpy() + rng.normal(0, 0.5, n))))
+    weight = rng.uniform(0.5, 2.0, n)
+    X_val = X.iloc[:100].reset_index(drop=True)
+    y_val = (rng.random(100) < soft[:100]).astype(int)
+    params = {"learning_rate": 0.1, "num_leaves": 7, "min_data_in_leaf": 1, "min_sum_hessian_in_leaf": 0.0,
+              "feature_fraction": 1.0, "bagging_fraction": 1.0, "bagging_freq": 0, "lambda_l2": 1.0,
+              "num_boost_round": 60, "early_stopping_rounds": 60, "monotone_increasing": ()}
+    rows = pd.DataFrame({"productive": np.int8(0), "weight": weight}).join(X)
+    once = with_soft_label(rows, "productive", soft)
+    assert once["productive"].dtype == "float64" and len(once) == n
+    np.testing.assert_array_equal(once["weight"].to_numpy(), weight)  # weights unchanged
+    by_soft = KocModel(params).fit(X, once["productive"], X_val, y_val, sample_weight=weight)
+    twice_X = pd.concat([X, X], ignore_index=True)
+    twice_y = np.r_[np.ones(n, dtype=int), np.zeros(n, dtype=int)]
+    by_copies = KocModel(params).fit(twice_X, twice_y, X_val, y_val, sample_weight=np.r_[weight * soft, weight * (1 - soft)])
+    assert by_soft.best_iteration_ == by_copies.best_iteration_
+    np.testing.assert_allclose(by_soft.raw_score(X), by_copies.raw_score(X), atol=1e-6)
+    refit = KocModel(params).fit_fixed(X, once["productive"], 30, sample_weight=weight)
+    assert refit.best_iteration_ == 30
+    with pytest.raises(ValueError, match="probability in"):
+        KocModel(params).fit(X, soft * 2.0, X_val, y_val)
 
 
 def _snapshot_rows() -> pd.DataFrame:
@@ -133,19 +153,19 @@ def test_the_soft_components_learn_from_their_rows_with_the_soft_label():
     assert components_for("if_invited", "two_path_soft") == ["accept", "productive_enrolled_soft", "not_invited_outcome_soft"]
     frame = _snapshot_rows()
     config = LabelConfig().model_dump()
+    soft = pd.Series(soft_productive(frame, config["min_posts"], config["min_interactions"]), index=frame["member_id"])
     enrolled = soft_training_rows(frame, "productive_enrolled_soft", config)
-    assert (enrolled["enrolled"] == 1).all()
-    assert enrolled.groupby("member_id")["weight"].sum().eq(1.0).all()
-    assert enrolled["member_id"].nunique() == int(frame["enrolled"].sum())
+    assert (enrolled["enrolled"] == 1).all() and (enrolled["weight"] == 1.0).all()
+    assert enrolled["member_id"].is_unique and len(enrolled) == int(frame["enrolled"].sum())  # each row once
+    np.testing.assert_allclose(enrolled["productive"].to_numpy(), soft[enrolled["member_id"]].to_numpy())
+    assert 0.0 < enrolled["productive"].min() and enrolled["productive"].max() < 1.0  # a probability, not the 0/1 outcome
     declined = soft_training_rows(frame, "not_invited_outcome_soft", config)
-    assert (declined["invited"] == 0).all()
-    # a member who did not enrol is a plain negative: one row, label 0, full weight
+    assert (declined["invited"] == 0).all() and declined["member_id"].is_unique
+    # a member who did not enrol is a plain negative: label 0, full weight
     never = declined.loc[declined["enrolled"] == 0]
-    assert (never["label"] == 0).all() and never["member_id"].is_unique and (never["weight"] == 1.0).all()
-    soft = soft_productive(frame, config["min_posts"], config["min_interactions"])
-    positives = declined.loc[declined["label"] == 1].set_index("member_id")["weight"]
-    expected = pd.Series(soft, index=frame["member_id"])[positives.index]
-    np.testing.assert_allclose(positives.to_numpy(), expected.to_numpy())
+    assert (never["label"] == 0).all() and (never["weight"] == 1.0).all()
+    joined = declined.loc[declined["enrolled"] == 1]
+    np.testing.assert_allclose(joined["label"].to_numpy(), soft[joined["member_id"]].to_numpy())
     assert COMPONENTS["not_invited_outcome_soft"].soft and not COMPONENTS["not_invited_outcome"].soft
 
 
