@@ -130,19 +130,28 @@ class BacktestResult:
 
 
 def fold_scores(
-    model: KocModel, fitted: FittedTarget, test: pd.DataFrame, names: list[str]
+    model: KocModel,
+    fitted: FittedTarget,
+    test: pd.DataFrame,
+    names: list[str],
+    answered: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """(the model's scores on a fold's test rows, each component's out-of-time (raw, labels)).
 
     Each component's booster runs once over the test rows: its raw scores give both its
     out-of-time calibration rows and, through the calibrator, the composite's probability
     (exactly `model.predict_proba`). Before, the test cutoff was predicted twice per component.
+    `answered` (a mask of the test rows): the rows whose invitation's answer is known when the
+    refit is made; P(accept | invited) is calibrated on those only, so an invitation too recent
+    to be answered never reads as a decline.
     """
     components = fitted.components
     raws = raw_scores(components, test[names])
     out_of_time = {}
     for component, raw in raws.items():
         mask = rows_mask(test, component)
+        if component == ACCEPT_COMPONENT and answered is not None:
+            mask = answered if mask is None else mask & answered
         labels = test[COMPONENTS[component].label].to_numpy()
         out_of_time[component] = (raw, labels) if mask is None else (raw[mask], labels[mask])
     by_identity = {id(m): c for c, m in components.items()}
@@ -214,7 +223,7 @@ def run_backtest(
         if (model.target_, model.target_method_) != expected and position != order[0]:
             skipped.append(f"{fold.test.date()}: fell back to {model.target_} ({model.target_method_})")
             continue
-        scores, out_of_time = fold_scores(model, fitted, test, names)
+        scores, out_of_time = fold_scores(model, fitted, test, names, dataset.answered_mask(test))
         result = _score_fold("model", model, test, scores, data, fold, train_cfg)
         folds[position] = FoldResult(
             split=fold, model=model, fitted=fitted, result=result, out_of_time=out_of_time, scores=scores

@@ -247,6 +247,14 @@ class SnapshotDataset:
         """Whether P(accept | invited) learns from every answer known at training time (needs invitation times)."""
         return self.accept_from_answers and "invited_at" in self.frame.columns
 
+    def answered_mask(self, rows: pd.DataFrame) -> np.ndarray | None:
+        """Which of `rows` have their first invitation's answer known when the programme log ends
+        (`invited_at + accept_days <= answers_end`; False where not invited). None without
+        invitation times: the out-of-time rows P(accept | invited) is calibrated on (`training.backtest`)."""
+        if self.answers_end is None or "invited_at" not in rows.columns:
+            return None
+        return (rows["invited_at"] + pd.Timedelta(days=self.accept_days) <= self.answers_end).to_numpy(dtype=bool)
+
     def answered_rows(self, known_at: pd.Timestamp) -> pd.DataFrame:
         """Rows of cutoffs before `known_at` whose first invitation's answer is known at `known_at`
         (`invited_at + accept_days <= known_at`), the rows `accepted` is learnt from at that time."""

@@ -286,3 +286,37 @@ def test_acceptance_learns_only_answers_known_at_training_time(small_sim_world) 
     assert known.sum() > 0
     np.testing.assert_array_equal(before.loc[known, "accepted"], after.loc[known, "accepted"])
     assert (before.loc[~known & (before["invited"] == 1).to_numpy(), "accepted"] != after.loc[~known & (after["invited"] == 1).to_numpy(), "accepted"]).any()  # the control: answers after T do change
+
+
+def test_the_acceptance_calibrates_only_on_invitations_answered_when_the_log_ends(small_sim_world) -> None:
+    """The refit calibrates P(accept | invited) on the folds' test rows. An invitation made less than
+    `accept_days` before the programme log ends has no answer yet: it is left out of those rows
+    instead of reading as a decline."""
+    from dataclasses import replace
+
+    from training.backtest import fold_scores
+    from training.model import KocModel
+    from training.targets import FittedTarget
+
+    dataset = build_snapshots(small_sim_world, LabelConfig(), TrainConfig(backtest_cutoffs=2, min_history_months=2, embargo=False))
+    train, valid, test = dataset.fold_parts(dataset.folds[-1])
+    invited_at = test.loc[test["invited"] == 1, "invited_at"]
+    assert invited_at.notna().all() and len(invited_at) > 20
+    # a log that ends 10 days after the latest test invitation: the latest 20 days' invitations are unanswered
+    early = replace(dataset, answers_end=invited_at.max() + pd.Timedelta(days=10))
+    mask = early.answered_mask(test)
+    expected = ((test["invited"] == 1) & (test["invited_at"] <= invited_at.max() - pd.Timedelta(days=20))).to_numpy()
+    np.testing.assert_array_equal(mask, expected)
+    assert 0 < mask.sum() < len(invited_at)
+    assert dataset.answered_mask(test)[test["invited"].to_numpy() == 1].all()  # the real log: every test answer known
+
+    names = dataset.feature_names
+    params = {"num_leaves": 4, "min_data_in_leaf": 5, "learning_rate": 0.1, "num_boost_round": 20, "early_stopping_rounds": 5}
+    rows, checks = (part.loc[part["invited"] == 1] for part in (train, valid))
+    accept = KocModel(params).fit(rows[names], rows["accepted"], checks[names], checks["accepted"])
+    fitted = FittedTarget(components={"accept": accept})
+    _, all_rows = fold_scores(accept, fitted, test, names)
+    _, answered = fold_scores(accept, fitted, test, names, mask)
+    assert len(all_rows["accept"][1]) == len(invited_at)
+    assert len(answered["accept"][1]) == int(mask.sum())
+    np.testing.assert_array_equal(answered["accept"][1], test.loc[mask, "accepted"].to_numpy())
