@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from features.labels import LabelConfig
+from training.model import KocModel
 from training.soft_labels import (
     POSTING_COLUMNS,
     fit_prior,
@@ -14,7 +15,6 @@ from training.soft_labels import (
     soft_productive,
     with_soft_label,
 )
-from training.model import KocModel
 from training.targets import COMPONENTS, TargetUnavailable, components_for, soft_training_rows
 
 MIN_POSTS, MIN_INTERACTIONS = 3, 100
