@@ -44,7 +44,7 @@ from features.build import EngineConfig, build_features
 from features.contract import BrandData
 from features.labels import INTERACTIONS_KNOWN_AFTER, LabelConfig, label_window_complete
 from features.registry import CATEGORY_LEVELS, coerce_features, feature_names
-from features.targets import OUTCOME_COLUMNS, POSTING_COLUMNS, labels_and_outcomes
+from features.targets import ACCEPT_DAYS, OUTCOME_COLUMNS, POSTING_COLUMNS, labels_and_outcomes
 from training.config import TrainConfig
 from training.model import ACCEPT_COMPONENT
 
@@ -238,7 +238,7 @@ class SnapshotDataset:
     seed: int = 0
     refit_cutoffs: tuple[pd.Timestamp, ...] = ()  # every complete cutoff (empty: the latest fold's used ones)
     answers_end: pd.Timestamp | None = None  # the programme log's end: answers after it are unknown (the refit's "now")
-    accept_days: int = 30  # an invitation's answer is known this many days after it
+    accept_days: int = ACCEPT_DAYS  # an invitation's answer is known this many days after it
     step_months: int = 1
     accept_from_answers: bool = False  # P(accept | invited) learns from every answer known at training time
 
@@ -253,17 +253,20 @@ class SnapshotDataset:
         invitation times: the out-of-time rows P(accept | invited) is calibrated on (`training.backtest`)."""
         if self.answers_end is None or "invited_at" not in rows.columns:
             return None
-        return (rows["invited_at"] + pd.Timedelta(days=self.accept_days) <= self.answers_end).to_numpy(dtype=bool)
+        return self._answered_by(rows, self.answers_end)
+
+    def _answered_by(self, rows: pd.DataFrame, known_at: pd.Timestamp) -> np.ndarray:
+        """`invited_at + accept_days <= known_at` per row (False where not invited: no `invited_at`)."""
+        return (rows["invited_at"] + pd.Timedelta(days=self.accept_days) <= known_at).to_numpy(dtype=bool)
 
     def answered_rows(self, known_at: pd.Timestamp) -> pd.DataFrame:
         """Rows of cutoffs before `known_at` whose first invitation's answer is known at `known_at`
         (`invited_at + accept_days <= known_at`), the rows `accepted` is learnt from at that time."""
         frame = self.frame
-        invited_at = frame["invited_at"]
         known = (
             (frame["invited"].to_numpy() == 1)
             & (frame["as_of"] < known_at).to_numpy()
-            & (invited_at + pd.Timedelta(days=self.accept_days) <= known_at).to_numpy()
+            & self._answered_by(frame, known_at)
         )
         return frame.loc[known].reset_index(drop=True)
 
