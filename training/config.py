@@ -84,9 +84,11 @@ class TrainConfig(BaseModel):
     embargo: bool = Field(
         True,
         description=(
-            "Keep only validation cutoffs whose label window (horizon + 7 days) is complete before the test "
-            "cutoff, and train cutoffs whose window is complete before the validation cutoff, so no label used "
-            "for fitting, early stopping or calibration was unknown at the cutoff it is judged on"
+            "Keep only validation cutoffs whose labels are known before the test cutoff, and train cutoffs whose "
+            "labels are known before the validation cutoff, so no label used for fitting, early stopping or "
+            "calibration was unknown at the cutoff it is judged on. A cutoff's labels are known horizon + 7 days "
+            "after it (the last posts' interactions), or horizon + accept_days if longer for every target but "
+            "`observed` (the last invitations' answers); training.dataset.label_lag"
         ),
     )
     max_cutoffs: int = Field(

@@ -10,11 +10,14 @@ Cutoffs
 
 Split (out of time)
 - test: the latest cutoff; validation: the latest earlier cutoff allowed; train: the
-  earlier ones allowed. With `embargo` (default) the validation cutoff's label window
-  (horizon + 7 days) must close on or before the test cutoff, and each train cutoff's
-  window on or before the validation cutoff, so fitting, early stopping, calibration and
-  the backtest each use only labels known at the cutoff they are judged on. Cutoffs left
-  out by either rule are listed in `CutoffSplit.embargoed`.
+  earlier ones allowed. With `embargo` (default) the validation cutoff's labels must be
+  known on or before the test cutoff, and each train cutoff's on or before the validation
+  cutoff, so fitting, early stopping, calibration and the backtest each use only labels
+  known at the cutoff they are judged on. A cutoff's labels are known `label_lag` after it:
+  the window (horizon) plus 7 days for its last posts' interactions, or plus `accept_days`
+  for its last invitations' answers if that is longer and the target reads answers (every
+  target but `observed`). Cutoffs left out by either rule are listed in
+  `CutoffSplit.embargoed`.
 
 Refit
 - The served model is refit on every complete cutoff (`SnapshotDataset.refit_cutoffs`), the
@@ -130,6 +133,19 @@ def candidate_cutoffs(
     return complete[-train_cfg.max_cutoffs :], incomplete, "default_label"
 
 
+def label_lag(label_cfg: LabelConfig, train_cfg: TrainConfig) -> pd.Timedelta:
+    """How long after its cutoff every label of a row is known (the embargo's unit).
+
+    The productivity outcome is known 7 days after the window closes (the last posts' 7-day
+    interactions). `accepted`, which every target but `observed` reads, is the answer to an
+    invitation made in the window, known `accept_days` after it: up to horizon + accept_days.
+    """
+    after = INTERACTIONS_KNOWN_AFTER
+    if train_cfg.target != "observed":
+        after = max(after, pd.Timedelta(days=train_cfg.accept_days))
+    return label_cfg.horizon + after
+
+
 def split_cutoffs(
     cutoffs: Sequence[pd.Timestamp],
     label_cfg: LabelConfig,
@@ -149,13 +165,14 @@ def split_cutoffs(
     test = ordered[-1]
     earlier = ordered[:-1]
     embargoed: list[pd.Timestamp] = []
+    lag = label_lag(label_cfg, train_cfg)
     if train_cfg.embargo:
-        known_by_test = [c for c in earlier if c + label_cfg.horizon + INTERACTIONS_KNOWN_AFTER <= test]
+        known_by_test = [c for c in earlier if c + lag <= test]
         embargoed = [c for c in earlier if c not in known_by_test]
         earlier = known_by_test
     if len(earlier) < 2:
         raise ValueError(
-            f"after the embargo (label windows must be complete before the test cutoff {test.date()}) only "
+            f"after the embargo (labels must be known before the test cutoff {test.date()}) only "
             f"{len(earlier)} earlier cutoff(s) remain; need 2 (train + validation). Supply more history, lower "
             "min_history_months, or set training.embargo = false"
         )
@@ -164,12 +181,12 @@ def split_cutoffs(
     if train_cfg.embargo:
         # the same rule one step earlier: training labels must be known at the validation cutoff,
         # or early stopping and calibration would be judged on outcomes the fit already saw
-        known_by_validation = [c for c in train if c + label_cfg.horizon + INTERACTIONS_KNOWN_AFTER <= validation]
+        known_by_validation = [c for c in train if c + lag <= validation]
         embargoed = sorted([*embargoed, *(c for c in train if c not in known_by_validation)])
         train = known_by_validation
         if not train:
             raise ValueError(
-                f"after the embargo no training cutoff's label window closes before the validation cutoff "
+                f"after the embargo no training cutoff's labels are known before the validation cutoff "
                 f"{validation.date()}. Supply more history, lower min_history_months, or set training.embargo = false"
             )
     return CutoffSplit(

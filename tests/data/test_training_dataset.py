@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from features.contract import from_frames
 from features.labels import LabelConfig
 from training.config import TrainConfig
-from training.dataset import build_snapshots, candidate_cutoffs, downsample_negatives, split_cutoffs
+from training.dataset import build_snapshots, candidate_cutoffs, downsample_negatives, label_lag, split_cutoffs
 
 MEMBERS = ["m1", "m2", "m3", "m4"]
 
@@ -104,8 +104,8 @@ def test_split_is_out_of_time_with_embargo() -> None:
 
 def test_embargo_follows_the_label_horizon() -> None:
     cutoffs = list(pd.date_range("2024-08-01", "2025-03-01", freq="MS"))
-    split = split_cutoffs(cutoffs, LabelConfig(horizon_days=30), TrainConfig())
-    # window 37 days: validation 2025-01-01 (+37d = 2025-02-07); train up to 2024-11-01 (+37d = 2024-12-08)
+    split = split_cutoffs(cutoffs, LabelConfig(horizon_days=30), TrainConfig(target="observed"))
+    # window 37 days (no answers awaited: see the test below): validation 2025-01-01 (+37d = 2025-02-07); train up to 2024-11-01 (+37d = 2024-12-08)
     assert split.test == pd.Timestamp("2025-03-01") and split.validation == pd.Timestamp("2025-01-01")
     assert split.train == tuple(_ts(["2024-08-01", "2024-09-01", "2024-10-01", "2024-11-01"]))
     assert split.embargoed == tuple(_ts(["2024-12-01", "2025-02-01"]))
@@ -115,15 +115,21 @@ def test_embargo_follows_the_label_horizon() -> None:
 @given(
     months=st.sets(st.integers(min_value=0, max_value=35), min_size=3, max_size=24),
     horizon_days=st.sampled_from([1, 30, 60, 90, 120]),
+    accept_days=st.sampled_from([3, 7, 30, 45, 100]),
+    target=st.sampled_from(["if_invited", "observed", "uplift"]),
 )
-def test_embargoed_split_never_judges_on_unknown_labels(months: set[int], horizon_days: int) -> None:
-    """For any cutoffs: train windows close before validation, validation's before test, nothing else is dropped."""
+def test_embargoed_split_never_judges_on_unknown_labels(months: set[int], horizon_days: int, accept_days: int, target: str) -> None:
+    """For any cutoffs: train labels are known before validation, validation's before test, nothing else is dropped.
+
+    A label is known 7 days after its window closes, or `accept_days` after if longer and the
+    target reads the invitations' answers (every target but `observed`)."""
     cutoffs = [pd.Timestamp("2023-01-01") + pd.DateOffset(months=m) for m in months]
     label_cfg = LabelConfig(horizon_days=horizon_days)
-    window = pd.Timedelta(days=horizon_days + 7)
+    answers = target != "observed"
+    window = pd.Timedelta(days=horizon_days + max(7, accept_days if answers else 0))
     known_by_test = [c for c in sorted(cutoffs)[:-1] if c + window <= max(cutoffs)]
     try:
-        split = split_cutoffs(cutoffs, label_cfg, TrainConfig())
+        split = split_cutoffs(cutoffs, label_cfg, TrainConfig(target=target, accept_days=accept_days))
     except ValueError as err:
         assert "embargo" in str(err)
         assert len(known_by_test) < 2 or not any(c + window <= known_by_test[-1] for c in known_by_test)
@@ -137,6 +143,27 @@ def test_embargoed_split_never_judges_on_unknown_labels(months: set[int], horizo
     # every embargoed cutoff really breaks a rule: its window is still open at validation or at test
     for c in split.embargoed:
         assert c + window > split.test or (c < split.validation and c + window > split.validation), c
+
+
+def test_embargo_waits_for_the_answers_of_the_windows_last_invitations() -> None:
+    """An invitation on a window's last day is answered up to accept_days later: with accept_days longer than
+    the 7 days the interactions need, a treatment-aware target's embargo waits for it; `observed` does not."""
+    cutoffs = list(pd.date_range("2024-08-01", "2025-03-01", freq="MS"))
+    label_cfg = LabelConfig(horizon_days=30)
+    observed = split_cutoffs(cutoffs, label_cfg, TrainConfig(target="observed", accept_days=45))
+    assert observed == split_cutoffs(cutoffs, label_cfg, TrainConfig(accept_days=7))  # 37 days either way
+    assert observed.validation == pd.Timestamp("2025-01-01")
+    answered = split_cutoffs(cutoffs, label_cfg, TrainConfig(accept_days=45))
+    # 75 days: 2025-01-01 + 75d = 2025-03-17 is after the test cutoff; 2024-12-01 + 75d = 2025-02-14 is not
+    assert label_lag(label_cfg, TrainConfig(accept_days=45)) == pd.Timedelta(days=75)
+    assert answered.validation == pd.Timestamp("2024-12-01")
+    assert answered.train == tuple(_ts(["2024-08-01", "2024-09-01"]))  # 2024-09-01 + 75d = 2024-11-15
+    assert answered.embargoed == tuple(_ts(["2024-10-01", "2024-11-01", "2025-01-01", "2025-02-01"]))
+    # the defaults (horizon 90, accept_days 30, monthly cutoffs) split as they did with 97 days
+    default_cutoffs = list(pd.date_range("2024-01-01", "2025-09-01", freq="MS"))
+    assert split_cutoffs(default_cutoffs, LabelConfig(), TrainConfig()) == split_cutoffs(
+        default_cutoffs, LabelConfig(), TrainConfig(target="observed")
+    )
 
 
 def test_split_without_embargo_uses_the_previous_cutoff_for_validation() -> None:
