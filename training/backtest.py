@@ -298,7 +298,7 @@ def refit_component(
 ) -> KocModel:
     """`component` refit on its share of `rows` with `iterations` trees, added to `fitted`; not calibrated.
 
-    The leaf size and an S-learner's fixed input are the fold model's; IPW weights come from the
+    The leaf size, an S-learner's fixed input and a linear part's weight and C are the fold model's; IPW weights come from the
     propensity component `fitted` already holds. The caller calibrates on scores of rows the
     refit never saw (`refit`: the folds' out-of-time scores).
     """
@@ -312,7 +312,10 @@ def refit_component(
         weight, fitted.propensity = inverse_propensity_weights(
             part, names, fitted.components.get("propensity"), clip=propensity_clip, issued=issued
         )
-    model = make_model(min_data_in_leaf=fold_model.params["min_data_in_leaf"])
+    linear = {}
+    if fold_model.linear_ is not None:  # the same blend, with the regularisation its fold chose
+        linear = {"linear": True, "linear_weight": fold_model.linear_weight(), "linear_C": fold_model.linear_.C}
+    model = make_model(min_data_in_leaf=fold_model.params["min_data_in_leaf"], **linear)
     if COMPONENTS[component].given is not None:  # an S-learner scores with its given input fixed
         model.fixed_inputs_ = fixed_inputs(component)
     model.fit_fixed(fit_inputs(part, names, component), part[label].to_numpy(), iterations, sample_weight=weight)

@@ -60,6 +60,24 @@ class LgbmParams(BaseModel):
     cat_smooth: float = Field(10.0, ge=0)
     num_boost_round: int = Field(1000, ge=1)
     early_stopping_rounds: int = Field(50, ge=1)
+    linear_weight: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description=(
+            "Weight of a logistic regression blended into the raw score (log-odds) of the components named in "
+            "`linear_components`: (1 - w) * booster + w * linear, before calibration (training/linear.py). 0 turns "
+            "it off"
+        ),
+    )
+    linear_components: tuple[str, ...] = Field(
+        ("accept",),
+        description=(
+            "Components of a treatment-aware target that blend in the linear part: by default P(accept | invited), "
+            "learnt from a few thousand invitations, where trees cannot extrapolate into the tails the best "
+            "candidates sit in"
+        ),
+    )
     monotone_increasing: tuple[str, ...] = Field(
         ("post_interactions_mean", "post_interactions_median", "post_interactions_max"),
         description=(

@@ -23,6 +23,7 @@ from sklearn.linear_model import LogisticRegression
 
 from features.registry import coerce_features
 from training.config import LgbmParams
+from training.linear import LinearPart
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,10 @@ Objective = Literal["binary", "lambdarank"]
 Calibration = Literal["platt", "isotonic"]
 
 _ROUND_KEYS = ("num_boost_round", "early_stopping_rounds", "monotone_increasing")
+# model parameters that are not LightGBM's: the blended linear part (`training.linear`). `linear` (bool) is
+# set per model by `training.targets` for the components `linear_components` names; `linear_C` fixes a
+# refit's regularisation to the one its fold model chose
+_LINEAR_KEYS = ("linear", "linear_weight", "linear_components", "linear_C")
 
 
 class NotFittedError(RuntimeError):
@@ -57,6 +62,7 @@ class KocModel:
     input_dtype_: str = "float64"  # models saved before float32 inputs keep scoring in float64
     # inputs set to a constant when scoring (an S-learner's "given" outcome); absent from the feature rows
     fixed_inputs_: Mapping[str, float] = MappingProxyType({})
+    linear_: LinearPart | None = None  # a logistic regression blended in log-odds (models before it: none)
 
     def __init__(
         self,
@@ -80,7 +86,7 @@ class KocModel:
         """LightGBM's parameters, round count and early-stopping patience. `soft`: the training label
         is a probability (a soft label), learnt by the `cross_entropy` objective; metrics, raw
         scores and probabilities are those of the binary objective."""
-        params = {k: v for k, v in self.params.items() if k not in _ROUND_KEYS}
+        params = {k: v for k, v in self.params.items() if k not in _ROUND_KEYS + _LINEAR_KEYS}
         num_boost_round = int(self.params.get("num_boost_round", 1000))
         early_stopping_rounds = int(self.params.get("early_stopping_rounds", 50))
         params.update(
@@ -154,9 +160,10 @@ class KocModel:
             train_target, valid_target = y_train, y_valid
             group = group_val = None
 
-        train_set = self._dataset(X, train_target, sample_weight, group)
+        matrix, matrix_val = self._model_input(X), self._model_input(X_val)
+        train_set = self._dataset(matrix, train_target, sample_weight, group)
         valid_set = lgb.Dataset(
-            self._model_input(X_val), label=valid_target, group=group_val, reference=train_set, free_raw_data=True,
+            matrix_val, label=valid_target, group=group_val, reference=train_set, free_raw_data=True,
             feature_name=self.feature_names_, categorical_feature=self._categorical_positions(),
             weight=None if sample_weight_val is None else np.asarray(sample_weight_val, dtype="float64"),
         )
@@ -174,7 +181,9 @@ class KocModel:
         )
         self.best_iteration_ = int(self.booster_.best_iteration or self.booster_.current_iteration())
         self.validation_curve_ = {name: list(values) for name, values in evals.get("validation", {}).items()}
-        self.calibrate(self.raw_score(X_val), y_valid, sample_weight_val)
+        self._fit_linear(matrix, y_train, soft, sample_weight, validation=(matrix_val, y_valid, sample_weight_val))
+        del matrix
+        self.calibrate(self._raw_from_input(matrix_val), y_valid, sample_weight_val)
         self._stamp()
         logger.info("trained LightGBM (%s) on %d rows, best iteration %d", self.objective, len(X), self.best_iteration_)
         return self
@@ -199,12 +208,51 @@ class KocModel:
             raise ValueError("labels must have one value per feature row")
         self._remember_columns(X)
         params, _, _ = self._lgb_params(soft)
-        train_set = self._dataset(X, y_train, sample_weight, None)
+        matrix = self._model_input(X)
+        train_set = self._dataset(matrix, y_train, sample_weight, None)
         self.booster_ = lgb.train(params, train_set, num_boost_round=int(num_boost_round))
         self.best_iteration_ = int(num_boost_round)
         self.validation_curve_ = {}
+        self._fit_linear(matrix, y_train, soft, sample_weight)
         self._stamp()
         return self
+
+    def linear_weight(self) -> float:
+        """The weight of the linear part in the raw score (0: the booster alone)."""
+        return float(self.params.get("linear_weight", 0.0)) if self.params.get("linear") else 0.0
+
+    def _fit_linear(
+        self,
+        matrix: np.ndarray,
+        y: np.ndarray,
+        soft: bool,
+        sample_weight: Sequence[float] | np.ndarray | pd.Series | None,
+        *,
+        validation: tuple[np.ndarray, np.ndarray, Any] | None = None,
+    ) -> None:
+        """Fit the linear part when this model has one: C chosen on `validation`, or `params["linear_C"]` (a refit)."""
+        self.linear_ = None
+        if self.linear_weight() <= 0:
+            return
+        if soft:
+            raise ValueError("a linear part learns a 0/1 label; this model's label is soft")
+        C = self.params.get("linear_C")
+        if C is None and validation is None:
+            raise ValueError("a refit with a linear part needs params['linear_C'] (the C its fold model chose)")
+        weight = None if sample_weight is None else np.asarray(sample_weight, dtype="float64")
+        if validation is not None and validation[2] is not None:
+            validation = (validation[0], validation[1], np.asarray(validation[2], dtype="float64"))
+        # numeric behaviour only: categoricals (demographics, channel) have no tails to extrapolate into, and a
+        # feature the score must rise with (`monotone_increasing`) stays the booster's, whose constraint holds
+        prefixes = tuple(self.params.get("monotone_increasing", ()))
+        exclude = [
+            i for i, name in enumerate(self.feature_names_)
+            if name in self.categorical_features_ or (prefixes and name.startswith(prefixes))
+        ]
+        self.linear_ = LinearPart.fit(
+            matrix, y, weight, C=None if C is None else float(C), validation=None if C is not None else validation,
+            exclude=exclude,
+        )
 
     def _training_label(self, y: Sequence[float] | np.ndarray | pd.Series) -> tuple[np.ndarray, bool]:
         """The training label and whether it is soft: 0/1 as int64, or a probability per row (float64,
@@ -240,13 +288,13 @@ class KocModel:
 
     def _dataset(
         self,
-        X: pd.DataFrame,
+        matrix: np.ndarray,
         target: np.ndarray,
         sample_weight: Sequence[float] | np.ndarray | pd.Series | None,
         group: Sequence[int] | None,
     ) -> lgb.Dataset:
         return lgb.Dataset(
-            self._model_input(X),
+            matrix,
             label=target,
             weight=None if sample_weight is None else np.asarray(sample_weight, dtype="float64"),
             group=group,
@@ -336,8 +384,13 @@ class KocModel:
     def _raw_from_input(self, matrix: np.ndarray) -> np.ndarray:
         compiled = self.__dict__.get("compiled_")  # serving.compiled: the same raw scores from native code
         if compiled is not None:
-            return compiled(matrix)
-        return np.asarray(self.booster_.predict(matrix, raw_score=True, num_iteration=self.best_iteration_))
+            raw = np.asarray(compiled(matrix))
+        else:
+            raw = np.asarray(self.booster_.predict(matrix, raw_score=True, num_iteration=self.best_iteration_))
+        if self.linear_ is None:
+            return raw
+        weight = self.linear_weight()
+        return (1.0 - weight) * raw + weight * self.linear_.raw(matrix)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -366,8 +419,11 @@ class KocModel:
 
     def _contributions_from_input(self, matrix: np.ndarray) -> np.ndarray:
         """`contributions` of rows already converted by `_model_input`, as an array."""
-        contrib = self.booster_.predict(matrix, pred_contrib=True, num_iteration=self.best_iteration_)
-        return np.asarray(contrib)[:, :-1]
+        contrib = np.asarray(self.booster_.predict(matrix, pred_contrib=True, num_iteration=self.best_iteration_))[:, :-1]
+        if self.linear_ is None:
+            return contrib
+        weight = self.linear_weight()
+        return (1.0 - weight) * contrib + weight * self.linear_.contributions(matrix)
 
     def feature_importance(self, importance_type: Literal["gain", "split"] = "gain") -> pd.Series:
         """Total gain (or split count) per feature at the best iteration, largest first."""

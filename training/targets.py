@@ -393,7 +393,10 @@ def fit_components(
             weight, fitted.propensity = inverse_propensity_weights(
                 train_rows, names, fitted.components.get("propensity"), clip=propensity_clip, issued=issued
             )
-        model = make_model(min_data_in_leaf=leaf_size(make_model().params, len(train_rows)))
+        base = make_model().params
+        model = make_model(
+            min_data_in_leaf=leaf_size(base, len(train_rows)), linear=component in base.get("linear_components", ())
+        )
         if given is not None:
             model.fixed_inputs_ = fixed_inputs(component)  # scored as if `given` held
         model.fit(
@@ -415,6 +418,7 @@ def fit_components(
             **counts,
             "validation_rows": len(valid_rows),
             "validation_positives": int(valid_rows[label].sum()),
+            **({"linear_C": model.linear_.C} if model.linear_ is not None else {}),  # chosen on the validation rows
         }
     return fitted
 

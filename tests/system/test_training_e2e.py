@@ -416,6 +416,12 @@ def test_two_path_soft_learns_the_denoised_label_and_is_served(world: BrandData,
     objectives = {name: component.booster_.params["objective"] for name, component in model.components_.items()}
     assert objectives == {"accept": "binary", "productive_enrolled_soft": "cross_entropy",
                           "not_invited_outcome_soft": "cross_entropy"}
+    # the served acceptance blends in its linear part, refit with the C the latest fold chose
+    linear = {name: component.linear_ for name, component in model.components_.items()}
+    assert linear["accept"] is not None and linear["productive_enrolled_soft"] is linear["not_invited_outcome_soft"] is None
+    fold_accept = result.backtest.latest.model.components_["accept"]
+    assert linear["accept"].C == fold_accept.linear_.C and model.components_["accept"] is not fold_accept
+    assert MlflowClient(store).get_run(result.run_id).data.params["target.accept.linear_C"] == str(linear["accept"].C)
     params = MlflowClient(store).get_run(result.run_id).data.params
     rows = result.dataset.part("train")  # the latest fold's, whose fit the run's params describe
     enrolled = int((rows["enrolled"] == 1).sum())

@@ -293,3 +293,60 @@ def test_a_component_with_too_few_own_rows_learns_from_the_fold_and_says_so() ->
     few = frame(40, 5).assign(accepted=0)  # one class only
     fallen = fit_components(train, valid, names, ["accept"], make, propensity_clip=0.01, rows_for={"accept": (few, few)})
     assert fallen.own_rows == set() and fallen.rows["accept"]["train_rows"] == 2000
+
+
+LINEAR = {**PARAMS, "linear": True, "linear_weight": 0.5}
+
+
+@pytest.fixture(scope="module")
+def blended() -> tuple[KocModel, pd.DataFrame]:
+    X, y = _frame(3000, 1)
+    X_val, y_val = _frame(1000, 2)
+    return KocModel(LINEAR, seed=5).fit(X, y, X_val, y_val), X_val
+
+
+def test_linear_part_blends_in_log_odds_and_explains_its_share(blended: tuple[KocModel, pd.DataFrame]) -> None:
+    """raw = (1 - w) * booster + w * linear; contributions still sum to the raw score minus one bias."""
+    from training.linear import C_GRID
+
+    model, X_val = blended
+    part = model.linear_
+    assert part is not None and part.C in C_GRID and model.linear_weight() == 0.5
+    matrix = model._model_input(X_val)
+    booster = model.booster_.predict(matrix, raw_score=True, num_iteration=model.best_iteration_)
+    np.testing.assert_allclose(model.raw_score(X_val), 0.5 * booster + 0.5 * part.raw(matrix), rtol=0, atol=1e-12)
+    # the linear model learnt the synthetic truth's signs: more spend and more posts, higher odds
+    rows = X_val.iloc[:2].copy()
+    rows["spend_365d"], rows["posts_90d"] = [10.0, 400.0], [0.0, 3.0]
+    assert part.raw(model._model_input(rows))[1] > part.raw(model._model_input(rows))[0]
+    contributions = model.contributions(X_val.iloc[:50])
+    residual = model.raw_score(X_val.iloc[:50]) - contributions.sum(axis=1).to_numpy()
+    assert np.ptp(residual) < 1e-9
+    linear = part.contributions(matrix[:50])
+    assert np.ptp(part.raw(matrix[:50]) - linear.sum(axis=1)) < 1e-9
+    assert (linear[:, 2] == 0).all()  # categoricals (demographics, channel) stay the booster's
+    # beyond the training range the booster is flat, the linear part keeps rising
+    far = X_val.iloc[[0, 0]].copy()
+    far["spend_365d"] = [X_val["spend_365d"].max() * 2, X_val["spend_365d"].max() * 4]
+    raw_far = model.raw_score(far)
+    booster_far = model.booster_.predict(model._model_input(far), raw_score=True, num_iteration=model.best_iteration_)
+    assert booster_far[1] == booster_far[0] and raw_far[1] > raw_far[0]
+
+
+def test_a_linear_part_is_off_without_its_flag_and_refits_with_its_fold_c(blended: tuple[KocModel, pd.DataFrame]) -> None:
+    import pickle
+
+    model, X_val = blended
+    X, y = _frame(3000, 1)
+    X_val2, y_val = _frame(1000, 2)
+    plain = KocModel({**PARAMS, "linear_weight": 0.5}, seed=5).fit(X, y, X_val2, y_val)
+    assert plain.linear_ is None and plain.linear_weight() == 0.0
+    with pytest.raises(ValueError, match="linear_C"):
+        KocModel(LINEAR, seed=5).fit_fixed(X, y, 20)
+    refit = KocModel({**LINEAR, "linear_C": model.linear_.C}, seed=5).fit_fixed(X, y, 20)
+    assert refit.linear_ is not None and refit.linear_.C == model.linear_.C
+    np.testing.assert_allclose(refit.linear_.coef, model.linear_.coef, rtol=1e-6, atol=1e-8)  # the same rows and C
+    with pytest.raises(ValueError, match="soft"):
+        KocModel(LINEAR, seed=5).fit(X, np.clip(y * 0.9 + 0.05, 0, 1), X_val2, y_val)
+    again = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(again.predict_proba(X_val), model.predict_proba(X_val))
