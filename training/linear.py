@@ -42,7 +42,6 @@ class LinearPart:
     indicators: np.ndarray  # positions (in `numeric`) of columns with missing values in training
     centre: np.ndarray  # design column means
     scale: np.ndarray  # design column standard deviations (1 where constant)
-    sources: np.ndarray  # matrix position of each design column
     coef: np.ndarray
     intercept: float
     C: float
@@ -72,10 +71,12 @@ class LinearPart:
         indicators = np.flatnonzero(missing.any(axis=0))
         part = cls(
             numeric=numeric, medians=medians, indicators=indicators,
-            centre=np.zeros(0), scale=np.zeros(0), sources=np.zeros(0, dtype=int), coef=np.zeros(0), intercept=0.0,
+            centre=np.zeros(0), scale=np.zeros(0), coef=np.zeros(0), intercept=0.0,
             C=float(C) if C is not None else float("nan"),
         )
-        design, part.sources = part._raw_design(matrix)
+        np.copyto(logged, medians, where=missing)  # the training matrix is transformed once
+        design = part._stack(logged, missing)
+        del logged
         part.centre = np.average(design, axis=0, weights=weight)
         design -= part.centre  # in place: the design is the largest array here
         spread = np.sqrt(np.average(np.square(design), axis=0, weights=weight))
@@ -101,16 +102,25 @@ class LinearPart:
         regression = LogisticRegression(C=C, max_iter=5000, tol=1e-6).fit(design, y, sample_weight=weight)
         self.coef, self.intercept, self.C = regression.coef_[0].astype("float64"), float(regression.intercept_[0]), C
 
-    def _raw_design(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(the unstandardised design matrix, the matrix position each of its columns comes from)."""
-        logged = _signed_log(matrix[:, self.numeric])
+    @property
+    def sources(self) -> np.ndarray:
+        """The matrix position each design column comes from: the numerics, then their indicators."""
+        return np.concatenate([self.numeric, self.numeric[self.indicators]]).astype(int)
+
+    def _filled(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the rows' numerics signed-logged with a missing value replaced by its training median, the missing mask)."""
+        logged = _signed_log(rows[:, self.numeric])
         missing = np.isnan(logged)
-        blocks = [np.where(missing, self.medians, logged), missing[:, self.indicators].astype("float64")]
-        return np.hstack(blocks), np.concatenate([self.numeric, self.numeric[self.indicators]]).astype(int)
+        np.copyto(logged, self.medians, where=missing)
+        return logged, missing
+
+    def _stack(self, filled: np.ndarray, missing: np.ndarray) -> np.ndarray:
+        """The unstandardised design: the filled numerics, then the indicators of the columns that had missing values."""
+        return np.hstack([filled, missing[:, self.indicators].astype("float64")])
 
     def design(self, matrix: np.ndarray) -> np.ndarray:
         """The standardised design matrix of `matrix`'s rows."""
-        return (self._raw_design(matrix)[0] - self.centre) / self.scale
+        return (self._stack(*self._filled(matrix)) - self.centre) / self.scale
 
     def raw(self, matrix: np.ndarray) -> np.ndarray:
         """Log-odds of each row, without building the design: the standardisation folded into the
@@ -122,19 +132,16 @@ class LinearPart:
         indicator_slope = slope[n_numeric : n_numeric + n_indicators]
         out = np.empty(len(matrix))
         for start in range(0, len(matrix), CHUNK_ROWS):
-            rows = matrix[start : start + CHUNK_ROWS]
-            logged = _signed_log(rows[:, self.numeric])
-            missing = np.isnan(logged)
-            np.copyto(logged, self.medians, where=missing)
-            out[start : start + CHUNK_ROWS] = logged @ numeric_slope + missing[:, self.indicators] @ indicator_slope + constant
+            filled, missing = self._filled(matrix[start : start + CHUNK_ROWS])
+            out[start : start + CHUNK_ROWS] = filled @ numeric_slope + missing[:, self.indicators] @ indicator_slope + constant
         return out
 
     def contributions(self, matrix: np.ndarray) -> np.ndarray:
         """Per matrix column, each row's contribution to its log-odds against the training mean (rows x columns)."""
         terms = self.design(matrix) * self.coef  # the design's training mean is 0 after standardising
         out = np.zeros((len(matrix), matrix.shape[1]))
-        for column in range(terms.shape[1]):
-            out[:, self.sources[column]] += terms[:, column]
+        for column, source in enumerate(self.sources):
+            out[:, source] += terms[:, column]
         return out
 
 
