@@ -124,8 +124,10 @@ def main() -> None:
     parser.add_argument("--data-root", type=Path, default=Path("/work/benchdata"), help="holds m<members>/ worlds")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "scale")
     parser.add_argument("--as-of", default="2025-06-01", help="cutoff for features and rank")
-    # 1 GB is too little for `koc train` at 1M: its labels-and-outcomes query ran out of memory there
-    parser.add_argument("--memory-limit", default="2GB", help="[engine] memory_limit for every koc command")
+    # 1 GB is too little for `koc train` at 1M (its labels-and-outcomes query ran out of memory there); at 2 GB
+    # `koc features` peaked at 2.10-2.15 GB RSS on a slow machine (Python adds 0.2-0.4 GB to DuckDB's share), at
+    # 1.6 GB at 1.82-1.84 GB in the same time, and `koc train` and `koc rank` at 1M still ran (README, "Scaling curve")
+    parser.add_argument("--memory-limit", default="1.6GB", help="[engine] memory_limit for every koc command")
     parser.add_argument("--train", default="", help="sizes at which to run koc train (comma-separated)")
     parser.add_argument("--rank", default="", help="sizes at which to run koc rank (needs a train run first)")
     parser.add_argument("--project", type=int, default=18_000_000, help="members to project to")
