@@ -20,6 +20,7 @@ the C its fold model chose. Contributions are exact for a linear model of standa
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -51,7 +52,7 @@ class LinearPart:
         cls,
         matrix: np.ndarray,
         y: np.ndarray,
-        weight: np.ndarray | None,
+        weight: Sequence[float] | np.ndarray | None,
         *,
         C: float | None = None,
         validation: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None,
@@ -61,13 +62,14 @@ class LinearPart:
         Columns at `exclude` positions are left out (the caller's categoricals and constrained features)."""
         if C is None and validation is None:
             raise ValueError("a linear part needs C or validation rows to choose it on")
+        weight = None if weight is None else np.asarray(weight, dtype="float64")
         skip = set(exclude)
         numeric = np.array([p for p in range(matrix.shape[1]) if p not in skip], dtype=int)
         logged = _signed_log(matrix[:, numeric])
         missing = np.isnan(logged)
-        with np.errstate(all="ignore"):
-            medians = np.nanmedian(np.where(missing.all(axis=0), 0.0, logged), axis=0)
-        medians = np.nan_to_num(medians)
+        with warnings.catch_warnings():  # an all-missing column's median is NaN, then 0
+            warnings.simplefilter("ignore", RuntimeWarning)
+            medians = np.nan_to_num(np.nanmedian(logged, axis=0))
         indicators = np.flatnonzero(missing.any(axis=0))
         part = cls(
             numeric=numeric, medians=medians, indicators=indicators,
@@ -87,6 +89,7 @@ class LinearPart:
             part._fit_regression(design, labels, weight, float(C))
             return part
         val_matrix, val_y, val_weight = validation
+        val_weight = None if val_weight is None else np.asarray(val_weight, dtype="float64")
         val_design = part.design(val_matrix)
         best: tuple[float, float, np.ndarray, float] | None = None
         for candidate in C_GRID:

@@ -239,9 +239,6 @@ class KocModel:
         C = self.params.get("linear_C")
         if C is None and validation is None:
             raise ValueError("a refit with a linear part needs params['linear_C'] (the C its fold model chose)")
-        weight = None if sample_weight is None else np.asarray(sample_weight, dtype="float64")
-        if validation is not None and validation[2] is not None:
-            validation = (validation[0], validation[1], np.asarray(validation[2], dtype="float64"))
         # numeric behaviour only: categoricals (demographics, channel) have no tails to extrapolate into, and a
         # feature the score must rise with (`monotone_increasing`) stays the booster's, whose constraint holds
         prefixes = tuple(self.params.get("monotone_increasing", ()))
@@ -250,7 +247,7 @@ class KocModel:
             if name in self.categorical_features_ or (prefixes and name.startswith(prefixes))
         ]
         self.linear_ = LinearPart.fit(
-            matrix, y, weight, C=None if C is None else float(C), validation=None if C is not None else validation,
+            matrix, y, sample_weight, C=None if C is None else float(C), validation=None if C is not None else validation,
             exclude=exclude,
         )
 
